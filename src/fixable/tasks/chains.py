@@ -4,7 +4,7 @@ A problem is a 4-digit register and a list of operations; the solution writes ev
 operation with the register after it, then the final register after ``#``::
 
     prompt      4821|a27 s13 m32|
-    completion  a27=4881 s13=8841 m32=8861#8861
+    completion  a27=4891 s13=4198 m32=4196#4196
 
 Operations (each three characters: a letter and two digits ``p``, ``q``/``k``):
 
