@@ -1,0 +1,692 @@
+"""The ``openai`` backend: sample and score through any OpenAI-compatible HTTP server.
+
+It speaks ``/v1/completions`` (default) or ``/v1/chat/completions`` to vLLM, ``fixable
+serve``, llama.cpp, OpenAI itself or anything else with the same wire format. A server
+returns only the top-k log-probs of each step, so the per-token entropy is an estimate,
+stored with ``entropy_kind="topk"`` (see ``topk_entropy`` for the tail bucket).
+
+Robustness is the point of this module: requests run on a bounded thread pool, each with a
+timeout; 429, 5xx, dropped connections, timeouts and malformed JSON are retried with
+exponential backoff (honouring ``Retry-After``); a request that still fails is returned as
+a ``Generation`` with ``finish_reason="error"`` and the reason in ``error`` — it is never
+dropped, and every request that did succeed is returned with it.
+
+Token ids: a server returns tokens as strings. With ``extensions=True`` (default) the
+backend asks for ``return_tokens_as_token_ids`` (understood by vLLM and ``fixable serve``),
+which makes the tokens read ``"token_id:N"``, so ids are exact. Teacher-forced scoring
+(``score``) sends ``prompt ids + completion ids`` as a token-list prompt with
+``echo=True, logprobs=0, max_tokens=0`` and reads the prompt log-probs back — the
+way vLLM and ``fixable serve`` answer; servers that cannot (OpenAI's own) lose the
+``score`` capability (pass ``extensions=False``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from fixable.backends.base import (
+    CHECKPOINT,
+    RETRY,
+    SCORE,
+    TEMPERATURE,
+    Generation,
+    GenerationRequest,
+)
+from fixable.errors import CapabilityError, ConfigError, FixableError, UnknownNameError
+from fixable.interventions import Intervention
+from fixable.registry import backends
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_TOKEN_ID = re.compile(r"^token_id:(-?\d+)$")
+
+
+# ---------------------------------------------------------------------------------------
+# Top-k estimates, shared with the vllm backend.
+
+
+def topk_entropy(top_logprobs: Sequence[float]) -> float:
+    """Entropy (nats) of a next-token distribution known only through its top-k log-probs.
+
+    The probability the top-k list leaves out, ``m = 1 - sum(p_i)``, is a *tail bucket*.
+    Every token in the tail is at most as probable as the least probable listed token, so
+    the tail's own entropy is at least ``-m log(min(m, p_min))``. The estimate adds that
+    bound to the listed tokens' terms: it is a lower bound on the full entropy, exact when
+    the list covers the whole vocabulary.
+    """
+    probs = [math.exp(lp) for lp in top_logprobs if lp is not None and lp > -math.inf]
+    if not probs:
+        return float("nan")
+    listed = -sum(p * math.log(p) for p in probs if p > 0)
+    tail = 1.0 - sum(probs)
+    if tail <= 1e-12:
+        return listed
+    return listed - tail * math.log(min(tail, min(probs)))
+
+
+def tempered_logprob(
+    sampled_logprob: float, top_logprobs: Sequence[float], temperature: float
+) -> float:
+    """log q(y) for ``q ∝ p^(1/T)`` from the T=1 log-prob of ``y`` and the step's top-k list.
+
+    ``top_logprobs`` holds one entry per distinct listed token (the sampled one included).
+    The normaliser ``sum_v p_v^(1/T)`` is summed exactly over the listed tokens; the tail
+    bucket's mass ``m`` is counted as if spread over tokens as probable as the least probable
+    listed one (``m * p_min^(1/T - 1)``). Exact at T=1; otherwise an estimate, flagged as
+    such by the callers (``Generation.meta["logprobs_kind"] = "topk"``).
+    """
+    if temperature == 1.0:
+        return sampled_logprob
+    tops = sorted(lp for lp in top_logprobs if lp is not None and lp > -math.inf)
+    if not tops:
+        return sampled_logprob / temperature
+    inv = 1.0 / temperature
+    listed = [lp * inv for lp in tops]
+    tail = max(0.0, 1.0 - sum(math.exp(lp) for lp in tops))
+    terms = list(listed)
+    if tail > 1e-12:
+        terms.append(math.log(tail) + (inv - 1.0) * tops[0])
+    peak = max(terms)
+    log_normaliser = peak + math.log(sum(math.exp(t - peak) for t in terms))
+    return sampled_logprob * inv - log_normaliser
+
+
+# ---------------------------------------------------------------------------------------
+# One HTTP call with retries.
+
+
+class RequestFailed(Exception):
+    """A request that failed for good (after retries, or at once for a non-retryable error)."""
+
+    def __init__(self, reason: str, attempts: int):
+        super().__init__(reason)
+        self.reason, self.attempts = reason, attempts
+
+
+class _Malformed(Exception):
+    """A response whose body is not the JSON the API promises (retried like a 5xx)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 5  # retries after the first attempt, for 429/5xx/connection/malformed
+    backoff_s: float = 0.5  # first wait; doubles each retry, with ±50 % jitter
+    max_backoff_s: float = 30.0  # cap on one wait (also caps a server's Retry-After)
+
+    def __post_init__(self):
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.backoff_s < 0 or self.max_backoff_s < 0:
+            raise ConfigError(
+                f"backoff_s and max_backoff_s must be >= 0, got {self.backoff_s}, {self.max_backoff_s}"
+            )
+
+    def wait_s(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after is not None:
+            try:
+                return min(self.max_backoff_s, max(0.0, float(retry_after)))
+            except ValueError:
+                pass  # an HTTP date: fall back to our own schedule
+        base = min(self.max_backoff_s, self.backoff_s * (2**attempt))
+        # jitter only spreads retries of many threads apart; it never touches sampled content
+        return base * (0.5 + random.random())
+
+
+def post_json(
+    client,
+    url: str,
+    body: dict,
+    policy: RetryPolicy,
+    check: Callable[[dict], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[dict, int]:
+    """POST ``body`` and return (parsed JSON, attempts), retrying transient failures.
+
+    ``check`` validates the parsed body and raises ``_Malformed`` (retried) when a field
+    the caller needs is missing. Raises ``RequestFailed`` with the last reason.
+    """
+    import httpx
+
+    attempt = 0
+    while True:
+        retry_after = None
+        try:
+            response = client.post(url, json=body)
+        except httpx.TimeoutException as e:
+            reason = f"timeout: {type(e).__name__}"
+        except httpx.TransportError as e:
+            reason = f"connection error: {type(e).__name__}: {e}"
+        else:
+            status = response.status_code
+            if status == 200:
+                try:
+                    data = response.json()
+                    if not isinstance(data, dict):
+                        raise _Malformed(f"expected a JSON object, got {type(data).__name__}")
+                    if check is not None:
+                        check(data)
+                    return data, attempt + 1
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    reason = f"malformed JSON in response: {e}"
+                except _Malformed as e:
+                    reason = f"malformed response: {e}"
+            else:
+                reason = f"HTTP {status}: {_error_text(response)}"
+                if status not in RETRY_STATUS:
+                    raise RequestFailed(reason, attempt + 1)
+                retry_after = response.headers.get("retry-after")
+        if attempt >= policy.max_retries:
+            raise RequestFailed(f"{reason} (gave up after {attempt + 1} attempts)", attempt + 1)
+        wait = policy.wait_s(attempt, retry_after)
+        logger.info("retrying %s in %.2fs after %s", url, wait, reason)
+        sleep(wait)
+        attempt += 1
+
+
+def _error_text(response) -> str:
+    try:
+        data = response.json()
+        if isinstance(data, dict):
+            err = data.get("error", data.get("detail", data))
+            if isinstance(err, dict):
+                err = err.get("message", err)
+            return str(err)[:300]
+    except Exception:
+        pass
+    return response.text[:300]
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing a choice's log-probs.
+
+
+@dataclass
+class _Step:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+
+def _completion_steps(choice: dict) -> list[_Step]:
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        raise _Malformed("choice has no logprobs (does the server support `logprobs`?)")
+    tokens, token_lps = lp.get("tokens"), lp.get("token_logprobs")
+    tops = lp.get("top_logprobs") or [None] * len(tokens or [])
+    if (
+        not isinstance(tokens, list)
+        or not isinstance(token_lps, list)
+        or len(tokens) != len(token_lps)
+    ):
+        raise _Malformed("logprobs.tokens and logprobs.token_logprobs missing or of unequal length")
+    steps = []
+    for tok, tlp, top in zip(tokens, token_lps, tops, strict=False):
+        top_items = list(top.items()) if isinstance(top, dict) else []
+        steps.append(
+            _Step(str(tok), _as_float(tlp), [(str(t), _as_float(v)) for t, v in top_items])
+        )
+    return steps
+
+
+def _chat_steps(choice: dict) -> list[_Step]:
+    lp = choice.get("logprobs")
+    content = lp.get("content") if isinstance(lp, dict) else None
+    if not isinstance(content, list):
+        raise _Malformed("choice has no logprobs.content (does the server support `logprobs`?)")
+    steps = []
+    for item in content:
+        if not isinstance(item, dict) or "token" not in item or "logprob" not in item:
+            raise _Malformed("logprobs.content item without token/logprob")
+        top = [(str(t["token"]), _as_float(t["logprob"])) for t in item.get("top_logprobs") or []]
+        steps.append(_Step(str(item["token"]), _as_float(item["logprob"]), top))
+    return steps
+
+
+def _as_float(value: Any) -> float:
+    if value is None:
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _Malformed(f"log-prob {value!r} is not a number") from None
+
+
+def token_ids_from_strings(tokens: Sequence[str]) -> list[int] | None:
+    """Ids from ``"token_id:N"`` strings (``return_tokens_as_token_ids``); None if any is not."""
+    ids = []
+    for tok in tokens:
+        m = _TOKEN_ID.match(tok)
+        if m is None:
+            return None
+        ids.append(int(m.group(1)))
+    return ids
+
+
+# ---------------------------------------------------------------------------------------
+
+
+@backends.register("openai")
+class OpenAIBackend:
+    """Sampling and scoring over an OpenAI-compatible server.
+
+    Args:
+        model: the served model id of the policy (``GET /v1/models`` lists them).
+        base_url: the server's API root, ending in ``/v1``.
+        api: ``"completions"`` (raw prompts; supports ``score``) or ``"chat"`` (the server
+            applies the model's chat template; no ``score``).
+        api_key: sent as a bearer token; default the ``OPENAI_API_KEY`` environment variable.
+        reference: served model id of the reference model, for ``score(which="reference")``.
+        checkpoints: checkpoint label → served model id, for ``checkpoint(c)``; without it,
+            ``c`` is taken as a served model id.
+        top_logprobs: alternatives returned per step (the entropy estimate's k; servers cap
+            it, OpenAI's completions API at 5, vLLM at its ``max_logprobs``).
+        concurrency: requests in flight at once.
+        timeout_s: per attempt (connect, read, write and pool each).
+        max_retries, backoff_s, max_backoff_s: see ``RetryPolicy``.
+        send_seed: pass each rollout's seed as ``seed`` (servers that honour it — vLLM,
+            ``fixable serve`` — then sample reproducibly per request).
+        extensions: ask for vLLM's ``return_tokens_as_token_ids`` (exact token ids and the
+            ``score`` capability). Turn off for servers that reject unknown fields; token
+            ids are then left empty.
+        samples_per_request: ``n`` of each HTTP request. Consecutive requests with the same
+            prompt and limits are grouped, and the group is sampled with the seed of its
+            first member, so with n > 1 reproducibility is per group, not per rollout.
+    """
+
+    name = "openai"
+    capabilities = frozenset({RETRY, TEMPERATURE, CHECKPOINT, SCORE})
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        api: str = "completions",
+        api_key: str | None = None,
+        reference: str | None = None,
+        checkpoints: Mapping[str, str] | None = None,
+        top_logprobs: int = 5,
+        concurrency: int = 8,
+        timeout_s: float = 60.0,
+        max_retries: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        send_seed: bool = True,
+        extensions: bool = True,
+        samples_per_request: int = 1,
+        default_temperature: float = 1.0,
+    ):
+        if api not in ("completions", "chat"):
+            raise ConfigError(f"api must be 'completions' or 'chat', got {api!r}")
+        if not 0 <= top_logprobs <= 20:
+            raise ConfigError(f"top_logprobs must be in [0, 20], got {top_logprobs}")
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        if timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
+        if samples_per_request < 1:
+            raise ConfigError(f"samples_per_request must be >= 1, got {samples_per_request}")
+        self._model = model
+        self.base_url = base_url.rstrip("/")
+        self.api = api
+        self.reference = reference
+        self.checkpoints = dict(checkpoints or {})
+        self.top_logprobs = top_logprobs
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.policy = RetryPolicy(max_retries, backoff_s, max_backoff_s)
+        self.send_seed = send_seed
+        self.extensions = extensions
+        self.samples_per_request = samples_per_request
+        self.default_temperature = default_temperature
+        self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
+        caps = {RETRY, TEMPERATURE, CHECKPOINT}
+        if api == "completions" and extensions:
+            caps.add(SCORE)
+        self.capabilities = frozenset(caps)
+        self._client = None
+        self._client_lock = threading.Lock()
+        self._prompt_ids: dict[tuple[str, str], list[int]] = {}
+
+    @property
+    def model_name(self) -> str:
+        return self._model
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _http(self):
+        with self._client_lock:
+            if self._client is None:
+                import httpx
+
+                headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+                self._client = httpx.Client(
+                    timeout=httpx.Timeout(self.timeout_s),
+                    limits=httpx.Limits(
+                        max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+                    ),
+                    headers=headers,
+                )
+            return self._client
+
+    def close(self) -> None:
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _served_model(self, intervention: Intervention) -> str:
+        if intervention.kind != CHECKPOINT:
+            return self._model
+        label = str(intervention.value)
+        if self.checkpoints:
+            if label not in self.checkpoints:
+                raise UnknownNameError("checkpoint", label, self.checkpoints)
+            return self.checkpoints[label]
+        return label
+
+    def _temperature(self, intervention: Intervention) -> float:
+        if intervention.kind == TEMPERATURE:
+            return float(intervention.value)
+        return self.default_temperature
+
+    # -- sampling ------------------------------------------------------------------------
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], intervention: Intervention
+    ) -> list[Generation]:
+        if intervention.kind not in self.capabilities:
+            raise CapabilityError(
+                f"backend 'openai' cannot do {intervention.kind}; it serves "
+                f"{', '.join(sorted(k for k in self.capabilities if k != SCORE))}"
+            )
+        model = self._served_model(intervention)
+        temperature = self._temperature(intervention)
+        groups = self._group(requests)
+        results: list[Generation | None] = [None] * len(requests)
+
+        def run(group: list[int]) -> None:
+            for index, gen in zip(
+                group,
+                self._sample_group([requests[i] for i in group], model, temperature),
+                strict=True,
+            ):
+                results[index] = gen
+
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai") as pool:
+            futures = [pool.submit(run, g) for g in groups]
+            for group, future in zip(groups, futures, strict=True):
+                try:
+                    future.result()
+                except Exception as e:  # a bug in parsing must not lose the other requests
+                    logger.exception("request group failed unexpectedly")
+                    for i in group:
+                        if results[i] is None:
+                            results[i] = _failed(f"internal error: {type(e).__name__}: {e}", 0, 0.0)
+        return [r if r is not None else _failed("no result", 0, 0.0) for r in results]
+
+    def _group(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
+        groups: list[list[int]] = []
+        for i, req in enumerate(requests):
+            last = groups[-1] if groups else None
+            if (
+                last is not None
+                and len(last) < self.samples_per_request
+                and _same_call(requests[last[0]], req)
+            ):
+                last.append(i)
+            else:
+                groups.append([i])
+        return groups
+
+    def _body(self, req: GenerationRequest, model: str, temperature: float, n: int) -> dict:
+        body: dict[str, Any] = {
+            "model": model,
+            "max_tokens": req.max_tokens,
+            "n": n,
+            "temperature": temperature,
+        }
+        if self.api == "completions":
+            body["prompt"] = req.prompt
+            body["logprobs"] = self.top_logprobs
+        else:
+            body["messages"] = [{"role": "user", "content": req.prompt}]
+            body["logprobs"] = True
+            body["top_logprobs"] = self.top_logprobs
+        if req.stop:
+            body["stop"] = list(req.stop)
+        if self.send_seed:
+            body["seed"] = req.seed
+        if self.extensions:
+            body["return_tokens_as_token_ids"] = True
+        return body
+
+    def _sample_group(
+        self, group: list[GenerationRequest], model: str, temperature: float
+    ) -> list[Generation]:
+        n = len(group)
+        url = (
+            f"{self.base_url}/{'completions' if self.api == 'completions' else 'chat/completions'}"
+        )
+        body = self._body(group[0], model, temperature, n)
+        parse = _completion_steps if self.api == "completions" else _chat_steps
+
+        def check(data: dict) -> None:
+            choices = data.get("choices")
+            if not isinstance(choices, list) or len(choices) != n:
+                raise _Malformed(
+                    f"expected {n} choices, got "
+                    f"{len(choices) if isinstance(choices, list) else choices!r}"
+                )
+            for c in choices:
+                if not isinstance(c, dict):
+                    raise _Malformed("a choice is not an object")
+                parse(c)
+
+        start = time.perf_counter()
+        try:
+            data, attempts = post_json(self._http(), url, body, self.policy, check)
+        except RequestFailed as e:
+            elapsed = time.perf_counter() - start
+            logger.warning("request failed for good: %s", e.reason)
+            return [_failed(e.reason, e.attempts, elapsed / n, seed=r.seed) for r in group]
+        elapsed = time.perf_counter() - start
+        choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+        out = []
+        for choice, req in zip(choices, group, strict=True):
+            out.append(
+                self._to_generation(
+                    choice,
+                    parse(choice),
+                    req,
+                    temperature,
+                    attempts,
+                    elapsed / n,
+                    group_seed=group[0].seed,
+                )
+            )
+        return out
+
+    def _to_generation(
+        self,
+        choice: dict,
+        steps: list[_Step],
+        req: GenerationRequest,
+        temperature: float,
+        attempts: int,
+        time_s: float,
+        group_seed: int,
+    ) -> Generation:
+        if self.api == "completions":
+            text = choice.get("text") or ""
+        else:
+            text = (choice.get("message") or {}).get("content") or ""
+        ids = token_ids_from_strings([s.token for s in steps]) if self.extensions else None
+        policy_lps = [s.logprob for s in steps]
+        listed = [_listed(s) for s in steps]
+        entropies = [topk_entropy(lps) for lps in listed]
+        logprobs = [
+            tempered_logprob(s.logprob, lps, temperature)
+            for s, lps in zip(steps, listed, strict=True)
+        ]
+        server_reason = choice.get("finish_reason")
+        error = ""
+        if server_reason in ("stop", "eos", None) or server_reason == "length":
+            finish = "length" if server_reason == "length" else "stop"
+        else:
+            finish, error = "error", f"server finish_reason {server_reason!r}"
+        meta = {
+            "attempts": attempts,
+            "server_finish_reason": server_reason,
+            "logprobs_kind": "exact" if temperature == 1.0 else "topk",
+            "top_logprobs": self.top_logprobs,
+        }
+        if self.send_seed:
+            meta["seed_sent"] = group_seed
+        if ids is None:
+            meta["token_ids"] = "unavailable: the server returned token strings, not ids"
+        return Generation(
+            text=text,
+            token_ids=ids or [],
+            logprobs=logprobs,
+            entropies=entropies,
+            policy_logprobs=policy_lps,
+            entropy_kind="topk",
+            finish_reason=finish,
+            error=error,
+            time_s=time_s,
+            meta=meta,
+        )
+
+    # -- scoring -------------------------------------------------------------------------
+
+    def score(
+        self, prompts: Sequence[str], completions: Sequence[Sequence[int]], *, which: str = "policy"
+    ) -> list[list[float]]:
+        if SCORE not in self.capabilities:
+            raise CapabilityError(
+                "backend 'openai' can score only over the completions API with extensions on "
+                "(a server that returns prompt log-probs for echo=True, max_tokens=0, like vLLM "
+                "or `fixable serve`)"
+            )
+        if which == "policy":
+            model = self._model
+        elif which == "reference":
+            if self.reference is None:
+                raise CapabilityError("no reference model set: pass reference='SERVED-MODEL-ID'")
+            model = self.reference
+        else:
+            raise ConfigError(f"which must be 'policy' or 'reference', got {which!r}")
+        if len(prompts) != len(completions):
+            raise ConfigError(f"{len(prompts)} prompts but {len(completions)} completions")
+        url = f"{self.base_url}/completions"
+
+        def one(i: int) -> list[float]:
+            completion = [int(t) for t in completions[i]]
+            if not completion:
+                return []
+            prompt_ids = self._tokenize(prompts[i], model)
+            body = {
+                "model": model,
+                "prompt": prompt_ids + completion,
+                "max_tokens": 0,
+                "echo": True,
+                "logprobs": 0,
+                "temperature": 1.0,
+                "return_tokens_as_token_ids": True,
+            }
+            expected = len(prompt_ids) + len(completion)
+
+            def check(data: dict) -> None:
+                steps = _echo_steps(data)
+                if len(steps) != expected:
+                    raise _Malformed(f"echo returned {len(steps)} tokens, expected {expected}")
+
+            data, _ = post_json(self._http(), url, body, self.policy, check)
+            return [s.logprob for s in _echo_steps(data)[len(prompt_ids) :]]
+
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai") as pool:
+            futures = [pool.submit(one, i) for i in range(len(prompts))]
+            try:
+                return [f.result() for f in futures]
+            except RequestFailed as e:
+                # a score is all or nothing: a hole in ref_logprobs would bias the drift feature
+                raise FixableError(f"scoring through {self.base_url} failed: {e.reason}") from None
+
+    def _tokenize(self, prompt: str, model: str) -> list[int]:
+        """The server's own token ids of ``prompt`` (read back from an echo), cached."""
+        key = (model, prompt)
+        if key not in self._prompt_ids:
+            body = {
+                "model": model,
+                "prompt": prompt,
+                "max_tokens": 0,
+                "echo": True,
+                "logprobs": 0,
+                "return_tokens_as_token_ids": True,
+            }
+
+            def check(data: dict) -> None:
+                ids = token_ids_from_strings([s.token for s in _echo_steps(data)])
+                if ids is None:
+                    raise _Malformed("echoed tokens are not 'token_id:N' strings")
+
+            data, _ = post_json(
+                self._http(), f"{self.base_url}/completions", body, self.policy, check
+            )
+            self._prompt_ids[key] = token_ids_from_strings([s.token for s in _echo_steps(data)])
+        return self._prompt_ids[key]
+
+
+def _listed(step: _Step) -> list[float]:
+    """The log-probs of the distinct tokens a step names: its top-k plus the sampled one."""
+    listed = dict(step.top)
+    listed.setdefault(step.token, step.logprob)
+    return list(listed.values())
+
+
+def _echo_steps(data: dict) -> list[_Step]:
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _Malformed("no choices in echo response")
+    return _completion_steps(choices[0])
+
+
+def _same_call(a: GenerationRequest, b: GenerationRequest) -> bool:
+    return a.prompt == b.prompt and a.max_tokens == b.max_tokens and a.stop == b.stop
+
+
+def _failed(reason: str, attempts: int, time_s: float, seed: int | None = None) -> Generation:
+    meta: dict[str, Any] = {"attempts": attempts}
+    if seed is not None:
+        meta["seed_sent"] = seed
+    return Generation(
+        text="",
+        token_ids=[],
+        logprobs=[],
+        entropies=[],
+        policy_logprobs=[],
+        entropy_kind="topk",
+        finish_reason="error",
+        error=reason,
+        time_s=time_s,
+        meta=meta,
+    )
