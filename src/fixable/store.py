@@ -1,0 +1,693 @@
+"""The run store: a directory of Parquet shards that DuckDB reads in place.
+
+A run is a directory::
+
+    RUN/
+      manifest.json          everything needed to reproduce the run (see ``new_manifest``)
+      rollouts/*.parquet     rollout shards (schema ``fixable.schema.ROLLOUTS``)
+      problems/*.parquet     problem shards (schema ``fixable.schema.PROBLEMS``)
+      quarantine/            corrupt shards moved aside, each with a ``.why.txt`` beside it
+
+Shards are immutable. A writer buffers rows and writes each batch as a new shard named
+``{worker}-{uuid}.parquet``: first to a temporary name, fsynced, then renamed atomically,
+so a reader (or a writer killed mid-write) never sees half a shard. Because every writer
+has its own shard names, many processes on many hosts can write into one run on a shared
+filesystem; they must sample disjoint keys (``fixable.sampling`` partitions by problem).
+Readers deduplicate nothing; ``Run.duplicates()`` finds and reports a key written twice.
+
+A shard that cannot be read (truncated, bit rot, foreign columns) is never silently
+skipped: it is moved to ``quarantine/`` with the reason, and the user is told that its
+rollouts are missing and that re-running the sampling command samples them again.
+
+Schema changes are append-only, numbered ``MIGRATIONS``: opening a run written under an
+older schema version upgrades its manifest and shards (each shard records its version).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fixable import schema
+from fixable.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TABLES = {"rollouts": schema.ROLLOUTS, "problems": schema.PROBLEMS}
+QUARANTINE = "quarantine"
+LOCK = ".lock"
+RUN_FORMAT = "fixable-run"
+VERSION_KEY = b"fixable.schema_version"
+DEFAULT_FLUSH_EVERY = 2048  # rows per shard: bounds memory and what a crash can lose
+DEFAULT_FLUSH_SECONDS = 120.0  # ... and so does time, for slow models
+_TMP_SUFFIX = ".tmp"
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: upgrades a manifest and shards from ``version - 1`` to ``version``.
+
+    Append-only: a released migration is never edited, a schema change adds the next one.
+    """
+
+    version: int
+    description: str
+    manifest: Callable[[dict], dict]
+    rollouts: Callable[[pa.Table], pa.Table]
+    problems: Callable[[pa.Table], pa.Table]
+
+
+def conform(table: pa.Table, target: pa.Schema, where: str = "table") -> pa.Table:
+    """``table`` with exactly ``target``'s columns, in order and type; absent columns
+    become nulls, but the key columns (and, for problems, task and id) must be there."""
+    required = [c for c in (*schema.KEY, "task", "problem_id") if c in target.names]
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise StoreError(f"{where} lacks required column(s) {', '.join(missing)}")
+    columns = []
+    for field in target:
+        if field.name in table.column_names:
+            column = table.column(field.name)
+            try:
+                columns.append(column.cast(field.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise StoreError(
+                    f"{where}: column {field.name!r} is {column.type}, expected {field.type} ({e})"
+                ) from None
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=target)
+
+
+def _m001_manifest(manifest: dict) -> dict:
+    manifest = dict(manifest)
+    manifest.setdefault("format", RUN_FORMAT)
+    manifest.setdefault("created", _now())
+    manifest.setdefault("run_seed", None)
+    manifest.setdefault("models", {})
+    manifest.setdefault("invocations", [])
+    return manifest
+
+
+# Version 0 is a run without any schema version: shards written by hand or converted from
+# another harness. Migration 1 conforms them to the first versioned schema.
+MIGRATIONS: list[Migration] = [
+    Migration(
+        1,
+        "first versioned layout: conform shards to the rollouts/problems schemas",
+        _m001_manifest,
+        lambda t: conform(t, schema.ROLLOUTS),
+        lambda t: conform(t, schema.PROBLEMS),
+    ),
+]
+
+
+def _target_version() -> int:
+    return MIGRATIONS[-1].version if MIGRATIONS else 0
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def default_worker() -> str:
+    """``{host}-{pid}``: unique among live writers, readable in the ``worker`` column."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems cannot open a directory for fsync
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _tmp_name(final: Path) -> Path:
+    # the pid and host let a later writer on the same host delete what a dead one left
+    return final.with_name(f".{final.name}.{os.getpid()}@{socket.gethostname()}{_TMP_SUFFIX}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` through a temporary file, fsync, and an atomic rename."""
+    tmp = _tmp_name(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_shard(table: pa.Table, path: Path, version: int | None = None) -> Path:
+    """Write one Parquet shard atomically, with page checksums and its schema version."""
+    version = _target_version() if version is None else version
+    meta = dict(table.schema.metadata or {})
+    meta[VERSION_KEY] = str(version).encode()
+    table = table.replace_schema_metadata(meta)
+    tmp = _tmp_name(path)
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd", write_page_checksum=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _shard_version(metadata: dict | None) -> int:
+    if not metadata or VERSION_KEY not in metadata:
+        return 0
+    return int(metadata[VERSION_KEY])
+
+
+def _sql_str(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _arrow(relation) -> pa.Table:
+    # duckdb renamed arrow() to to_arrow_table(); accept both
+    to_table = getattr(relation, "to_arrow_table", None) or relation.arrow
+    return to_table()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- quarantine
+
+
+@dataclass(frozen=True)
+class QuarantinedShard:
+    """A shard that could not be read, and where it went."""
+
+    path: Path  # where it was
+    moved_to: Path  # where it is now
+    reason: str
+    n_rows: int | None  # rows its footer announced, when the footer was readable
+
+    def __str__(self) -> str:
+        rows = f"{self.n_rows} rollouts" if self.n_rows is not None else "an unknown number of rollouts"
+        return (
+            f"corrupt shard {self.path} ({self.reason}) moved to {self.moved_to}; "
+            f"its {rows} are missing until you re-run the sampling command, "
+            f"which samples those keys again"
+        )
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def new_manifest(**fields: Any) -> dict:
+    """A fresh manifest at the current schema version; ``fields`` are stored beside."""
+    manifest = {
+        "format": RUN_FORMAT,
+        "schema_version": _target_version(),
+        "created": _now(),
+        "run_seed": None,
+        "models": {},
+        "invocations": [],
+    }
+    manifest.update(fields)
+    return manifest
+
+
+class Run:
+    """An existing run directory: its manifest, shards, DuckDB views and writers.
+
+    ``Run(path)`` opens a run (and upgrades an older schema unless ``migrate=False``);
+    ``Run.create(path)`` makes a new one or opens it when it exists.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, migrate: bool = True):
+        self.path = Path(path)
+        self.quarantined: list[QuarantinedShard] = []
+        if not (self.path / MANIFEST).is_file():
+            hint = "is not a directory" if not self.path.is_dir() else f"has no {MANIFEST}"
+            raise StoreError(
+                f"{self.path} is not a run ({hint}); create one with "
+                f"`fixable sample ... --out {self.path}`"
+            )
+        self._manifest = self._read_manifest()
+        version = self._manifest.get("schema_version", 0)
+        if not isinstance(version, int) or version > _target_version():
+            raise StoreError(
+                f"{self.path} has schema version {version!r}; this fixable reads versions up to "
+                f"{_target_version()}: upgrade fixable (pip install -U fixable)"
+            )
+        if version < _target_version():
+            if not migrate:
+                raise StoreError(
+                    f"{self.path} has schema version {version}, this fixable writes "
+                    f"{_target_version()}: open it with migrate=True to upgrade it"
+                )
+            self.migrate()
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, **manifest_fields: Any) -> Run:
+        """Create a run at ``path`` (its parents too) or open the one already there."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"cannot create a run at {path}: it is a file")
+        path.mkdir(parents=True, exist_ok=True)
+        for table in TABLES:
+            (path / table).mkdir(exist_ok=True)
+        with _locked(path):
+            if not (path / MANIFEST).exists():
+                if any(next((path / t).glob("*.parquet"), None) for t in TABLES):
+                    raise StoreError(
+                        f"{path} holds shards but no {MANIFEST}; it is not a run this "
+                        f"fixable made — write to another --out"
+                    )
+                atomic_write_bytes(path / MANIFEST, _dump(new_manifest(**manifest_fields)))
+        return cls(path)
+
+    # ---------------------------------------------------------------- manifest
+
+    def _read_manifest(self) -> dict:
+        text = (self.path / MANIFEST).read_text()
+        try:
+            manifest = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{self.path / MANIFEST} is not valid JSON: {e}") from None
+        if not isinstance(manifest, dict):
+            raise StoreError(f"{self.path / MANIFEST} must hold a JSON object")
+        return manifest
+
+    @property
+    def manifest(self) -> dict:
+        """The manifest as last read or written by this object (``reload`` re-reads it)."""
+        return self._manifest
+
+    def reload(self) -> dict:
+        self._manifest = self._read_manifest()
+        return self._manifest
+
+    def update_manifest(self, change: Callable[[dict], dict | None]) -> dict:
+        """Apply ``change`` to the manifest on disk under the run's lock, write it atomically.
+
+        ``change`` receives the freshly read manifest (other writers may have updated it)
+        and edits it in place or returns a new one.
+        """
+        with _locked(self.path):
+            manifest = self._read_manifest()
+            changed = change(manifest)
+            manifest = manifest if changed is None else changed
+            atomic_write_bytes(self.path / MANIFEST, _dump(manifest))
+        self._manifest = manifest
+        return manifest
+
+    # ---------------------------------------------------------------- migrations
+
+    def migrate(self) -> int:
+        """Upgrade the manifest and every shard to the current schema version; returns the
+        number of shards rewritten. Interrupted migrations resume: each shard keeps its version."""
+        target = _target_version()
+        rewritten = 0
+        with _locked(self.path):
+            for table in TABLES:
+                for shard in self.shard_paths(table):
+                    try:
+                        version = _shard_version(pq.read_schema(shard).metadata)
+                    except (OSError, pa.ArrowException) as e:
+                        self._quarantine(shard, f"unreadable footer: {e}", None)
+                        continue
+                    if version < target:
+                        self._migrate_shard(table, shard, version)
+                        rewritten += 1
+            manifest = self._read_manifest()
+            version = manifest.get("schema_version", 0)
+            for migration in MIGRATIONS:
+                if migration.version > version:
+                    manifest = migration.manifest(manifest)
+                    log.info("%s: manifest migrated to schema %d", self.path, migration.version)
+            manifest["schema_version"] = target
+            atomic_write_bytes(self.path / MANIFEST, _dump(manifest))
+            self._manifest = manifest
+        return rewritten
+
+    def _migrate_shard(self, table_name: str, shard: Path, version: int) -> bool:
+        try:
+            table = pq.read_table(shard)
+        except (OSError, pa.ArrowException) as e:
+            self._quarantine(shard, f"unreadable while migrating: {e}", None)
+            return False
+        try:
+            for migration in MIGRATIONS:
+                if migration.version > version:
+                    table = getattr(migration, table_name)(table)
+        except StoreError as e:
+            self._quarantine(shard, f"cannot migrate from schema {version}: {e}", table.num_rows)
+            return False
+        write_shard(table.replace_schema_metadata(None), shard)
+        log.info("%s migrated from schema %d to %d", shard, version, _target_version())
+        return True
+
+    # ---------------------------------------------------------------- shards
+
+    def shard_paths(self, table: str = "rollouts") -> list[Path]:
+        if table not in TABLES:
+            raise StoreError(f"unknown table {table!r}; tables are {', '.join(TABLES)}")
+        directory = self.path / table
+        return sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+
+    def check(self, *, full: bool = False) -> list[QuarantinedShard]:
+        """Find unreadable shards and move them to ``quarantine/``; returns those moved now.
+
+        The quick check reads every footer (truncation, foreign columns); ``full=True``
+        also reads every page with its checksum (bit rot inside a shard).
+        """
+        moved: list[QuarantinedShard] = []
+        target = _target_version()
+        for table_name, expected in TABLES.items():
+            for shard in self.shard_paths(table_name):
+                n_rows = None
+                try:
+                    parquet = pq.ParquetFile(shard, page_checksum_verification=full)
+                    n_rows = parquet.metadata.num_rows
+                    version = _shard_version(parquet.schema_arrow.metadata)
+                    if version > target:
+                        raise StoreError(
+                            f"shard {shard} has schema version {version}; this fixable reads "
+                            f"up to {target}: upgrade fixable"
+                        )
+                    if version < target:
+                        self._migrate_shard(table_name, shard, version)
+                        continue
+                    mismatch = _schema_mismatch(parquet.schema_arrow, expected)
+                    if mismatch:
+                        moved.append(self._quarantine(shard, mismatch, n_rows))
+                        continue
+                    if full:
+                        for i in range(parquet.num_row_groups):
+                            parquet.read_row_group(i)
+                except StoreError:
+                    raise
+                except (OSError, pa.ArrowException, ValueError) as e:
+                    moved.append(self._quarantine(shard, _short(e), n_rows))
+        self.quarantined.extend(moved)
+        return moved
+
+    def _quarantine(self, shard: Path, reason: str, n_rows: int | None) -> QuarantinedShard:
+        directory = self.path / QUARANTINE
+        directory.mkdir(exist_ok=True)
+        target = directory / f"{shard.parent.name}-{shard.name}"
+        while target.exists():  # never overwrite an earlier quarantined shard
+            target = target.with_name(f"{target.stem}-{uuid.uuid4().hex[:6]}{target.suffix}")
+        os.replace(shard, target)
+        why = f"{_now()}\nfrom: {shard}\nreason: {reason}\nrows announced: {n_rows}\n"
+        target.with_name(target.name + ".why.txt").write_text(why)
+        _fsync_dir(directory)
+        entry = QuarantinedShard(shard, target, reason, n_rows)
+        log.warning("%s", entry)
+        return entry
+
+    def clean_temporaries(self) -> int:
+        """Delete temporary files left by dead writers of this host; returns how many."""
+        host = socket.gethostname()
+        removed = 0
+        for table in TABLES:
+            for tmp in (self.path / table).glob(f".*{_TMP_SUFFIX}"):
+                owner = tmp.name[: -len(_TMP_SUFFIX)].rsplit(".", 1)[-1]
+                pid, _, owner_host = owner.partition("@")
+                if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+                    tmp.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    # ---------------------------------------------------------------- reading
+
+    def connect(self, *, check: bool = True):
+        """A DuckDB connection with views ``rollouts`` and ``problems`` over the shards.
+
+        The views cover the shards present now; shards written later need a new connection.
+        """
+        import duckdb
+
+        if check:
+            self.check()
+        con = duckdb.connect()
+        for table, table_schema in TABLES.items():
+            shards = self.shard_paths(table)
+            if shards:
+                files = ", ".join(_sql_str(str(s)) for s in shards)
+                source = f"read_parquet([{files}])"
+            else:
+                con.register(f"_empty_{table}", table_schema.empty_table())
+                source = f"_empty_{table}"
+            # problems may be written by several workers: the view shows each once
+            distinct = "DISTINCT " if table == "problems" else ""
+            con.execute(f"CREATE VIEW {table} AS SELECT {distinct}* FROM {source}")
+        return con
+
+    def query(self, sql: str, params: Sequence | None = None) -> pa.Table:
+        """Run ``sql`` against the views; a shard found corrupt while reading is quarantined
+        and reported as a StoreError (re-run the query to read the rest)."""
+        import duckdb
+
+        con = self.connect()
+        try:
+            return _arrow(con.sql(sql, params=params) if params else con.sql(sql))
+        except (duckdb.IOException, duckdb.InvalidInputException) as e:
+            moved = self.check(full=True)
+            if not moved:
+                raise StoreError(f"query failed: {_short(e)}") from None
+            raise StoreError(
+                "reading the run found corrupt shards: "
+                + "; ".join(map(str, moved))
+                + ". Re-run the query to read the rest."
+            ) from None
+        except duckdb.Error as e:
+            raise StoreError(f"query failed: {_short(e)}") from None
+        finally:
+            con.close()
+
+    def rollouts(self, where: str | None = None, columns: Sequence[str] | None = None,
+                 *, order: bool = True) -> pa.Table:
+        """Rollouts as a pyarrow Table, filtered by the SQL condition ``where``, in key order."""
+        wanted = list(columns) if columns else schema.ROLLOUTS.names
+        unknown = [c for c in wanted if c not in schema.ROLLOUTS.names]
+        if unknown:
+            raise StoreError(f"unknown rollout column(s) {', '.join(unknown)}; "
+                             f"columns are {', '.join(schema.ROLLOUTS.names)}")
+        sql = f"SELECT {', '.join(wanted)} FROM rollouts"
+        if where:
+            sql += f" WHERE {where}"
+        if order:
+            sql += " ORDER BY " + ", ".join(schema.KEY)
+        table = self.query(sql)
+        return table.cast(pa.schema([schema.ROLLOUTS.field(c) for c in wanted]))
+
+    def problems(self) -> pa.Table:
+        return self.query("SELECT * FROM problems ORDER BY task, problem_id").cast(schema.PROBLEMS)
+
+    def keys(self, where: str | None = None) -> set[tuple]:
+        """The keys (``fixable.schema.KEY`` tuples) present, optionally filtered by ``where``."""
+        sql = f"SELECT {', '.join(schema.KEY)} FROM rollouts"
+        if where:
+            sql += f" WHERE {where}"
+        table = self.query(sql)
+        return set(zip(*(table.column(c).to_pylist() for c in schema.KEY), strict=True))
+
+    def duplicates(self) -> pa.Table:
+        """Keys present more than once, with their count (empty when the run is sound)."""
+        key = ", ".join(schema.KEY)
+        return self.query(
+            f"SELECT {key}, count(*) AS copies FROM rollouts GROUP BY {key} "
+            f"HAVING count(*) > 1 ORDER BY {key}"
+        )
+
+    def counts(self) -> pa.Table:
+        """Rollouts, problems, correct and error counts per model and phase."""
+        return self.query(
+            "SELECT model, phase, count(*) AS rollouts, count(DISTINCT problem_id) AS problems, "
+            "count(DISTINCT setting) AS settings, CAST(sum(CAST(correct AS INTEGER)) AS BIGINT) "
+            "AS correct, CAST(sum(CAST(status = 'error' AS INTEGER)) AS BIGINT) AS errors "
+            "FROM rollouts GROUP BY model, phase ORDER BY model, phase"
+        )
+
+    # ---------------------------------------------------------------- writing
+
+    def writer(self, table: str = "rollouts", *, worker: str | None = None,
+               flush_every: int = DEFAULT_FLUSH_EVERY,
+               flush_seconds: float = DEFAULT_FLUSH_SECONDS) -> ShardWriter:
+        return ShardWriter(self, table, worker=worker, flush_every=flush_every,
+                           flush_seconds=flush_seconds)
+
+    def write_problems(self, problems: Iterable, *, worker: str | None = None) -> int:
+        """Add problems not yet in the run; returns how many were new.
+
+        A problem id already present with another prompt or answer is refused: the run's
+        rollouts of that id would then mean two different problems.
+        """
+        existing = {
+            (r["task"], r["problem_id"]): r for r in self.problems().to_pylist()
+        }
+        rows = []
+        for p in problems:
+            row = {
+                "task": p.task,
+                "problem_id": p.id,
+                "prompt": p.prompt,
+                "answer": p.answer,
+                "meta": json.dumps(p.meta, sort_keys=True, default=str),
+            }
+            old = existing.get((p.task, p.id))
+            if old is None:
+                rows.append(row)
+                existing[(p.task, p.id)] = row
+            elif (old["prompt"], old["answer"]) != (row["prompt"], row["answer"]):
+                raise StoreError(
+                    f"problem {p.id!r} of task {p.task!r} is already in {self.path} with another "
+                    f"prompt or answer; problems changed (task options or problem seed?): "
+                    f"write to a new --out"
+                )
+        if rows:
+            with self.writer("problems", worker=worker) as w:
+                w.extend(rows)
+        return len(rows)
+
+
+def _schema_mismatch(found: pa.Schema, expected: pa.Schema) -> str:
+    problems = []
+    for field in expected:
+        if field.name not in found.names:
+            problems.append(f"column {field.name!r} missing")
+        elif not found.field(field.name).type.equals(field.type):
+            problems.append(f"column {field.name!r} is {found.field(field.name).type}, "
+                            f"expected {field.type}")
+    return "; ".join(problems)
+
+
+def _short(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]
+
+
+def _dump(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive advisory lock on the run (manifest updates, migrations)."""
+    with open(directory / LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class ShardWriter:
+    """Buffers rows of one table and writes them as new shards: every ``flush_every`` rows,
+    every ``flush_seconds``, and on close — also when closed by an exception, since every
+    buffered row is a finished rollout worth keeping."""
+
+    def __init__(self, run: Run, table: str = "rollouts", *, worker: str | None = None,
+                 flush_every: int = DEFAULT_FLUSH_EVERY,
+                 flush_seconds: float = DEFAULT_FLUSH_SECONDS):
+        if table not in TABLES:
+            raise StoreError(f"unknown table {table!r}; tables are {', '.join(TABLES)}")
+        if flush_every < 1:
+            raise StoreError(f"flush_every must be at least 1, got {flush_every}")
+        self.run, self.table, self.schema = run, table, TABLES[table]
+        self.worker = worker or default_worker()
+        if any(c in self.worker for c in "/\\\0") or self.worker.startswith("."):
+            raise StoreError(f"worker name {self.worker!r} must not contain '/' or start with '.'")
+        self.flush_every, self.flush_seconds = flush_every, flush_seconds
+        self.directory = run.path / table
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.shards: list[Path] = []
+        self.rows_written = 0
+        self._buffer: list[dict] = []
+        self._last_flush = time.monotonic()
+        run.clean_temporaries()
+
+    def append(self, row: dict) -> None:
+        self._buffer.append(row)
+        self._maybe_flush()
+
+    def extend(self, rows: Iterable[dict]) -> None:
+        self._buffer.extend(rows)
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if (len(self._buffer) >= self.flush_every
+                or time.monotonic() - self._last_flush >= self.flush_seconds):
+            self.flush()
+
+    def flush(self) -> Path | None:
+        """Write the buffered rows as one new shard (nothing when the buffer is empty)."""
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return None
+        table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+        path = self.directory / f"{self.worker}-{uuid.uuid4().hex[:12]}.parquet"
+        write_shard(table, path)
+        self.shards.append(path)
+        self.rows_written += table.num_rows
+        log.debug("wrote %d %s to %s", table.num_rows, self.table, path)
+        self._buffer = []
+        return path
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def find_runs(directory: str | os.PathLike, max_depth: int = 3) -> list[Path]:
+    """Run directories at or under ``directory`` (those holding a manifest.json)."""
+    root = Path(directory)
+    if (root / MANIFEST).is_file():
+        return [root]
+    found: list[Path] = []
+
+    def walk(d: Path, depth: int) -> None:
+        if depth > max_depth:
+            return
+        try:
+            children = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            return
+        for child in children:
+            if (child / MANIFEST).is_file():
+                found.append(child)
+            elif child.name not in TABLES and child.name != QUARANTINE:
+                walk(child, depth + 1)
+
+    walk(root, 1)
+    return found
