@@ -31,13 +31,18 @@ import dataclasses
 import difflib
 import json
 import re
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fixable.errors import ConfigError, FixableError
 from fixable.interventions import RETRY, Intervention, parse_grid
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
 
 PHASES = ("probe", "rescue", "sweep")
 DEFAULT_GRID = "retry;temperature:0.3,0.6,1.3"  # runs on every backend; add mix/checkpoint/dola

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fixable import schema
 from fixable.backends.base import SCORE, SEEDED, Backend, GenerationRequest, check_capabilities
 from fixable.errors import CapabilityError, ConfigError, StoreError
 from fixable.interventions import RETRY, Intervention
