@@ -428,7 +428,7 @@ class Run:
         target.with_name(target.name + ".why.txt").write_text(why)
         _fsync_dir(directory)
         entry = QuarantinedShard(shard, target, reason, n_rows)
-        log.warning("%s", entry)
+        log.warning("corrupt shard %s (%s) moved to %s", shard, reason, target)
         return entry
 
     def clean_temporaries(self) -> int:
@@ -469,14 +469,16 @@ class Run:
             con.execute(f"CREATE VIEW {table} AS SELECT {distinct}* FROM {source}")
         return con
 
-    def query(self, sql: str, params: Sequence | None = None) -> pa.Table:
-        """Run ``sql`` against the views; a shard found corrupt while reading is quarantined
-        and reported as a StoreError (re-run the query to read the rest)."""
+    @contextlib.contextmanager
+    def reading(self) -> Iterator:
+        """A connection (see ``connect``) whose read errors are checked for corrupt shards:
+        one found is quarantined and reported as a StoreError naming it; other DuckDB
+        errors become one-line StoreErrors."""
         import duckdb
 
         con = self.connect()
         try:
-            return _arrow(con.sql(sql, params=params) if params else con.sql(sql))
+            yield con
         except (duckdb.IOException, duckdb.InvalidInputException) as e:
             moved = self.check(full=True)
             if not moved:
@@ -490,6 +492,35 @@ class Run:
             raise StoreError(f"query failed: {_short(e)}") from None
         finally:
             con.close()
+
+    def query(self, sql: str, *, limit: int | None = None) -> pa.Table:
+        """The result of ``sql`` over the views, as a pyarrow Table (at most ``limit`` rows)."""
+        with self.reading() as con:
+            relation = con.sql(sql)
+            if relation is None:  # a statement without a result (e.g. CREATE TABLE)
+                return pa.table({})
+            if limit is not None:
+                relation = relation.limit(limit)
+            return _arrow(relation)
+
+    def copy(self, sql: str, path: str | os.PathLike, fmt: str) -> Path:
+        """Write the result of ``sql`` to ``path`` as ``fmt`` (csv, parquet or json lines),
+        streamed by DuckDB, so a result larger than memory is fine."""
+        formats = {"csv": "FORMAT csv, HEADER true", "parquet": "FORMAT parquet",
+                   "jsonl": "FORMAT json"}
+        if fmt not in formats:
+            raise StoreError(f"format must be one of {', '.join(formats)}, got {fmt!r}")
+        path = Path(path)
+        with self.reading() as con:
+            con.execute(f"COPY ({sql}) TO {_sql_str(str(path))} ({formats[fmt]})")
+        return path
+
+    def batches(self, sql: str, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+        """The result of ``sql`` as record batches, without holding it all in memory."""
+        with self.reading() as con:
+            relation = con.sql(sql)
+            fetch = getattr(relation, "fetch_record_batch", None) or relation.to_arrow_reader
+            yield from fetch(batch_size)
 
     def rollouts(self, where: str | None = None, columns: Sequence[str] | None = None,
                  *, order: bool = True) -> pa.Table:

@@ -17,6 +17,10 @@ from fixable.errors import FixableError
 # subcommand → module in fixable.cli holding a click command named ``command``
 COMMANDS = {
     "zoo": "zoo",
+    "sample": "sample",
+    "runs": "runs",
+    "query": "query",
+    "export": "export",
 }
 
 
