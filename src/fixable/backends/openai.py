@@ -71,7 +71,7 @@ def topk_entropy(top_logprobs: Sequence[float]) -> float:
         return float("nan")
     listed = -sum(p * math.log(p) for p in probs if p > 0)
     tail = 1.0 - sum(probs)
-    if tail <= 1e-12:
+    if tail <= 1e-6:  # a float32 list sums to 1 only within rounding: no tail to speak of
         return listed
     return listed - tail * math.log(min(tail, min(probs)))
 
@@ -96,7 +96,7 @@ def tempered_logprob(
     listed = [lp * inv for lp in tops]
     tail = max(0.0, 1.0 - sum(math.exp(lp) for lp in tops))
     terms = list(listed)
-    if tail > 1e-12:
+    if tail > 1e-6:
         terms.append(math.log(tail) + (inv - 1.0) * tops[0])
     peak = max(terms)
     log_normaliser = peak + math.log(sum(math.exp(t - peak) for t in terms))

@@ -1,0 +1,516 @@
+"""The ``hf`` backend: any causal language model that transformers can load.
+
+It runs its own decoding loop over the model's logits rather than ``generate``, because
+the method needs what ``generate`` does not give: every token's log-prob under the
+distribution actually sampled from, the full-vocabulary entropy and log-prob of the
+policy at T=1, the geometric mixture with a reference model (two KV caches in lockstep),
+layer-contrast (DoLa) decoding from the hidden states, and batch-invariant seeds.
+
+Tokens are drawn with the same counter-based Gumbel noise as the organism engine
+(``fixable.noise.gumbel_argmax``, step t of row seed s) from log-probs computed the same
+way (``sampling_logprobs``), so on the same weights and seeds the ``hf`` and ``organism``
+backends sample the same tokens (tests check it, mix and DoLa included). The noise makes
+a row's randomness a function of its seed alone; unlike the organism engine, this loop
+does not pin the floating-point summation order across batch shapes, so a near-tie can
+in rare cases resolve differently in another batch — hence no ``seeded`` capability.
+
+Loading is local first: a directory written by ``save_pretrained`` (or
+``fixable zoo export``). A Hub id works where the user is online; with
+``HF_HUB_OFFLINE=1`` transformers refuses it with its own message. transformers is
+imported only when a backend is built.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fixable.backends.base import (
+    CHECKPOINT,
+    DOLA,
+    FULL_ENTROPY,
+    MIX,
+    RETRY,
+    SCORE,
+    TEMPERATURE,
+    Generation,
+    GenerationRequest,
+    check_capabilities,
+)
+from fixable.errors import CapabilityError, ConfigError, UnknownNameError
+from fixable.interventions import Intervention
+from fixable.registry import backends
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU; use 'cpu'")
+    return device
+
+
+class _Model:
+    """A loaded causal LM with what the loop needs to know about it."""
+
+    def __init__(self, source: str, *, device: str, dtype: str, trust_remote_code: bool):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.source = source
+        try:
+            self.lm = AutoModelForCausalLM.from_pretrained(
+                source, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+            )
+        except OSError as e:
+            raise ConfigError(
+                f"cannot load a causal LM from {source!r}: {e}. Give a local directory "
+                "written by save_pretrained (e.g. `fixable zoo export NAME OUT`)"
+            ) from None
+        self.lm.to(device).eval()
+        self.device = device
+        self.n_layers = int(self.lm.config.num_hidden_layers)
+        self.vocab_size = int(self.lm.get_output_embeddings().weight.shape[0])
+        params = inspect.signature(self.lm.forward).parameters
+        # transformers 5 renamed past_key_values to cache; accept either release
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.lm.config)
+        except TypeError:
+            return DynamicCache()
+
+    def forward(self, ids, mask, positions, cache, *, hidden: bool = False, last_only: bool):
+        kwargs = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": positions,
+            self.cache_arg: cache,
+            "use_cache": cache is not None,
+            "output_hidden_states": hidden,
+        }
+        if last_only:
+            kwargs["logits_to_keep"] = 1
+        return self.lm(**kwargs)
+
+    def early_exit_logits(self, hidden_state):
+        """Logits from an intermediate residual stream through the final norm and the head."""
+        base = getattr(self.lm, "model", None)
+        norm = getattr(base, "norm", None)
+        if norm is None:
+            raise CapabilityError(
+                f"model {self.source!r} has no `model.norm`: DoLa needs a Llama-style layout"
+            )
+        return self.lm.get_output_embeddings()(norm(hidden_state))
+
+
+def sampling_logprobs(
+    policy_lp, temperature: float, ref_lp=None, alpha: float = 0.0, early_lp=None
+):
+    """Log-probs of the distribution an intervention samples from, computed exactly as the
+    organism engine does (``fixable.organism.decode``), so that the same seeds draw the
+    same tokens: the geometric mixture ``log_softmax((1-α) log p + α log p_ref)``; or DoLa,
+    ``log p - log p_early`` over the tokens with ``p >= 0.1 * max p``; then temperature."""
+    import math
+
+    import torch
+
+    from fixable.organism.decode import DOLA_PLAUSIBILITY
+
+    base = policy_lp
+    if ref_lp is not None:
+        base = torch.log_softmax((1 - alpha) * policy_lp + alpha * ref_lp, dim=-1)
+    elif early_lp is not None:
+        threshold = policy_lp.max(dim=-1, keepdim=True).values + math.log(DOLA_PLAUSIBILITY)
+        contrast = (policy_lp - early_lp).masked_fill(policy_lp < threshold, float("-inf"))
+        base = torch.log_softmax(contrast, dim=-1)
+    if temperature != 1:
+        base = torch.log_softmax(base / temperature, dim=-1)
+    return base
+
+
+@backends.register("hf")
+class HFBackend:
+    """Sampling and teacher-forced scoring with transformers, under every intervention.
+
+    Args:
+        model: a directory written by ``save_pretrained`` (or a Hub id, online only).
+        reference: the reference model (same tokenizer) for ``mix`` and reference scoring.
+        checkpoints: label → directory of earlier checkpoints, for ``checkpoint(c)``; a
+            ``c`` that is not a label is taken as a directory.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+        dtype: weights' dtype; log-probs and entropies are always computed in float32.
+        batch_size: rows decoded together (prompts × samples).
+        chat_template: wrap each prompt as one user message in the tokenizer's chat
+            template (for instruction-tuned models); off by default because task prompts
+            arrive already templated for their task.
+        add_bos: prepend the tokenizer's bos token when its encoding does not start with
+            it. ``None`` (default) decides from the tokenizer: yes when it defines a bos
+            token and its ``add_bos_token`` setting (or the organism export's marker) asks
+            for it.
+        trust_remote_code: passed to transformers.
+    """
+
+    name = "hf"
+    capabilities = frozenset({RETRY, TEMPERATURE, MIX, CHECKPOINT, DOLA, SCORE, FULL_ENTROPY})
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        reference: str | Path | None = None,
+        checkpoints: Mapping[str, str | Path] | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int = 64,
+        chat_template: bool = False,
+        add_bos: bool | None = None,
+        trust_remote_code: bool = False,
+    ):
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        from transformers import AutoTokenizer
+
+        self.device = _resolve_device(device)
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.chat_template = chat_template
+        self.trust_remote_code = trust_remote_code
+        self.source = str(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.source, trust_remote_code=trust_remote_code
+        )
+        self.policy = self._load(self.source)
+        self.reference = None if reference is None else self._load(str(reference))
+        if self.reference is not None and self.reference.vocab_size != self.policy.vocab_size:
+            raise ConfigError(
+                f"reference {reference!r} has a vocabulary of {self.reference.vocab_size} but "
+                f"the policy of {self.policy.vocab_size}: mixing needs a shared tokenizer"
+            )
+        self.checkpoints = {k: str(v) for k, v in (checkpoints or {}).items()}
+        self._checkpoint_cache: tuple[str, _Model] | None = None
+        self.add_bos = self._decide_bos() if add_bos is None else add_bos
+        eos = self.policy.lm.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        caps = set(self.capabilities)
+        if self.reference is None:
+            caps.discard(MIX)
+        self.capabilities = frozenset(caps)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _load(self, source: str) -> _Model:
+        return _Model(
+            source, device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code
+        )
+
+    def _decide_bos(self) -> bool:
+        tok = self.tokenizer
+        if tok.bos_token_id is None:
+            return False
+        init = getattr(tok, "init_kwargs", {}) or {}
+        if "add_bos_token" in init:
+            return bool(init["add_bos_token"])
+        return bool(getattr(tok, "add_bos_token", False))
+
+    def _checkpoint_model(self, label: str) -> _Model:
+        source = self.checkpoints.get(label)
+        if source is None:
+            if not Path(label).is_dir():
+                raise UnknownNameError("checkpoint", label, self.checkpoints)
+            source = label
+        # keep one checkpoint resident: a sweep visits them one at a time
+        if self._checkpoint_cache is None or self._checkpoint_cache[0] != source:
+            self._checkpoint_cache = (source, self._load(source))
+        return self._checkpoint_cache[1]
+
+    @property
+    def model_name(self) -> str:
+        return self.source
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a prompt as decoding feeds it (chat template and bos applied)."""
+        tok = self.tokenizer
+        if self.chat_template:
+            text = self.chat_prompt([{"role": "user", "content": text}])
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tok(text, add_special_tokens=True)["input_ids"]
+        if self.add_bos and (not ids or ids[0] != tok.bos_token_id):
+            ids = [tok.bos_token_id, *ids]
+        return list(ids)
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(
+                f"the tokenizer of {self.source!r} has no chat template: use plain prompts"
+            )
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.convert_ids_to_tokens(int(token_id))
+
+    def decode_ids(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # -- batching helpers ------------------------------------------------------------------
+
+    def _left_pad(self, rows: Sequence[Sequence[int]]):
+        import torch
+
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        pad = 0 if pad is None else pad
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+                mask[i, width - len(r) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+
+    # -- teacher forcing -------------------------------------------------------------------
+
+    def next_token_logprobs(self, sequences: Sequence[Sequence[int]], *, which: str = "policy"):
+        """For each sequence of length L, a (L-1, V) float32 CPU tensor of log p(x_t | x_<t)."""
+        import torch
+
+        model = self._which(which)
+        out: list[Any] = [None] * len(sequences)
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                rows = [sequences[i] for i in chunk]
+                ids, mask, positions = self._left_pad(rows)
+                logits = model.forward(ids, mask, positions, None, last_only=False).logits
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                width = ids.shape[1]
+                for j, i in enumerate(chunk):
+                    n = len(sequences[i])
+                    out[i] = logprobs[j, width - n : width - 1].cpu()
+        return out
+
+    def score(
+        self, prompts: Sequence[str], completions: Sequence[Sequence[int]], *, which: str = "policy"
+    ) -> list[list[float]]:
+        import torch
+
+        if len(prompts) != len(completions):
+            raise ConfigError(f"{len(prompts)} prompts but {len(completions)} completions")
+        self._which(which)  # validate before any work
+        prompt_ids = [self.encode_prompt(p) for p in prompts]
+        sequences = [p + [int(t) for t in c] for p, c in zip(prompt_ids, completions, strict=True)]
+        rows = self.next_token_logprobs(sequences, which=which)
+        out = []
+        for p, c, row in zip(prompt_ids, completions, rows, strict=True):
+            if len(c) == 0:
+                out.append([])
+                continue
+            targets = torch.tensor([int(t) for t in c], dtype=torch.long)
+            picked = row[len(p) - 1 :].gather(-1, targets[:, None])[:, 0]
+            out.append(picked.tolist())
+        return out
+
+    def _which(self, which: str) -> _Model:
+        if which == "policy":
+            return self.policy
+        if which == "reference":
+            if self.reference is None:
+                raise CapabilityError(
+                    "no reference model: pass reference=DIRECTORY to the hf backend"
+                )
+            return self.reference
+        raise ConfigError(f"which must be 'policy' or 'reference', got {which!r}")
+
+    # -- sampling --------------------------------------------------------------------------
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], intervention: Intervention
+    ) -> list[Generation]:
+        check_capabilities(self, [intervention])
+        policy, reference, alpha, dola_layer, temperature = self.policy, None, 0.0, None, 1.0
+        if intervention.kind == TEMPERATURE:
+            temperature = float(intervention.value)
+        elif intervention.kind == MIX:
+            reference, alpha = self.reference, float(intervention.value)
+        elif intervention.kind == CHECKPOINT:
+            policy = self._checkpoint_model(str(intervention.value))
+        elif intervention.kind == DOLA:
+            dola_layer = int(intervention.value)
+            if not 0 <= dola_layer < policy.n_layers:
+                raise ConfigError(
+                    f"dola layer must be in [0, {policy.n_layers - 1}] for {self.source!r} "
+                    f"({policy.n_layers} layers), got {dola_layer}"
+                )
+        prompt_ids = [self.encode_prompt(r.prompt) for r in requests]
+        results: list[Generation | None] = [None] * len(requests)
+        # longest prompts first: rows of one batch then pad little
+        order = sorted(range(len(requests)), key=lambda i: -len(prompt_ids[i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            t0 = time.perf_counter()
+            gens = self._decode(
+                policy,
+                [prompt_ids[i] for i in chunk],
+                [requests[i] for i in chunk],
+                temperature=temperature,
+                reference=reference,
+                alpha=alpha,
+                dola_layer=dola_layer,
+            )
+            share = (time.perf_counter() - t0) / len(chunk)
+            for i, g in zip(chunk, gens, strict=True):
+                g.time_s = share
+                results[i] = g
+        return results  # type: ignore[return-value]
+
+    def _decode(
+        self,
+        model: _Model,
+        prompts: list[list[int]],
+        requests: list[GenerationRequest],
+        *,
+        temperature: float,
+        reference: _Model | None,
+        alpha: float,
+        dola_layer: int | None,
+    ) -> list[Generation]:
+        import torch
+
+        from fixable.noise import gumbel_argmax
+
+        n = len(prompts)
+        seeds = torch.tensor([r.seed for r in requests], dtype=torch.int64)
+        limits = torch.tensor([r.max_tokens for r in requests], dtype=torch.long)
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logprobs: list[list[float]] = [[] for _ in range(n)]
+        entropies: list[list[float]] = [[] for _ in range(n)]
+        policy_lps: list[list[float]] = [[] for _ in range(n)]
+        finish = ["length"] * n
+        texts: list[str | None] = [None] * n
+        stops = [r.stop for r in requests]
+
+        with torch.inference_mode():
+            ids, mask, positions = self._left_pad(prompts)
+            caches = [model.new_cache()]
+            out = model.forward(
+                ids,
+                mask,
+                positions,
+                caches[0],
+                hidden=dola_layer is not None,
+                last_only=dola_layer is None,
+            )
+            ref_out = None
+            if reference is not None:
+                caches.append(reference.new_cache())
+                ref_out = reference.forward(ids, mask, positions, caches[1], last_only=True)
+            active = torch.arange(n)  # original row of each batch row
+            next_pos = positions[:, -1] + 1
+            step = 0
+            while active.numel() > 0:
+                logits = out.logits[:, -1].float()
+                policy_lp = torch.log_softmax(logits, dim=-1)
+                ref_lp = None
+                if ref_out is not None:
+                    ref_lp = torch.log_softmax(ref_out.logits[:, -1].float(), dim=-1)
+                early_lp = None
+                if dola_layer is not None:
+                    early = model.early_exit_logits(out.hidden_states[dola_layer][:, -1])
+                    early_lp = torch.log_softmax(early.float(), dim=-1)
+                sample_lp = sampling_logprobs(policy_lp, temperature, ref_lp, alpha, early_lp)
+                chosen = gumbel_argmax(sample_lp, seeds[active], step).to(self.device)
+                gather = chosen[:, None]
+                chosen_lp = sample_lp.gather(-1, gather)[:, 0].cpu()
+                chosen_policy = policy_lp.gather(-1, gather)[:, 0].cpu()
+                entropy = -(policy_lp.exp() * policy_lp).nan_to_num().sum(-1).cpu()
+                chosen_cpu = chosen.cpu()
+                keep = []
+                for j, row in enumerate(active.tolist()):
+                    tok = int(chosen_cpu[j])
+                    tokens[row].append(tok)
+                    logprobs[row].append(float(chosen_lp[j]))
+                    policy_lps[row].append(float(chosen_policy[j]))
+                    entropies[row].append(float(entropy[j]))
+                    ended = tok in self.eos_ids or (
+                        stops[row] and self._cut_at_stop(row, tokens, texts, stops)
+                    )
+                    if ended:
+                        finish[row] = "stop"
+                    elif len(tokens[row]) >= int(limits[row]):
+                        finish[row] = "length"
+                    else:
+                        keep.append(j)
+                step += 1
+                if not keep:
+                    break
+                if len(keep) < active.numel():
+                    index = torch.tensor(keep, dtype=torch.long, device=self.device)
+                    for cache in caches:
+                        cache.batch_select_indices(index)
+                    mask, next_pos, chosen = mask[index], next_pos[index], chosen[index]
+                    active = active[index.cpu()]
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                step_ids, step_pos = chosen[:, None], next_pos[:, None]
+                out = model.forward(
+                    step_ids,
+                    mask,
+                    step_pos,
+                    caches[0],
+                    hidden=dola_layer is not None,
+                    last_only=True,
+                )
+                if reference is not None:
+                    ref_out = reference.forward(step_ids, mask, step_pos, caches[1], last_only=True)
+                next_pos = next_pos + 1
+
+        gens = []
+        for row in range(n):
+            text = texts[row]
+            if text is None:
+                text = self.tokenizer.decode(tokens[row], skip_special_tokens=True)
+            gens.append(
+                Generation(
+                    text=text,
+                    token_ids=tokens[row],
+                    logprobs=logprobs[row],
+                    entropies=entropies[row],
+                    policy_logprobs=policy_lps[row],
+                    entropy_kind="full",
+                    finish_reason=finish[row],
+                    meta={"seed": requests[row].seed},
+                )
+            )
+        return gens
+
+    def _cut_at_stop(self, row: int, tokens, texts, stops) -> bool:
+        """Whether row's text now contains a stop string; if so, remember it cut before it."""
+        text = self.tokenizer.decode(tokens[row], skip_special_tokens=True)
+        hits = [text.find(s) for s in stops[row] if s in text]
+        if not hits:
+            return False
+        texts[row] = text[: min(hits)]
+        return True
