@@ -479,7 +479,10 @@ class Run:
         con = self.connect()
         try:
             yield con
-        except (duckdb.IOException, duckdb.InvalidInputException) as e:
+        except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException) as e:
+            raise StoreError(f"query failed: {_short(e)}") from None
+        except duckdb.Error as e:
+            # corruption surfaces as many kinds of error (IO, invalid input, thrift, decoding)
             moved = self.check(full=True)
             if not moved:
                 raise StoreError(f"query failed: {_short(e)}") from None
@@ -488,8 +491,6 @@ class Run:
                 + "; ".join(map(str, moved))
                 + ". Re-run the query to read the rest."
             ) from None
-        except duckdb.Error as e:
-            raise StoreError(f"query failed: {_short(e)}") from None
         finally:
             con.close()
 
