@@ -477,6 +477,7 @@ class OpenAIBackend:
             body["seed"] = req.seed
         if self.extensions:
             body["return_tokens_as_token_ids"] = True
+            body["return_entropies"] = True  # `fixable serve` answers with full entropies
         return body
 
     def _sample_group(
@@ -543,6 +544,16 @@ class OpenAIBackend:
         policy_lps = [s.logprob for s in steps]
         listed = [_listed(s) for s in steps]
         entropies = [topk_entropy(lps) for lps in listed]
+        entropy_kind = "topk"
+        served = choice.get("entropies")
+        if (
+            isinstance(served, list)
+            and len(served) == len(steps)
+            and choice.get("entropy_kind") in ("full", "topk")
+        ):
+            # the server computed them itself (fixable serve): take its exact values
+            entropies = [_as_float(e) for e in served]
+            entropy_kind = choice["entropy_kind"]
         logprobs = [
             tempered_logprob(s.logprob, lps, temperature)
             for s, lps in zip(steps, listed, strict=True)
@@ -569,7 +580,7 @@ class OpenAIBackend:
             logprobs=logprobs,
             entropies=entropies,
             policy_logprobs=policy_lps,
-            entropy_kind="topk",
+            entropy_kind=entropy_kind,
             finish_reason=finish,
             error=error,
             time_s=time_s,

@@ -1,0 +1,734 @@
+"""``fixable serve``: an OpenAI-compatible HTTP server over the organism and hf backends.
+
+It answers ``GET /v1/models``, ``POST /v1/completions`` and ``POST /v1/chat/completions``
+with the OpenAI wire format, including ``n``, ``logprobs``/``top_logprobs`` and ``echo``.
+``echo=True, logprobs=0, max_tokens=0`` returns the teacher-forced log-probs of the prompt
+tokens, which is how the ``openai`` backend scores completions; ``prompt`` may be a list of
+token ids, as in OpenAI's and vLLM's completions API.
+
+Sampling goes through the backend's own ``generate``, so a request's tokens are the same
+as the backend's for the same seed. A request with ``seed`` samples its first choice with
+exactly that seed (choice i > 0 with a seed derived from it); without one the server draws
+a seed and reports it. Requests that arrive within a few milliseconds of one another are
+decoded in one batch: batch-invariant seeds make that safe, and it is what makes many
+concurrent clients cheap.
+
+Extensions (ignored by other clients): ``return_tokens_as_token_ids`` (tokens read
+``"token_id:N"``, as in vLLM), ``intervention`` (a label such as ``"mix(alpha=0.5)"``,
+served when the backend can), and ``return_entropies`` (each choice gets ``entropies``,
+the policy's full-vocabulary entropy per generated token).
+
+Log-probs are the policy's at temperature 1 whatever the sampling temperature, as vLLM's
+default ``raw_logprobs`` mode reports them. fastapi and uvicorn are imported only here.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations
+# at runtime, and ``Request`` is imported lazily inside ``create_app``.
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fixable.backends.base import Backend, Generation, GenerationRequest, check_capabilities
+from fixable.errors import CapabilityError, ConfigError, FixableError
+from fixable.interventions import RETRY, Intervention, parse_intervention
+
+logger = logging.getLogger(__name__)
+
+MAX_TOP_LOGPROBS = 20
+DEFAULT_MAX_TOKENS = 16  # the OpenAI completions API's default
+
+
+class TokenLevel(Protocol):
+    """What the server needs of a model beyond the Backend protocol: its tokenizer and its
+    full next-token distributions, teacher-forced."""
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a prompt exactly as the backend's ``generate`` feeds it."""
+        ...
+
+    def token_text(self, token_id: int) -> str:
+        """The token as a vocabulary string (special tokens by name)."""
+        ...
+
+    def decode_ids(self, ids: Sequence[int]) -> str:
+        """The text of ``ids``, special tokens dropped."""
+        ...
+
+    def next_token_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[Any]:
+        """For each sequence of length L, a (L-1, V) tensor: log p(x_t | x_<t) for t >= 1, T=1."""
+        ...
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The model's chat template applied to ``messages``; ConfigError if it has none."""
+        ...
+
+
+@dataclass
+class ServedModel:
+    """One model the server answers for: its id, its backend and its token-level view."""
+
+    id: str
+    backend: Backend
+    tokens: TokenLevel
+
+
+def token_level(backend: Backend) -> TokenLevel:
+    """The token-level view of a built-in backend (the hf backend is its own)."""
+    if all(hasattr(backend, m) for m in ("encode_prompt", "token_text", "next_token_logprobs")):
+        return backend  # type: ignore[return-value]
+    if getattr(backend, "name", "") == "organism":
+        return OrganismTokens(backend)
+    raise ConfigError(
+        f"backend {getattr(backend, 'name', backend)!r} cannot be served: "
+        "fixable serve serves the organism and hf backends"
+    )
+
+
+class OrganismTokens:
+    """Token-level access to an organism backend's policy (CharTokenizer + OrganismLM)."""
+
+    def __init__(self, backend: Backend):
+        from fixable.organism.tokenizer import CharTokenizer
+
+        self.backend = backend
+        self.tokenizer = getattr(backend, "tokenizer", None) or CharTokenizer()
+        self.model = _organism_model(backend)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        try:
+            return self.tokenizer.encode(text, bos=True)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.itos[token_id]
+
+    def decode_ids(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, stop_at_eos=False)
+
+    def next_token_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[Any]:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for seq in sequences:
+                idx = torch.tensor([list(seq)], dtype=torch.long, device=_device_of(self.model))
+                logits = self.model(idx)[0, :-1].float()
+                out.append(torch.log_softmax(logits, dim=-1).cpu())
+        return out
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        raise ConfigError("organism models have no chat template: use /v1/completions")
+
+
+def _organism_model(backend: Backend):
+    model = getattr(backend, "model", None)
+    if model is not None and hasattr(model, "cfg"):
+        return model
+    raise ConfigError("the organism backend does not expose its model (expected `.model`)")
+
+
+def _device_of(model) -> Any:
+    return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------------------------------
+# Micro-batching: requests that arrive together are decoded together.
+
+
+@dataclass
+class _Job:
+    requests: list[GenerationRequest]
+    intervention: Intervention
+    future: asyncio.Future = field(repr=False)
+
+
+class Batcher:
+    """Collects generation jobs for ``window_s`` and runs each intervention's share as one
+    ``backend.generate`` call on the model thread."""
+
+    def __init__(
+        self, backend: Backend, executor: ThreadPoolExecutor, window_s: float, max_rows: int
+    ):
+        self.backend, self.executor = backend, executor
+        self.window_s, self.max_rows = window_s, max_rows
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def submit(
+        self, requests: list[GenerationRequest], intervention: Intervention
+    ) -> list[Generation]:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Job(requests, intervention, future))
+        return await future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            deadline = loop.time() + self.window_s
+            rows = len(jobs[0].requests)
+            while rows < self.max_rows:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                jobs.append(job)
+                rows += len(job.requests)
+            by_setting: dict[str, list[_Job]] = {}
+            for job in jobs:
+                by_setting.setdefault(job.intervention.label, []).append(job)
+            for group in by_setting.values():
+                await self._run(group)
+
+    async def _run(self, group: list[_Job]) -> None:
+        requests = [r for job in group for r in job.requests]
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(
+                self.executor, self.backend.generate, requests, group[0].intervention
+            )
+        except Exception as e:  # answer every waiting client rather than hang them
+            for job in group:
+                if not job.future.done():
+                    job.future.set_exception(e)
+            return
+        start = 0
+        for job in group:
+            n = len(job.requests)
+            if not job.future.done():
+                job.future.set_result(results[start : start + n])
+            start += n
+
+
+# ---------------------------------------------------------------------------------------
+# The app.
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.message, self.param, self.status = message, param, status
+
+
+def choice_seed(seed: int, index: int) -> int:
+    """Seed of choice ``index`` of a request with ``seed``: the seed itself for choice 0."""
+    if index == 0:
+        return seed
+    key = f"{seed}\x1fchoice\x1f{index}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+def create_app(
+    models: Sequence[ServedModel], *, batch_window_ms: float = 5.0, max_batch_rows: int = 1024
+):
+    """The FastAPI app serving ``models`` (the first one answers requests without ``model``)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    if not models:
+        raise ConfigError("serve needs at least one model")
+    by_id = {m.id: m for m in models}
+    # one model thread: torch kernels already use the cores, and the models are not
+    # guaranteed thread-safe; batching across clients is what buys throughput
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fixable-model")
+    batchers: dict[str, Batcher] = {}
+
+    async def lifespan(app):
+        for m in models:
+            batchers[m.id] = Batcher(m.backend, executor, batch_window_ms / 1000, max_batch_rows)
+            batchers[m.id].start()
+        yield
+        for b in batchers.values():
+            await b.stop()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="fixable serve", lifespan=lifespan)
+
+    def error(message: str, status: int = 400, param: str | None = None):
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return JSONResponse(
+            status_code=status,
+            content={"error": {"message": message, "type": kind, "param": param, "code": None}},
+        )
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": m.id,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "fixable",
+                    "backend": m.backend.name,
+                    "capabilities": sorted(m.backend.capabilities),
+                }
+                for m in models
+            ],
+        }
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    async def handle(request: Request, chat: bool):
+        try:
+            body = await request.json()
+        except Exception:
+            return error("request body is not valid JSON")
+        if not isinstance(body, dict):
+            return error("request body must be a JSON object")
+        try:
+            served = _pick_model(body, by_id, models[0])
+            response = await _complete(body, served, batchers[served.id], executor, chat)
+        except _BadRequest as e:
+            return error(e.message, e.status, e.param)
+        except FixableError as e:
+            return error(str(e))
+        return response
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await handle(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await handle(request, chat=True)
+
+    return app
+
+
+def _pick_model(body: dict, by_id: dict[str, ServedModel], default: ServedModel) -> ServedModel:
+    name = body.get("model")
+    if name is None:
+        return default
+    if name not in by_id:
+        raise _BadRequest(
+            f"model {name!r} is not served here; served: {', '.join(by_id)}", "model", 404
+        )
+    return by_id[name]
+
+
+@dataclass
+class _Params:
+    max_tokens: int
+    temperature: float
+    n: int
+    top_logprobs: int | None  # None: no log-probs; 0: only the chosen token's
+    echo: bool
+    stop: tuple[str, ...]
+    seed: int
+    seed_given: bool
+    token_ids: bool
+    entropies: bool
+    intervention: Intervention
+
+
+def _int(body: dict, key: str, default, low: int, high: int) -> int:
+    value = body.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _BadRequest(f"{key} must be an integer, got {value!r}", key)
+    if not low <= value <= high:
+        raise _BadRequest(f"{key} must be in [{low}, {high}], got {value}", key)
+    return value
+
+
+def _params(body: dict, chat: bool) -> _Params:
+    if body.get("stream"):
+        raise _BadRequest("stream=true is not supported by fixable serve", "stream")
+    for key, neutral in (("top_p", 1.0), ("frequency_penalty", 0.0), ("presence_penalty", 0.0)):
+        if body.get(key, neutral) not in (neutral, None):
+            raise _BadRequest(f"{key} is not supported (only {neutral}), got {body[key]!r}", key)
+    if body.get("best_of", 1) not in (1, None) and body.get("best_of") != body.get("n", 1):
+        raise _BadRequest("best_of is not supported", "best_of")
+    max_key = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
+    max_tokens = _int(body, max_key, DEFAULT_MAX_TOKENS, 0, 1 << 20)
+    n = _int(body, "n", 1, 1, 1024)
+    temperature = body.get("temperature", 1.0)
+    if temperature is None:
+        temperature = 1.0
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise _BadRequest(f"temperature must be a number, got {temperature!r}", "temperature")
+    temperature = float(temperature)
+    if chat:
+        top = _int(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS) if body.get("logprobs") else None
+        echo = False
+    else:
+        top = (
+            None if body.get("logprobs") is None else _int(body, "logprobs", 0, 0, MAX_TOP_LOGPROBS)
+        )
+        echo = bool(body.get("echo", False))
+    stop = body.get("stop") or ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+        raise _BadRequest("stop must be a string or a list of non-empty strings", "stop")
+    seed = body.get("seed")
+    seed_given = seed is not None
+    if seed_given:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise _BadRequest(f"seed must be an integer in [0, 2**63), got {seed!r}", "seed")
+    else:
+        seed = secrets.randbits(63)
+    intervention = _intervention(body.get("intervention"), temperature)
+    return _Params(
+        max_tokens,
+        temperature,
+        n,
+        top,
+        echo,
+        tuple(stop),
+        seed,
+        seed_given,
+        bool(body.get("return_tokens_as_token_ids", False)),
+        bool(body.get("return_entropies", False)),
+        intervention,
+    )
+
+
+def _intervention(label: Any, temperature: float) -> Intervention:
+    if label is not None:
+        if temperature != 1.0:
+            raise _BadRequest("give either temperature or intervention, not both", "intervention")
+        if not isinstance(label, str):
+            raise _BadRequest(f"intervention must be a label string, got {label!r}", "intervention")
+        try:
+            return parse_intervention(label)
+        except FixableError as e:
+            raise _BadRequest(str(e), "intervention") from None
+    if temperature == 1.0:
+        return RETRY
+    try:
+        return Intervention("temperature", temperature)
+    except FixableError as e:
+        raise _BadRequest(f"{e} (greedy decoding is not served)", "temperature") from None
+
+
+def _prompts(body: dict, served: ServedModel, chat: bool) -> list[tuple[str, list[int]]]:
+    """(text, token ids) of every prompt in the request."""
+    tokens = served.tokens
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _BadRequest("messages must be a non-empty list", "messages")
+        text = tokens.chat_prompt(messages)
+        return [(text, tokens.encode_prompt(text))]
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        prompts: list = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt:
+        prompts = prompt
+    else:
+        raise _BadRequest(
+            "prompt must be a string, a list of strings, a list of token ids or "
+            "a list of token-id lists",
+            "prompt",
+        )
+    out = []
+    for p in prompts:
+        if isinstance(p, str):
+            out.append((p, tokens.encode_prompt(p)))
+        elif isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+            out.append((_ids_text(tokens, p), list(p)))
+        else:
+            raise _BadRequest(f"cannot read prompt {p!r}", "prompt")
+    return out
+
+
+def _ids_text(tokens: TokenLevel, ids: list[int]) -> str:
+    """The text whose encoding is ``ids`` (a token-id prompt must round-trip to be sampled)."""
+    return tokens.decode_ids(ids)
+
+
+async def _complete(
+    body: dict, served: ServedModel, batcher: Batcher, executor: ThreadPoolExecutor, chat: bool
+):
+    params = _params(body, chat)
+    prompts = _prompts(body, served, chat)
+    backend = served.backend
+    try:
+        check_capabilities(backend, [params.intervention])
+    except CapabilityError as e:
+        raise _BadRequest(str(e), "intervention") from None
+    loop = asyncio.get_running_loop()
+    created = int(time.time())
+    requests: list[GenerationRequest] = []
+    for text, ids in prompts:
+        if params.max_tokens > 0 and served.tokens.encode_prompt(text) != ids:
+            raise _BadRequest(
+                "this token-id prompt does not round-trip through the tokenizer, "
+                "so it cannot be sampled; send it as text",
+                "prompt",
+            )
+        for i in range(params.n):
+            requests.append(
+                GenerationRequest(
+                    prompt=text,
+                    seed=choice_seed(params.seed, i),
+                    max_tokens=params.max_tokens,
+                    stop=params.stop,
+                )
+            )
+    if params.max_tokens > 0:
+        generations = await batcher.submit(requests, params.intervention)
+    else:
+        generations = [
+            Generation(
+                text="",
+                token_ids=[],
+                logprobs=[],
+                entropies=[],
+                policy_logprobs=[],
+                finish_reason="length",
+            )
+            for _ in requests
+        ]
+    # teacher-forced distributions, only where the answer needs alternatives or echo
+    need_full = params.top_logprobs is not None and (params.top_logprobs > 0 or params.echo)
+    full: list[Any] = [None] * len(requests)
+    if need_full:
+        sequences = [
+            prompts[k // params.n][1] + list(g.token_ids) for k, g in enumerate(generations)
+        ]
+        full = await loop.run_in_executor(executor, served.tokens.next_token_logprobs, sequences)
+    choices = []
+    completion_tokens = 0
+    for k, gen in enumerate(generations):
+        text, prompt_ids = prompts[k // params.n]
+        index = k
+        completion_tokens += len(gen.token_ids)
+        choice = _choice(index, text, prompt_ids, gen, full[k], params, served.tokens, chat)
+        choices.append(choice)
+    prompt_tokens = sum(len(ids) for _, ids in prompts)
+    return {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": created,
+        "model": served.id,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        "system_fingerprint": f"fixable-seed-{params.seed}",
+        "seed": params.seed,
+    }
+
+
+def _choice(
+    index: int,
+    prompt_text: str,
+    prompt_ids: list[int],
+    gen: Generation,
+    full,
+    params: _Params,
+    tokens: TokenLevel,
+    chat: bool,
+) -> dict:
+    finish = gen.finish_reason
+    choice: dict[str, Any] = {
+        "index": index,
+        "finish_reason": finish if finish != "error" else "abort",
+    }
+    if finish == "error":
+        choice["error"] = gen.error
+    token_str = (lambda t: f"token_id:{t}") if params.token_ids else tokens.token_text
+    gen_ids = list(gen.token_ids)
+    # log-probs of generated tokens: exact from decoding, or from the teacher-forced pass
+    logprobs = None
+    top_lists = None
+    if params.top_logprobs is not None:
+        n_prompt = len(prompt_ids)
+        if full is not None:
+            gen_rows = full[n_prompt - 1 : n_prompt - 1 + len(gen_ids)]
+            logprobs = [float(gen_rows[t, tok]) for t, tok in enumerate(gen_ids)]
+            if params.top_logprobs > 0:
+                top_lists = [_top(row, params.top_logprobs, token_str) for row in gen_rows]
+        else:
+            logprobs = [float(x) for x in (gen.policy_logprobs or [])]
+    if chat:
+        choice["message"] = {"role": "assistant", "content": gen.text}
+        if logprobs is not None:
+            content = []
+            for t, tok in enumerate(gen_ids):
+                item = {
+                    "token": token_str(tok),
+                    "logprob": logprobs[t],
+                    "bytes": None,
+                    "top_logprobs": [
+                        {"token": s, "logprob": v, "bytes": None}
+                        for s, v in (top_lists[t] if top_lists else [])
+                    ],
+                }
+                content.append(item)
+            choice["logprobs"] = {"content": content}
+        else:
+            choice["logprobs"] = None
+    else:
+        text = (prompt_text + gen.text) if params.echo else gen.text
+        choice["text"] = text
+        if logprobs is not None:
+            out_tokens = [token_str(t) for t in gen_ids]
+            token_lps: list[float | None] = list(logprobs)
+            tops: list[dict | None] = (
+                [dict(t) for t in top_lists] if top_lists else [None] * len(gen_ids)
+            )
+            if params.echo:
+                prompt_rows = full  # rows 0..n_prompt-2 predict prompt tokens 1..n_prompt-1
+                echo_lps: list[float | None] = [None] + [
+                    float(prompt_rows[t - 1, prompt_ids[t]]) for t in range(1, len(prompt_ids))
+                ]
+                echo_tops: list[dict | None] = [None] + [
+                    dict(_top(prompt_rows[t - 1], params.top_logprobs, token_str))
+                    if params.top_logprobs
+                    else None
+                    for t in range(1, len(prompt_ids))
+                ]
+                out_tokens = [token_str(t) for t in prompt_ids] + out_tokens
+                token_lps = echo_lps + token_lps
+                tops = echo_tops + tops
+            choice["logprobs"] = {
+                "tokens": out_tokens,
+                "token_logprobs": token_lps,
+                "top_logprobs": tops if params.top_logprobs else None,
+                "text_offset": _offsets(
+                    [
+                        tokens.decode_ids([t])
+                        for t in (prompt_ids + gen_ids if params.echo else gen_ids)
+                    ]
+                ),
+            }
+        else:
+            choice["logprobs"] = None
+    if params.entropies:
+        choice["entropies"] = [float(e) for e in gen.entropies]
+        choice["entropy_kind"] = gen.entropy_kind
+    if gen.meta.get("seed") is not None or params.seed_given:
+        choice["seed"] = choice_seed(params.seed, index % params.n)
+    return choice
+
+
+def _top(row, k: int, token_str) -> list[tuple[str, float]]:
+    import torch
+
+    values, ids = torch.topk(row, min(k, row.shape[-1]))
+    return [(token_str(int(i)), float(v)) for v, i in zip(values, ids, strict=True)]
+
+
+def _offsets(pieces: list[str]) -> list[int]:
+    offsets, at = [], 0
+    for p in pieces:
+        offsets.append(at)
+        at += len(p)
+    return offsets
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def build_models(
+    names: Sequence[str], *, backend: str = "organism", **backend_options
+) -> list[ServedModel]:
+    """Create the backends for ``names`` (zoo names, checkpoint or model directories)."""
+    from fixable.registry import backends
+
+    served = []
+    for name in names:
+        b = backends.create(backend, name, **backend_options)
+        served.append(ServedModel(id=name, backend=b, tokens=token_level(b)))
+    return served
+
+
+class BackgroundServer:
+    """Run the app on 127.0.0.1 (an ephemeral port) in a thread: for tests, benchmarks and
+    notebooks. ``with BackgroundServer(models) as url: ...`` gives the ``/v1`` root."""
+
+    def __init__(
+        self,
+        models: Sequence[ServedModel],
+        *,
+        batch_window_ms: float = 5.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ):
+        self.models, self.batch_window_ms = models, batch_window_ms
+        self.host, self.port = host, port
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> str:
+        import socket
+        import threading
+
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        port = sock.getsockname()[1]
+        app = create_app(self.models, batch_window_ms=self.batch_window_ms)
+        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name="fixable-serve"
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise FixableError("fixable serve did not start")
+            time.sleep(0.01)
+        self._sock = sock
+        return f"http://{self.host}:{port}/v1"
+
+    def __exit__(self, *exc) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+            self._sock.close()
+
+
+def serve(
+    names: Sequence[str],
+    *,
+    backend: str = "organism",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    batch_window_ms: float = 5.0,
+    log_level: str = "warning",
+    **backend_options,
+) -> None:
+    """Build the models and run the server until interrupted."""
+    import uvicorn
+
+    models = build_models(names, backend=backend, **backend_options)
+    app = create_app(models, batch_window_ms=batch_window_ms)
+    logger.info("serving %s on http://%s:%d/v1", ", ".join(m.id for m in models), host, port)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
