@@ -328,6 +328,7 @@ def sample(
                     "an uninterrupted one token for token", backend.name)
 
     run = _open_run(run_dir)
+    already_quarantined = len(run.quarantined)
     model = backend.model_name
     worker = worker or default_worker()
     problems = [p for p in problems if in_part(p.id, part)]
@@ -356,7 +357,8 @@ def sample(
     report = SampleReport(str(run.path), model, phase)
     # Read every page of every shard before trusting its keys: a corrupt shard is moved
     # aside and its keys sampled again below, and the user is told so.
-    report.quarantined = run.check(full=True)
+    run.check(full=True)
+    report.quarantined = run.quarantined[already_quarantined:]
     present = run.keys(f"model = {_q(model)} AND phase = {_q(phase)}")
     planned = plan(model, problems, phase, interventions, n, run_seed)
     todo = [p for p in planned if p.key(model) not in present]
