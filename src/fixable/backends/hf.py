@@ -117,6 +117,22 @@ class _Model:
         return self.lm.get_output_embeddings()(norm(hidden_state))
 
 
+def weights_sha256(source: str) -> str | None:
+    """sha256 over a local model directory's weight files (None for a Hub id)."""
+    import hashlib
+
+    directory = Path(source)
+    if not directory.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def sampling_logprobs(
     policy_lp, temperature: float, ref_lp=None, alpha: float = 0.0, early_lp=None
 ):
@@ -244,6 +260,30 @@ class HFBackend:
     @property
     def model_name(self) -> str:
         return self.source
+
+    def identity(self) -> dict:
+        """What a run's manifest records to reproduce this backend's samples."""
+        import transformers
+
+        def model_id(m: _Model | None) -> dict | None:
+            if m is None:
+                return None
+            return {
+                "source": m.source,
+                "weights_sha256": weights_sha256(m.source),
+                "hub_revision": getattr(m.lm.config, "_commit_hash", None),
+            }
+
+        return {
+            "policy": model_id(self.policy),
+            "reference": model_id(self.reference),
+            "checkpoints": dict(self.checkpoints),
+            "dtype": self.dtype,
+            "device": self.device,
+            "chat_template": self.chat_template,
+            "add_bos": self.add_bos,
+            "transformers": transformers.__version__,
+        }
 
     # -- tokens ----------------------------------------------------------------------------
 

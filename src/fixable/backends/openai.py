@@ -43,7 +43,7 @@ from fixable.backends.base import (
     Generation,
     GenerationRequest,
 )
-from fixable.errors import CapabilityError, ConfigError, FixableError, UnknownNameError
+from fixable.errors import CapabilityError, ConfigError, UnknownNameError
 from fixable.interventions import Intervention
 from fixable.registry import backends
 
@@ -364,6 +364,28 @@ class OpenAIBackend:
     def model_name(self) -> str:
         return self._model
 
+    def identity(self) -> dict:
+        """What a run's manifest records of this backend (the server's own account of the
+        model, from ``GET /v1/models``, where it answers)."""
+        served = None
+        try:
+            response = self._http().get(f"{self.base_url}/models")
+            if response.status_code == 200:
+                served = [m for m in response.json().get("data", []) if m.get("id") == self._model]
+        except Exception as e:  # provenance is best effort; sampling reports real failures
+            logger.info("could not list the server's models: %s", e)
+        return {
+            "base_url": self.base_url,
+            "api": self.api,
+            "served_model": served[0] if served else None,
+            "reference": self.reference,
+            "checkpoints": dict(self.checkpoints),
+            "top_logprobs": self.top_logprobs,
+            "samples_per_request": self.samples_per_request,
+            "send_seed": self.send_seed,
+            "extensions": self.extensions,
+        }
+
     # -- plumbing ------------------------------------------------------------------------
 
     def _http(self):
@@ -591,7 +613,10 @@ class OpenAIBackend:
 
     def score(
         self, prompts: Sequence[str], completions: Sequence[Sequence[int]], *, which: str = "policy"
-    ) -> list[list[float]]:
+    ) -> list[list[float] | None]:
+        """Teacher-forced log-probs through echo. A completion whose scoring request fails
+        for good gets ``None`` (stored as "not scored") rather than sinking the batch whose
+        samples are already drawn; the failure is logged."""
         if SCORE not in self.capabilities:
             raise CapabilityError(
                 "backend 'openai' can score only over the completions API with extensions on "
@@ -634,13 +659,15 @@ class OpenAIBackend:
             data, _ = post_json(self._http(), url, body, self.policy, check)
             return [s.logprob for s in _echo_steps(data)[len(prompt_ids) :]]
 
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai") as pool:
-            futures = [pool.submit(one, i) for i in range(len(prompts))]
+        def guarded(i: int) -> list[float] | None:
             try:
-                return [f.result() for f in futures]
+                return one(i)
             except RequestFailed as e:
-                # a score is all or nothing: a hole in ref_logprobs would bias the drift feature
-                raise FixableError(f"scoring through {self.base_url} failed: {e.reason}") from None
+                logger.warning("scoring completion %d failed for good: %s", i, e.reason)
+                return None
+
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai") as pool:
+            return list(pool.map(guarded, range(len(prompts))))
 
     def _tokenize(self, prompt: str, model: str) -> list[int]:
         """The server's own token ids of ``prompt`` (read back from an echo), cached."""

@@ -133,6 +133,21 @@ class VLLMBackend:
     def model_name(self) -> str:
         return self.source
 
+    def identity(self) -> dict:
+        """What a run's manifest records to reproduce this backend's samples."""
+        from fixable.backends.hf import weights_sha256
+
+        return {
+            "source": self.source,
+            "weights_sha256": weights_sha256(self.source),
+            "reference": self.reference_source,
+            "checkpoints": dict(self.checkpoints),
+            "vllm": getattr(self._vllm, "__version__", None),
+            "engine_options": dict(self.engine_options),
+            "top_logprobs": self.top_logprobs,
+            "samples_per_request": self.samples_per_request,
+        }
+
     # -- engines ---------------------------------------------------------------------------
 
     def _engine(self, source: str):
