@@ -21,6 +21,7 @@ COMMANDS = {
     "runs": "runs",
     "query": "query",
     "export": "export",
+    "serve": "serve",
 }
 
 
