@@ -45,11 +45,18 @@ def _chain(prompt: str) -> Chain:
 
 class FakeBackend:
     name = "fake"
-    capabilities = frozenset({"retry", "temperature", "mix", "checkpoint", "dola", "score",
-                              "seeded", "full_entropy"})
+    capabilities = frozenset(
+        {"retry", "temperature", "mix", "checkpoint", "dola", "score", "seeded", "full_entropy"}
+    )
 
-    def __init__(self, model: str = "fake-model", *, reference: bool = True,
-                 fail_every: int = 0, calls: list | None = None):
+    def __init__(
+        self,
+        model: str = "fake-model",
+        *,
+        reference: bool = True,
+        fail_every: int = 0,
+        calls: list | None = None,
+    ):
         self._model = model
         self.reference = reference
         self.fail_every = fail_every  # every fail_every-th seed (by value) fails in the backend
@@ -59,15 +66,23 @@ class FakeBackend:
     def model_name(self) -> str:
         return self._model
 
-    def generate(self, requests: Sequence[GenerationRequest],
-                 intervention: Intervention) -> list[Generation]:
+    def generate(
+        self, requests: Sequence[GenerationRequest], intervention: Intervention
+    ) -> list[Generation]:
         self.calls.append((intervention.label, len(requests)))
         return [self._one(r, intervention) for r in requests]
 
     def _one(self, request: GenerationRequest, intervention: Intervention) -> Generation:
         if self.fail_every and request.seed % self.fail_every == 0:
-            return Generation("", [], [], [], None, finish_reason="error",
-                              error="fake server answered 500 five times")
+            return Generation(
+                "",
+                [],
+                [],
+                [],
+                None,
+                finish_reason="error",
+                error="fake server answered 500 five times",
+            )
         rng = random.Random(request.seed)
         chain = _chain(request.prompt)
         text = chain.solution
@@ -79,11 +94,13 @@ class FakeBackend:
         logprobs = [-rng.random() for _ in ids]
         entropies = [rng.random() * 2 for _ in ids]
         finish = "stop" if len(text) < request.max_tokens else "length"
-        return Generation(text, ids, logprobs, entropies, [x - 0.01 for x in logprobs],
-                          finish_reason=finish)
+        return Generation(
+            text, ids, logprobs, entropies, [x - 0.01 for x in logprobs], finish_reason=finish
+        )
 
-    def score(self, prompts: Sequence[str], completions: Sequence[Sequence[int]], *,
-              which: str = "policy") -> list[list[float]]:
+    def score(
+        self, prompts: Sequence[str], completions: Sequence[Sequence[int]], *, which: str = "policy"
+    ) -> list[list[float]]:
         if which == "reference" and not self.reference:
             raise CapabilityError("fake backend has no reference model")
         out = []

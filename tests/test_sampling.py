@@ -52,7 +52,9 @@ def test_sweep_follows_the_protocol(tmp_path, task, problems):
     assert set(probe.column("setting").to_pylist()) == {"retry"}
     correct_by_problem = {}
     for row in probe.select(["problem_id", "correct"]).to_pylist():
-        correct_by_problem[row["problem_id"]] = correct_by_problem.get(row["problem_id"], 0) + row["correct"]
+        correct_by_problem[row["problem_id"]] = (
+            correct_by_problem.get(row["problem_id"], 0) + row["correct"]
+        )
     expected_failed = sorted(p for p, c in correct_by_problem.items() if c == 0)
     assert sorted(report.failed) == expected_failed
     assert 0 < len(expected_failed) < len(problems)
@@ -63,7 +65,9 @@ def test_sweep_follows_the_protocol(tmp_path, task, problems):
     assert rescue.num_rows == len(expected_failed) * len(GRID) * 5
     assert set(rescue.column("problem_id").to_pylist()) == set(expected_failed)
     # the steerable regime is rescued by a lower temperature, never by retry
-    steerable = {p.id for p in problems if regime_of(p.prompt) == "steerable"} & set(expected_failed)
+    steerable = {p.id for p in problems if regime_of(p.prompt) == "steerable"} & set(
+        expected_failed
+    )
     assert steerable
     by_setting = {}
     for row in rescue.select(["problem_id", "setting", "correct"]).to_pylist():
@@ -77,14 +81,19 @@ def test_sweep_follows_the_protocol(tmp_path, task, problems):
         factor = 2.0 if row["setting"].startswith("mix") else 1.0
         assert row["cost_tokens"] == pytest.approx(row["n_tokens"] * factor)
     assert report.budget["mix(alpha=0.5)"]["cost_tokens"] == pytest.approx(
-        2 * report.budget["mix(alpha=0.5)"]["tokens"])
+        2 * report.budget["mix(alpha=0.5)"]["tokens"]
+    )
     assert report.budget["retry"]["rollouts"] == len(expected_failed) * 5
     assert run.manifest["budget"][backend.model_name] == report.budget
 
     # seeds are the documented pure function of the key
     for row in table.slice(0, 50).to_pylist():
-        assert row["seed"] == rollout_seed(0, f"{row['model']}/{row['problem_id']}",
-                                           f"{row['phase']}/{row['setting']}", row["sample_index"])
+        assert row["seed"] == rollout_seed(
+            0,
+            f"{row['model']}/{row['problem_id']}",
+            f"{row['phase']}/{row['setting']}",
+            row["sample_index"],
+        )
     # problems are stored beside the rollouts
     assert run.problems().num_rows == len(problems)
 
@@ -115,8 +124,16 @@ def test_missing_policy_logprobs_are_scored(tmp_path, task, problems):
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, task, problems):
-    sweep(FakeBackend(), task, problems, tmp_path / "whole", k=4, r=3, interventions=GRID,
-          batch_size=16)
+    sweep(
+        FakeBackend(),
+        task,
+        problems,
+        tmp_path / "whole",
+        k=4,
+        r=3,
+        interventions=GRID,
+        batch_size=16,
+    )
 
     class Crashing(FakeBackend):
         def __init__(self, crash_after):
@@ -131,10 +148,27 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, task, proble
 
     for crash_after in (3, 5, 9):  # crash in the probe, then twice in the rescue
         with pytest.raises(KeyboardInterrupt):
-            sweep(Crashing(crash_after), task, problems, tmp_path / "resumed", k=4, r=3,
-                  interventions=GRID, batch_size=7, flush_every=10)
-    report = sweep(FakeBackend(), task, problems, tmp_path / "resumed", k=4, r=3,
-                   interventions=GRID, batch_size=11)
+            sweep(
+                Crashing(crash_after),
+                task,
+                problems,
+                tmp_path / "resumed",
+                k=4,
+                r=3,
+                interventions=GRID,
+                batch_size=7,
+                flush_every=10,
+            )
+    report = sweep(
+        FakeBackend(),
+        task,
+        problems,
+        tmp_path / "resumed",
+        k=4,
+        r=3,
+        interventions=GRID,
+        batch_size=11,
+    )
     assert report.probe.skipped > 0
     resumed = Run(tmp_path / "resumed")
     assert resumed.duplicates().num_rows == 0
@@ -155,8 +189,7 @@ def test_a_rerun_samples_nothing(tmp_path, task, problems):
 
 def test_corrupt_shard_is_resampled_and_reported(tmp_path, task, problems):
     sample(FakeBackend(), task, problems[:6], tmp_path / "whole", n=4)
-    sample(FakeBackend(), task, problems[:6], tmp_path / "run", n=4, flush_every=5,
-           batch_size=5)
+    sample(FakeBackend(), task, problems[:6], tmp_path / "run", n=4, flush_every=5, batch_size=5)
     run = Run(tmp_path / "run")
     victim = run.shard_paths()[2]
     lost = pq_rows(victim)
@@ -185,16 +218,22 @@ def test_failed_requests_are_kept_with_their_reason(tmp_path, task, problems):
     errors = run.rollouts(where="status = 'error'").to_pylist()
     assert report.errors == len(errors) > 0
     assert run.rollouts().num_rows == 4 * len(problems)
-    assert all(e["reason"] == "fake server answered 500 five times" and not e["correct"]
-               and e["finish_reason"] == "error" for e in errors)
+    assert all(
+        e["reason"] == "fake server answered 500 five times"
+        and not e["correct"]
+        and e["finish_reason"] == "error"
+        for e in errors
+    )
 
 
 def test_failed_problems_rule(tmp_path, task, problems):
     run = Run.create(tmp_path / "run")
     sample(FakeBackend(fail_every=3), task, problems, run, n=4)
-    outcomes = run.query("SELECT problem_id, sum(correct::INT) AS c, "
-                         "sum((status = 'error')::INT) AS e, count(*) AS n FROM rollouts "
-                         "GROUP BY problem_id").to_pylist()
+    outcomes = run.query(
+        "SELECT problem_id, sum(correct::INT) AS c, "
+        "sum((status = 'error')::INT) AS e, count(*) AS n FROM rollouts "
+        "GROUP BY problem_id"
+    ).to_pylist()
     expected = sorted(o["problem_id"] for o in outcomes if o["c"] == 0 and o["e"] < o["n"])
     assert sorted(failed_problems(run, "fake-model", k=4)) == expected
     with pytest.raises(StoreError, match="fewer than 6 probe rollouts.*--phase probe"):
@@ -214,8 +253,15 @@ def test_parts_split_problems_without_overlap(tmp_path, task, problems):
 
 def test_progress_reports_every_batch(tmp_path, task, problems):
     events: list[Progress] = []
-    sample(FakeBackend(), task, problems[:5], tmp_path / "run", n=4, batch_size=6,
-           progress=events.append)
+    sample(
+        FakeBackend(),
+        task,
+        problems[:5],
+        tmp_path / "run",
+        n=4,
+        batch_size=6,
+        progress=events.append,
+    )
     assert events[0].done == 0 and events[0].total == 20
     assert [e.done for e in events] == [0, 6, 12, 18, 20]
     assert events[-1].tokens > 0 and events[-1].elapsed_s >= 0
@@ -226,14 +272,19 @@ def test_incompatible_resume_is_refused(tmp_path, task, problems):
     with pytest.raises(StoreError, match="seed 3.*--seed 3"):
         sample(FakeBackend(), task, problems[:2], tmp_path / "run", n=2, run_seed=4)
     with pytest.raises(StoreError, match="max_tokens=160, now 50"):
-        sample(FakeBackend(), task, problems[:2], tmp_path / "run", n=2, run_seed=3,
-               max_tokens=50)
+        sample(FakeBackend(), task, problems[:2], tmp_path / "run", n=2, run_seed=3, max_tokens=50)
 
 
 def test_probe_is_retry_only_and_capabilities_are_checked_first(tmp_path, task, problems):
     with pytest.raises(ConfigError, match=r"\(retry\) only"):
-        sample(FakeBackend(), task, problems, tmp_path / "a", phase="probe",
-               interventions=parse_grid("temperature:0.3"))
+        sample(
+            FakeBackend(),
+            task,
+            problems,
+            tmp_path / "a",
+            phase="probe",
+            interventions=parse_grid("temperature:0.3"),
+        )
 
     class NoMix(FakeBackend):
         capabilities = FakeBackend.capabilities - {"mix"}
@@ -249,10 +300,18 @@ def test_manifest_records_what_reproduces_the_run(tmp_path, task, problems):
 
     from fixable.organism.model import ModelConfig, OrganismLM, save_checkpoint
 
-    directory = save_checkpoint(OrganismLM(ModelConfig(n_layer=1, n_embd=16, n_head=2)),
-                                tmp_path / "weights")
-    sample(FakeBackend(str(directory)), task, problems[:2], tmp_path / "run", n=1, run_seed=7,
-           config={"k": 1})
+    directory = save_checkpoint(
+        OrganismLM(ModelConfig(n_layer=1, n_embd=16, n_head=2)), tmp_path / "weights"
+    )
+    sample(
+        FakeBackend(str(directory)),
+        task,
+        problems[:2],
+        tmp_path / "run",
+        n=1,
+        run_seed=7,
+        config={"k": 1},
+    )
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["schema_version"] == schema.SCHEMA_VERSION
     assert manifest["run_seed"] == 7
@@ -261,7 +320,8 @@ def test_manifest_records_what_reproduces_the_run(tmp_path, task, problems):
     assert len(identity["weights_sha256"]["model.safetensors"]) == 64
     invocation = manifest["invocations"][0]
     assert invocation["config"] == {"k": 1}
-    assert invocation["environment"]["packages"]["torch"] == torch.__version__.split("+")[0] or \
-        invocation["environment"]["packages"]["torch"].startswith(torch.__version__.split("+")[0])
+    assert invocation["environment"]["packages"]["torch"] == torch.__version__.split("+")[
+        0
+    ] or invocation["environment"]["packages"]["torch"].startswith(torch.__version__.split("+")[0])
     assert "revision" in invocation["environment"]["git"]
     assert invocation["report"]["sampled"] == 2

@@ -19,18 +19,43 @@ from fixable.store import MIGRATIONS, Migration, Run
 from fixable.types import Problem
 
 
-def rollout_row(problem_id: str, index: int, *, model: str = "m", phase: str = "probe",
-                setting: str = "retry", correct: bool = False) -> dict:
+def rollout_row(
+    problem_id: str,
+    index: int,
+    *,
+    model: str = "m",
+    phase: str = "probe",
+    setting: str = "retry",
+    correct: bool = False,
+) -> dict:
     ids = [3 + (index + j) % 40 for j in range(5 + index % 3)]
     return {
-        "model": model, "task": "chains", "problem_id": problem_id, "phase": phase,
-        "intervention": setting.split("(")[0], "setting": setting, "params": "{}",
-        "sample_index": index, "seed": 1000 + index, "text": f"text {problem_id} {index}",
-        "answer": "1234" if correct else None, "correct": correct, "chain_correct": None,
-        "status": "passed" if correct else "no_answer", "reason": "", "finish_reason": "stop",
-        "token_ids": ids, "logprobs": [-0.5] * len(ids), "entropies": [1.0] * len(ids),
-        "entropy_kind": "full", "policy_logprobs": [-0.25] * len(ids), "ref_logprobs": None,
-        "n_tokens": len(ids), "cost_tokens": float(len(ids)), "time_s": 0.01, "worker": "w",
+        "model": model,
+        "task": "chains",
+        "problem_id": problem_id,
+        "phase": phase,
+        "intervention": setting.split("(")[0],
+        "setting": setting,
+        "params": "{}",
+        "sample_index": index,
+        "seed": 1000 + index,
+        "text": f"text {problem_id} {index}",
+        "answer": "1234" if correct else None,
+        "correct": correct,
+        "chain_correct": None,
+        "status": "passed" if correct else "no_answer",
+        "reason": "",
+        "finish_reason": "stop",
+        "token_ids": ids,
+        "logprobs": [-0.5] * len(ids),
+        "entropies": [1.0] * len(ids),
+        "entropy_kind": "full",
+        "policy_logprobs": [-0.25] * len(ids),
+        "ref_logprobs": None,
+        "n_tokens": len(ids),
+        "cost_tokens": float(len(ids)),
+        "time_s": 0.01,
+        "worker": "w",
     }
 
 
@@ -66,14 +91,24 @@ def test_round_trip_views_keys_and_atomic_names(tmp_path):
     assert con.execute("SELECT count(*) FROM rollouts WHERE phase = 'probe'").fetchone()[0] == 24
     assert con.execute("SELECT count(*) FROM problems").fetchone()[0] == 0
     counts = run.counts().to_pylist()
-    assert counts == [{"model": "m", "phase": "probe", "rollouts": 24, "problems": 4,
-                       "settings": 1, "correct": 1, "errors": 0}]
+    assert counts == [
+        {
+            "model": "m",
+            "phase": "probe",
+            "rollouts": 24,
+            "problems": 4,
+            "settings": 1,
+            "correct": 1,
+            "errors": 0,
+        }
+    ]
 
 
 def test_problems_written_once_and_conflicts_refused(tmp_path):
     run = Run.create(tmp_path / "run")
-    problems = [Problem(f"p{i}", f"prompt {i}", str(i), "chains", {"difficulty": i})
-                for i in range(3)]
+    problems = [
+        Problem(f"p{i}", f"prompt {i}", str(i), "chains", {"difficulty": i}) for i in range(3)
+    ]
     assert run.write_problems(problems) == 3
     assert run.write_problems(problems[:2] + [Problem("p9", "x", "9", "chains")]) == 1
     table = run.problems()
@@ -134,9 +169,16 @@ def test_bit_rot_inside_a_shard_found_by_full_check_and_by_reads(tmp_path):
 def test_shard_with_foreign_columns_is_quarantined(tmp_path):
     run = make_run(tmp_path, n_problems=1, n_samples=2)
     bad = run.path / "rollouts" / "x-1.parquet"
-    table = pa.table({"model": ["m"], "problem_id": ["p"], "phase": ["probe"],
-                      "setting": ["retry"], "sample_index": pa.array([0], pa.int64()),
-                      "text": [1]})
+    table = pa.table(
+        {
+            "model": ["m"],
+            "problem_id": ["p"],
+            "phase": ["probe"],
+            "setting": ["retry"],
+            "sample_index": pa.array([0], pa.int64()),
+            "text": [1],
+        }
+    )
     store.write_shard(table, bad)
     moved = run.check()
     assert [q.path for q in moved] == [bad]
@@ -148,8 +190,16 @@ def test_duplicates_are_detected(tmp_path):
     with run.writer(worker="w2") as w:
         w.append(rollout_row("p1", 2))
     dups = run.duplicates().to_pylist()
-    assert dups == [{"model": "m", "problem_id": "p1", "phase": "probe", "setting": "retry",
-                     "sample_index": 2, "copies": 2}]
+    assert dups == [
+        {
+            "model": "m",
+            "problem_id": "p1",
+            "phase": "probe",
+            "setting": "retry",
+            "sample_index": 2,
+            "copies": 2,
+        }
+    ]
 
 
 def test_writer_flushes_on_exception(tmp_path):
@@ -162,8 +212,9 @@ def test_writer_flushes_on_exception(tmp_path):
 
 def test_temporaries_of_dead_writers_are_removed(tmp_path):
     run = Run.create(tmp_path / "run")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     host = socket.gethostname()
     stale = run.path / "rollouts" / f".x.parquet.{dead}@{host}.tmp"
     alive = run.path / "rollouts" / f".y.parquet.{os.getpid()}@{host}.tmp"
@@ -179,12 +230,19 @@ def _write_v0_run(path):
     """A run as an unversioned tool would leave it: no schema version, fewer columns."""
     (path / "rollouts").mkdir(parents=True)
     (path / "manifest.json").write_text(json.dumps({"note": "hand-made"}))
-    table = pa.table({
-        "model": ["m", "m"], "task": ["chains", "chains"], "problem_id": ["p0", "p1"],
-        "phase": ["probe", "probe"], "setting": ["retry", "retry"],
-        "sample_index": pa.array([0, 0], pa.int64()), "text": ["a#1", "b"],
-        "correct": [True, False], "token_ids": [[1, 2], [3]],
-    })
+    table = pa.table(
+        {
+            "model": ["m", "m"],
+            "task": ["chains", "chains"],
+            "problem_id": ["p0", "p1"],
+            "phase": ["probe", "probe"],
+            "setting": ["retry", "retry"],
+            "sample_index": pa.array([0, 0], pa.int64()),
+            "text": ["a#1", "b"],
+            "correct": [True, False],
+            "token_ids": [[1, 2], [3]],
+        }
+    )
     pq.write_table(table, path / "rollouts" / "old.parquet")
 
 
@@ -218,8 +276,9 @@ def test_a_new_numbered_migration_upgrades_shards_and_manifest(tmp_path, monkeyp
         i = table.schema.get_field_index("setting")
         return table.set_column(i, "setting", pa.array(["retry()"] * table.num_rows))
 
-    step = Migration(2, "test: rename retry", lambda m: {**m, "migrated": True},
-                     rename_setting, lambda t: t)
+    step = Migration(
+        2, "test: rename retry", lambda m: {**m, "migrated": True}, rename_setting, lambda t: t
+    )
     monkeypatch.setattr(store, "MIGRATIONS", [*MIGRATIONS, step])
     upgraded = Run(run.path)
     assert upgraded.manifest["schema_version"] == 2 and upgraded.manifest["migrated"]
@@ -227,8 +286,11 @@ def test_a_new_numbered_migration_upgrades_shards_and_manifest(tmp_path, monkeyp
     for shard in upgraded.shard_paths():
         assert pq.read_schema(shard).metadata[store.VERSION_KEY] == b"2"
     # a shard copied in from an older run later is upgraded when checked
-    store.write_shard(pa.Table.from_pylist([rollout_row("p7", 0)], schema=schema.ROLLOUTS),
-                      run.path / "rollouts" / "late.parquet", version=1)
+    store.write_shard(
+        pa.Table.from_pylist([rollout_row("p7", 0)], schema=schema.ROLLOUTS),
+        run.path / "rollouts" / "late.parquet",
+        version=1,
+    )
     assert upgraded.keys("problem_id = 'p7'") == {("m", "p7", "probe", "retry()", 0)}
 
 
@@ -244,8 +306,10 @@ def _write_part(path, worker, problems):
 def test_many_writers_share_a_run(tmp_path):
     path = tmp_path / "shared"
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_write_part, args=(path, f"w{k}", [f"p{k}-{j}" for j in range(5)]))
-             for k in range(3)]
+    procs = [
+        ctx.Process(target=_write_part, args=(path, f"w{k}", [f"p{k}-{j}" for j in range(5)]))
+        for k in range(3)
+    ]
     for p in procs:
         p.start()
     for p in procs:

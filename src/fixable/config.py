@@ -63,7 +63,9 @@ def _int_in(name: str, value: Any, low: int, high: int | None) -> int:
             raise _invalid(name, f"{name} must be an integer, got {value!r}")
     if value < low or (high is not None and value > high):
         bounds = f"[{low}, {high}]" if high is not None else f"at least {low}"
-        raise _invalid(name, f"{name} must be {'in ' if high is not None else ''}{bounds}, got {value}")
+        raise _invalid(
+            name, f"{name} must be {'in ' if high is not None else ''}{bounds}, got {value}"
+        )
     return value
 
 
@@ -87,7 +89,9 @@ class RunConfig:
     max_tokens: int = 160  # longest completion, in tokens
     batch_size: int = 256  # requests per backend call (results do not depend on it)
     flush_every: int = 2048  # rollouts per shard: bounds memory and what a crash loses
-    score_reference: bool = True  # teacher-force probe rollouts under the reference when there is one
+    score_reference: bool = (
+        True  # teacher-force probe rollouts under the reference when there is one
+    )
     out: str | None = None  # the run directory
     worker: str | None = None  # name of this writer (default host-pid)
     part: tuple[int, int] = (0, 1)  # (index, count): sample only this share of the problems
@@ -99,7 +103,9 @@ class RunConfig:
             models = (models,)
         models = tuple(str(m) for m in (models or ()))
         if not models:
-            raise _invalid("models", "model is required: name a zoo model, checkpoint or served model")
+            raise _invalid(
+                "models", "model is required: name a zoo model, checkpoint or served model"
+            )
         if len(set(models)) != len(models):
             raise _invalid("models", f"models are listed twice: {list(models)}")
         set_("models", models)
@@ -114,7 +120,9 @@ class RunConfig:
             set_("problems", _int_in("problems", self.problems, 1, None))
         set_("problem_seed", _int_in("problem_seed", self.problem_seed, 0, None))
         if not isinstance(self.split, str) or not self.split:
-            raise _invalid("split", f"split must be a split name such as 'test', got {self.split!r}")
+            raise _invalid(
+                "split", f"split must be a split name such as 'test', got {self.split!r}"
+            )
         if self.phase not in PHASES:
             raise _invalid("phase", f"phase must be one of {', '.join(PHASES)}, got {self.phase!r}")
         set_("k", _int_in("k", self.k, 1, 4096))
@@ -124,9 +132,15 @@ class RunConfig:
         set_("batch_size", _int_in("batch_size", self.batch_size, 1, 1_000_000))
         set_("flush_every", _int_in("flush_every", self.flush_every, 1, 10_000_000))
         if not isinstance(self.score_reference, bool):
-            raise _invalid("score_reference",
-                           f"score_reference must be true or false, got {self.score_reference!r}")
+            raise _invalid(
+                "score_reference",
+                f"score_reference must be true or false, got {self.score_reference!r}",
+            )
         specs = self.interventions
+        if isinstance(specs, str):
+            specs = (specs,)
+        # each entry may itself be a CLI-style "a;b:1,2" list
+        specs = [part for spec in specs for part in str(spec).split(";") if part.strip()]
         try:
             grid = parse_grid(specs if specs else DEFAULT_GRID)
         except FixableError as e:

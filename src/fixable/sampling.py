@@ -40,8 +40,20 @@ log = logging.getLogger(__name__)
 
 PROBE, RESCUE = "probe", "rescue"
 DEFAULT_K, DEFAULT_R = 8, 32
-_PACKAGES = ("fixable", "torch", "numpy", "pyarrow", "duckdb", "safetensors", "transformers",
-             "tokenizers", "vllm", "httpx", "scikit-learn", "math-verify")
+_PACKAGES = (
+    "fixable",
+    "torch",
+    "numpy",
+    "pyarrow",
+    "duckdb",
+    "safetensors",
+    "transformers",
+    "tokenizers",
+    "vllm",
+    "httpx",
+    "scikit-learn",
+    "math-verify",
+)
 
 
 @dataclass(frozen=True)
@@ -122,8 +134,14 @@ def in_part(problem_id: str, part: tuple[int, int]) -> bool:
     return int.from_bytes(digest, "little") % count == index
 
 
-def plan(model: str, problems: Sequence[Problem], phase: str,
-         interventions: Sequence[Intervention], n: int, run_seed: int) -> list[Planned]:
+def plan(
+    model: str,
+    problems: Sequence[Problem],
+    phase: str,
+    interventions: Sequence[Intervention],
+    n: int,
+    run_seed: int,
+) -> list[Planned]:
     """Every rollout of ``n`` samples per problem per intervention, with its seed."""
     out = []
     for intervention in interventions:
@@ -187,12 +205,20 @@ def model_identity(backend: Backend) -> dict:
 def _git_revision() -> dict:
     source = Path(__file__).resolve().parent
     try:
-        rev = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
+        rev = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if rev.returncode != 0:
             return {"revision": None}
-        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return {"revision": rev.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"revision": None}
@@ -222,8 +248,9 @@ def _open_run(run: Run | str | Path) -> Run:
     return run if isinstance(run, Run) else Run.create(run)
 
 
-def _register(run: Run, backend: Backend, *, run_seed: int, max_tokens: int, stop: tuple,
-              invocation: dict) -> None:
+def _register(
+    run: Run, backend: Backend, *, run_seed: int, max_tokens: int, stop: tuple, invocation: dict
+) -> None:
     """Record this call in the manifest, refusing one that would mix incompatible rollouts."""
     identity = model_identity(backend)
     sampling = {"max_tokens": max_tokens, "stop": list(stop)}
@@ -324,8 +351,11 @@ def sample(
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     check_capabilities(backend, interventions)
     if SEEDED not in backend.capabilities:
-        log.warning("backend %r does not promise seeded sampling: a resumed run will not equal "
-                    "an uninterrupted one token for token", backend.name)
+        log.warning(
+            "backend %r does not promise seeded sampling: a resumed run will not equal "
+            "an uninterrupted one token for token",
+            backend.name,
+        )
 
     run = _open_run(run_dir)
     already_quarantined = len(run.quarantined)
@@ -333,25 +363,31 @@ def sample(
     worker = worker or default_worker()
     problems = [p for p in problems if in_part(p.id, part)]
     invocation_id = uuid.uuid4().hex
-    _register(run, backend, run_seed=run_seed, max_tokens=max_tokens, stop=tuple(task.stop),
-              invocation={
-                  "id": invocation_id,
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "worker": worker,
-                  "argv": list(sys.argv),
-                  "model": model,
-                  "task": task.name,
-                  "phase": phase,
-                  "interventions": [i.label for i in interventions],
-                  "n": n,
-                  "run_seed": run_seed,
-                  "problems": len(problems),
-                  "part": list(part),
-                  "batch_size": batch_size,
-                  "score_reference": score_reference,
-                  "config": config,
-                  "environment": environment(),
-              })
+    _register(
+        run,
+        backend,
+        run_seed=run_seed,
+        max_tokens=max_tokens,
+        stop=tuple(task.stop),
+        invocation={
+            "id": invocation_id,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "worker": worker,
+            "argv": list(sys.argv),
+            "model": model,
+            "task": task.name,
+            "phase": phase,
+            "interventions": [i.label for i in interventions],
+            "n": n,
+            "run_seed": run_seed,
+            "problems": len(problems),
+            "part": list(part),
+            "batch_size": batch_size,
+            "score_reference": score_reference,
+            "config": config,
+            "environment": environment(),
+        },
+    )
     run.write_problems(problems, worker=worker)
 
     report = SampleReport(str(run.path), model, phase)
@@ -364,17 +400,35 @@ def sample(
     todo = [p for p in planned if p.key(model) not in present]
     report.planned, report.skipped = len(planned), len(planned) - len(todo)
     if report.quarantined:
-        log.warning("%d corrupt shard(s) quarantined; their keys are among the %d sampled now",
-                    len(report.quarantined), len(todo))
-    log.info("%s %s: %d keys planned, %d present, %d to sample", model, phase, len(planned),
-             report.skipped, len(todo))
+        log.warning(
+            "%d corrupt shard(s) quarantined; their keys are among the %d sampled now",
+            len(report.quarantined),
+            len(todo),
+        )
+    log.info(
+        "%s %s: %d keys planned, %d present, %d to sample",
+        model,
+        phase,
+        len(planned),
+        report.skipped,
+        len(todo),
+    )
 
     started = time.monotonic()
 
     def tick() -> None:
         if progress is not None:
-            progress(Progress(model, phase, len(todo), report.sampled, report.tokens,
-                              report.skipped, time.monotonic() - started))
+            progress(
+                Progress(
+                    model,
+                    phase,
+                    len(todo),
+                    report.sampled,
+                    report.tokens,
+                    report.skipped,
+                    time.monotonic() - started,
+                )
+            )
 
     tick()
     scorer = _ReferenceScorer(backend, enabled=score_reference and phase == PROBE)
@@ -395,11 +449,19 @@ def sample(
     report.duplicates = duplicates.num_rows
     if report.duplicates:
         first = ", ".join(str(tuple(r.values())[:-1]) for r in duplicates.slice(0, 3).to_pylist())
-        log.warning("%s holds %d key(s) more than once (e.g. %s): two writers sampled the same "
-                    "keys; give each worker its own --part", run.path, report.duplicates, first)
+        log.warning(
+            "%s holds %d key(s) more than once (e.g. %s): two writers sampled the same "
+            "keys; give each worker its own --part",
+            run.path,
+            report.duplicates,
+            first,
+        )
     if report.errors:
-        log.warning("%d of %d requests failed in the backend; stored with status 'error'",
-                    report.errors, report.sampled)
+        log.warning(
+            "%d of %d requests failed in the backend; stored with status 'error'",
+            report.errors,
+            report.sampled,
+        )
     if phase == RESCUE:
         spent = rescue_budget(run, model)
         run.update_manifest(lambda m: m.setdefault("budget", {}).__setitem__(model, spent))
@@ -416,8 +478,11 @@ def _batches(todo: Sequence[Planned], size: int):
     start = 0
     while start < len(todo):
         end = start + 1
-        while (end < len(todo) and end - start < size
-               and todo[end].intervention == todo[start].intervention):
+        while (
+            end < len(todo)
+            and end - start < size
+            and todo[end].intervention == todo[start].intervention
+        ):
             end += 1
         yield todo[start:end]
         start = end
@@ -449,19 +514,34 @@ class _ReferenceScorer:
         return self.backend.score(prompts, completions, which="policy")
 
 
-def _sample_batch(backend: Backend, task: Task, model: str, batch: Sequence[Planned],
-                  max_tokens: int, worker: str, scorer: _ReferenceScorer) -> list[dict]:
+def _sample_batch(
+    backend: Backend,
+    task: Task,
+    model: str,
+    batch: Sequence[Planned],
+    max_tokens: int,
+    worker: str,
+    scorer: _ReferenceScorer,
+) -> list[dict]:
     intervention = batch[0].intervention
-    requests = [GenerationRequest(p.problem.prompt, p.seed, max_tokens, tuple(task.stop))
-                for p in batch]
+    requests = [
+        GenerationRequest(p.problem.prompt, p.seed, max_tokens, tuple(task.stop)) for p in batch
+    ]
     started = time.monotonic()
     generations = backend.generate(requests, intervention)
     if len(generations) != len(batch):
-        raise StoreError(f"backend {backend.name!r} returned {len(generations)} generations "
-                         f"for {len(batch)} requests")
+        raise StoreError(
+            f"backend {backend.name!r} returned {len(generations)} generations "
+            f"for {len(batch)} requests"
+        )
     ok = [i for i, g in enumerate(generations) if g.finish_reason != "error"]
-    verdicts = dict(zip(ok, task.verify_many([generations[i].text for i in ok],
-                                             [batch[i].problem for i in ok]), strict=True))
+    verdicts = dict(
+        zip(
+            ok,
+            task.verify_many([generations[i].text for i in ok], [batch[i].problem for i in ok]),
+            strict=True,
+        )
+    )
     ref_scores: dict[int, list[float]] = {}
     policy_scores: dict[int, list[float]] = {}
     if batch[0].phase == PROBE:
@@ -473,8 +553,10 @@ def _sample_batch(backend: Backend, task: Task, model: str, batch: Sequence[Plan
             ref_scores = dict(zip(scored, ref, strict=True))
         missing = [i for i in scored if generations[i].policy_logprobs is None]
         if missing:
-            pol = scorer.policy([batch[i].problem.prompt for i in missing],
-                                [list(generations[i].token_ids) for i in missing])
+            pol = scorer.policy(
+                [batch[i].problem.prompt for i in missing],
+                [list(generations[i].token_ids) for i in missing],
+            )
             if pol is not None:
                 policy_scores = dict(zip(missing, pol, strict=True))
     share = (time.monotonic() - started) / len(batch)
@@ -490,34 +572,36 @@ def _sample_batch(backend: Backend, task: Task, model: str, batch: Sequence[Plan
             chain_correct = verdict.extra.get("chain_correct")
         n_tokens = len(gen.token_ids)
         policy_lp = gen.policy_logprobs if gen.policy_logprobs is not None else policy_scores.get(i)
-        rows.append({
-            "model": model,
-            "task": task.name,
-            "problem_id": planned.problem.id,
-            "phase": planned.phase,
-            "intervention": intervention.kind,
-            "setting": intervention.label,
-            "params": intervention.params_json,
-            "sample_index": planned.sample_index,
-            "seed": planned.seed,
-            "text": gen.text,
-            "answer": answer,
-            "correct": bool(correct),
-            "chain_correct": chain_correct,
-            "status": status,
-            "reason": reason,
-            "finish_reason": gen.finish_reason,
-            "token_ids": list(gen.token_ids),
-            "logprobs": list(gen.logprobs),
-            "entropies": list(gen.entropies),
-            "entropy_kind": gen.entropy_kind,
-            "policy_logprobs": None if policy_lp is None else list(policy_lp),
-            "ref_logprobs": ref_scores.get(i),
-            "n_tokens": n_tokens,
-            "cost_tokens": n_tokens * intervention.cost_factor,
-            "time_s": gen.time_s or share,
-            "worker": worker,
-        })
+        rows.append(
+            {
+                "model": model,
+                "task": task.name,
+                "problem_id": planned.problem.id,
+                "phase": planned.phase,
+                "intervention": intervention.kind,
+                "setting": intervention.label,
+                "params": intervention.params_json,
+                "sample_index": planned.sample_index,
+                "seed": planned.seed,
+                "text": gen.text,
+                "answer": answer,
+                "correct": bool(correct),
+                "chain_correct": chain_correct,
+                "status": status,
+                "reason": reason,
+                "finish_reason": gen.finish_reason,
+                "token_ids": list(gen.token_ids),
+                "logprobs": list(gen.logprobs),
+                "entropies": list(gen.entropies),
+                "entropy_kind": gen.entropy_kind,
+                "policy_logprobs": None if policy_lp is None else list(policy_lp),
+                "ref_logprobs": ref_scores.get(i),
+                "n_tokens": n_tokens,
+                "cost_tokens": n_tokens * intervention.cost_factor,
+                "time_s": gen.time_s or share,
+                "worker": worker,
+            }
+        )
     return rows
 
 
@@ -537,8 +621,9 @@ def probe_outcomes(run: Run, model: str, *, k: int | None = None) -> dict[str, d
     return {r["problem_id"]: r for r in table.to_pylist()}
 
 
-def failed_problems(run: Run, model: str, problem_ids: Sequence[str] | None = None, *,
-                    k: int = DEFAULT_K) -> list[str]:
+def failed_problems(
+    run: Run, model: str, problem_ids: Sequence[str] | None = None, *, k: int = DEFAULT_K
+) -> list[str]:
     """Problems whose K probe rollouts are all wrong (SPEC §3: 0 of K correct).
 
     A rollout the backend failed to produce (status "error") is no attempt: a problem
@@ -554,8 +639,11 @@ def failed_problems(run: Run, model: str, problem_ids: Sequence[str] | None = No
             f"rollouts (e.g. {incomplete[0]!r}): finish the probe first "
             f"(`fixable sample --phase probe --k {k} ...`)"
         )
-    return [pid for pid in ids
-            if outcomes[pid]["correct"] == 0 and outcomes[pid]["n"] > outcomes[pid]["errors"]]
+    return [
+        pid
+        for pid in ids
+        if outcomes[pid]["correct"] == 0 and outcomes[pid]["n"] > outcomes[pid]["errors"]
+    ]
 
 
 def rescue_budget(run: Run, model: str) -> dict[str, dict]:
@@ -565,9 +653,10 @@ def rescue_budget(run: Run, model: str) -> dict[str, dict]:
         "sum(n_tokens) AS tokens, sum(cost_tokens) AS cost_tokens FROM rollouts "
         f"WHERE model = {_q(model)} AND phase = 'rescue' GROUP BY setting ORDER BY setting"
     )
-    return {r.pop("setting"): {k: (float(v) if k == "cost_tokens" else int(v))
-                               for k, v in r.items()}
-            for r in table.to_pylist()}
+    return {
+        r.pop("setting"): {k: (float(v) if k == "cost_tokens" else int(v)) for k, v in r.items()}
+        for r in table.to_pylist()
+    }
 
 
 def sweep(
@@ -589,22 +678,45 @@ def sweep(
     check_capabilities(backend, interventions)  # refuse before the probe, not after it
     run = _open_run(run_dir)
     problems = [p for p in problems if in_part(p.id, part)]
-    probe = sample(backend, task, problems, run, phase=PROBE, n=k, run_seed=run_seed,
-                   progress=progress, **options)
+    probe = sample(
+        backend,
+        task,
+        problems,
+        run,
+        phase=PROBE,
+        n=k,
+        run_seed=run_seed,
+        progress=progress,
+        **options,
+    )
     failed = failed_problems(run, backend.model_name, [p.id for p in problems], k=k)
-    log.info("%s: %d of %d problems failed the probe", backend.model_name, len(failed),
-             len(problems))
+    log.info(
+        "%s: %d of %d problems failed the probe", backend.model_name, len(failed), len(problems)
+    )
     failed_set = set(failed)
     rescue = None
     if failed:
-        rescue = sample(backend, task, [p for p in problems if p.id in failed_set], run,
-                        phase=RESCUE, interventions=interventions, n=r, run_seed=run_seed,
-                        progress=progress, **options)
+        rescue = sample(
+            backend,
+            task,
+            [p for p in problems if p.id in failed_set],
+            run,
+            phase=RESCUE,
+            interventions=interventions,
+            n=r,
+            run_seed=run_seed,
+            progress=progress,
+            **options,
+        )
     return SweepReport(probe, failed, rescue, rescue_budget(run, backend.model_name))
 
 
-def sample_from_config(config, *, progress: ProgressCallback | None = None,
-                       backend_factory: Callable[[str], Backend] | None = None) -> list:
+def sample_from_config(
+    config,
+    *,
+    progress: ProgressCallback | None = None,
+    backend_factory: Callable[[str], Backend] | None = None,
+) -> list:
     """Run a ``fixable.config.RunConfig``: the ``fixable sample`` command in Python.
 
     Returns one report per model (a SampleReport, or a SweepReport for phase "sweep").
@@ -616,9 +728,14 @@ def sample_from_config(config, *, progress: ProgressCallback | None = None,
     task = config.build_task()
     problems = task.problems(config.problems, seed=config.problem_seed, split=config.split)
     run = Run.create(config.out)
-    options = dict(max_tokens=config.max_tokens, batch_size=config.batch_size,
-                   flush_every=config.flush_every, score_reference=config.score_reference,
-                   worker=config.worker, config=config.to_dict())
+    options = dict(
+        max_tokens=config.max_tokens,
+        batch_size=config.batch_size,
+        flush_every=config.flush_every,
+        score_reference=config.score_reference,
+        worker=config.worker,
+        config=config.to_dict(),
+    )
     reports = []
     for model in config.models:
         if backend_factory is not None:
@@ -627,20 +744,55 @@ def sample_from_config(config, *, progress: ProgressCallback | None = None,
             backend = backends.create(config.backend, model, **config.backend_options)
         try:
             if config.phase == "sweep":
-                reports.append(sweep(backend, task, problems, run, k=config.k, r=config.r,
-                                     interventions=config.grid, run_seed=config.seed,
-                                     part=config.part, progress=progress, **options))
+                reports.append(
+                    sweep(
+                        backend,
+                        task,
+                        problems,
+                        run,
+                        k=config.k,
+                        r=config.r,
+                        interventions=config.grid,
+                        run_seed=config.seed,
+                        part=config.part,
+                        progress=progress,
+                        **options,
+                    )
+                )
             elif config.phase == PROBE:
-                reports.append(sample(backend, task, problems, run, phase=PROBE, n=config.k,
-                                      run_seed=config.seed, part=config.part,
-                                      progress=progress, **options))
+                reports.append(
+                    sample(
+                        backend,
+                        task,
+                        problems,
+                        run,
+                        phase=PROBE,
+                        n=config.k,
+                        run_seed=config.seed,
+                        part=config.part,
+                        progress=progress,
+                        **options,
+                    )
+                )
             else:
                 mine = [p for p in problems if in_part(p.id, config.part)]
-                failed = set(failed_problems(run, backend.model_name, [p.id for p in mine],
-                                             k=config.k))
-                reports.append(sample(backend, task, [p for p in mine if p.id in failed], run,
-                                      phase=RESCUE, interventions=config.grid, n=config.r,
-                                      run_seed=config.seed, progress=progress, **options))
+                failed = set(
+                    failed_problems(run, backend.model_name, [p.id for p in mine], k=config.k)
+                )
+                reports.append(
+                    sample(
+                        backend,
+                        task,
+                        [p for p in mine if p.id in failed],
+                        run,
+                        phase=RESCUE,
+                        interventions=config.grid,
+                        n=config.r,
+                        run_seed=config.seed,
+                        progress=progress,
+                        **options,
+                    )
+                )
         finally:
             close = getattr(backend, "close", None)
             if callable(close):

@@ -216,7 +216,11 @@ class QuarantinedShard:
     n_rows: int | None  # rows its footer announced, when the footer was readable
 
     def __str__(self) -> str:
-        rows = f"{self.n_rows} rollouts" if self.n_rows is not None else "an unknown number of rollouts"
+        rows = (
+            f"{self.n_rows} rollouts"
+            if self.n_rows is not None
+            else "an unknown number of rollouts"
+        )
         return (
             f"corrupt shard {self.path} ({self.reason}) moved to {self.moved_to}; "
             f"its {rows} are missing until you re-run the sampling command, "
@@ -507,8 +511,11 @@ class Run:
     def copy(self, sql: str, path: str | os.PathLike, fmt: str) -> Path:
         """Write the result of ``sql`` to ``path`` as ``fmt`` (csv, parquet or json lines),
         streamed by DuckDB, so a result larger than memory is fine."""
-        formats = {"csv": "FORMAT csv, HEADER true", "parquet": "FORMAT parquet",
-                   "jsonl": "FORMAT json"}
+        formats = {
+            "csv": "FORMAT csv, HEADER true",
+            "parquet": "FORMAT parquet",
+            "jsonl": "FORMAT json",
+        }
         if fmt not in formats:
             raise StoreError(f"format must be one of {', '.join(formats)}, got {fmt!r}")
         path = Path(path)
@@ -520,17 +527,21 @@ class Run:
         """The result of ``sql`` as record batches, without holding it all in memory."""
         with self.reading() as con:
             relation = con.sql(sql)
-            fetch = getattr(relation, "fetch_record_batch", None) or relation.to_arrow_reader
+            # duckdb renamed fetch_record_batch() to to_arrow_reader(); accept both
+            fetch = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
             yield from fetch(batch_size)
 
-    def rollouts(self, where: str | None = None, columns: Sequence[str] | None = None,
-                 *, order: bool = True) -> pa.Table:
+    def rollouts(
+        self, where: str | None = None, columns: Sequence[str] | None = None, *, order: bool = True
+    ) -> pa.Table:
         """Rollouts as a pyarrow Table, filtered by the SQL condition ``where``, in key order."""
         wanted = list(columns) if columns else schema.ROLLOUTS.names
         unknown = [c for c in wanted if c not in schema.ROLLOUTS.names]
         if unknown:
-            raise StoreError(f"unknown rollout column(s) {', '.join(unknown)}; "
-                             f"columns are {', '.join(schema.ROLLOUTS.names)}")
+            raise StoreError(
+                f"unknown rollout column(s) {', '.join(unknown)}; "
+                f"columns are {', '.join(schema.ROLLOUTS.names)}"
+            )
         sql = f"SELECT {', '.join(wanted)} FROM rollouts"
         if where:
             sql += f" WHERE {where}"
@@ -569,11 +580,17 @@ class Run:
 
     # ---------------------------------------------------------------- writing
 
-    def writer(self, table: str = "rollouts", *, worker: str | None = None,
-               flush_every: int = DEFAULT_FLUSH_EVERY,
-               flush_seconds: float = DEFAULT_FLUSH_SECONDS) -> ShardWriter:
-        return ShardWriter(self, table, worker=worker, flush_every=flush_every,
-                           flush_seconds=flush_seconds)
+    def writer(
+        self,
+        table: str = "rollouts",
+        *,
+        worker: str | None = None,
+        flush_every: int = DEFAULT_FLUSH_EVERY,
+        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+    ) -> ShardWriter:
+        return ShardWriter(
+            self, table, worker=worker, flush_every=flush_every, flush_seconds=flush_seconds
+        )
 
     def write_problems(self, problems: Iterable, *, worker: str | None = None) -> int:
         """Add problems not yet in the run; returns how many were new.
@@ -581,9 +598,7 @@ class Run:
         A problem id already present with another prompt or answer is refused: the run's
         rollouts of that id would then mean two different problems.
         """
-        existing = {
-            (r["task"], r["problem_id"]): r for r in self.problems().to_pylist()
-        }
+        existing = {(r["task"], r["problem_id"]): r for r in self.problems().to_pylist()}
         rows = []
         for p in problems:
             row = {
@@ -615,8 +630,9 @@ def _schema_mismatch(found: pa.Schema, expected: pa.Schema) -> str:
         if field.name not in found.names:
             problems.append(f"column {field.name!r} missing")
         elif not found.field(field.name).type.equals(field.type):
-            problems.append(f"column {field.name!r} is {found.field(field.name).type}, "
-                            f"expected {field.type}")
+            problems.append(
+                f"column {field.name!r} is {found.field(field.name).type}, expected {field.type}"
+            )
     return "; ".join(problems)
 
 
@@ -644,9 +660,15 @@ class ShardWriter:
     every ``flush_seconds``, and on close — also when closed by an exception, since every
     buffered row is a finished rollout worth keeping."""
 
-    def __init__(self, run: Run, table: str = "rollouts", *, worker: str | None = None,
-                 flush_every: int = DEFAULT_FLUSH_EVERY,
-                 flush_seconds: float = DEFAULT_FLUSH_SECONDS):
+    def __init__(
+        self,
+        run: Run,
+        table: str = "rollouts",
+        *,
+        worker: str | None = None,
+        flush_every: int = DEFAULT_FLUSH_EVERY,
+        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+    ):
         if table not in TABLES:
             raise StoreError(f"unknown table {table!r}; tables are {', '.join(TABLES)}")
         if flush_every < 1:
@@ -673,8 +695,10 @@ class ShardWriter:
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
-        if (len(self._buffer) >= self.flush_every
-                or time.monotonic() - self._last_flush >= self.flush_seconds):
+        if (
+            len(self._buffer) >= self.flush_every
+            or time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
             self.flush()
 
     def flush(self) -> Path | None:

@@ -10,10 +10,18 @@ import click
 
 @click.command("export")
 @click.argument("run_dir", metavar="RUN")
-@click.option("--jsonl", "jsonl", is_flag=False, flag_value="-", default=None, metavar="[F]",
-              help="Write JSON lines to F (stdout when F is omitted or '-').")
-@click.option("--table", type=click.Choice(["rollouts", "problems"]), default="rollouts",
-              show_default=True)
+@click.option(
+    "--jsonl",
+    "jsonl",
+    is_flag=False,
+    flag_value="-",
+    default=None,
+    metavar="[F]",
+    help="Write JSON lines to F (stdout when F is omitted or '-').",
+)
+@click.option(
+    "--table", type=click.Choice(["rollouts", "problems"]), default="rollouts", show_default=True
+)
 @click.option("--where", default=None, help="SQL condition on the rows, e.g. \"phase = 'probe'\".")
 def command(run_dir, jsonl, table, where):
     """Export a run's rows, one JSON object per line, in key order."""

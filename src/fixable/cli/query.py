@@ -15,7 +15,7 @@ import pyarrow as pa
 CELL_WIDTH = 40  # longer cells (texts, token lists) are cut with an ellipsis
 
 
-def _cell(value) -> str:
+def _cell(value, width: int = CELL_WIDTH) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -26,20 +26,29 @@ def _cell(value) -> str:
     else:
         text = str(value)
     text = text.replace("\n", "⏎")
-    return text if len(text) <= CELL_WIDTH else text[: CELL_WIDTH - 1] + "…"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def format_table(table: pa.Table) -> str:
-    """A plain-text table of ``table``: a header, a rule, one line per row."""
+def format_table(table: pa.Table, *, uncut: tuple[str, ...] = ()) -> str:
+    """A plain-text table of ``table``: a header, a rule, one line per row; cells of
+    columns other than ``uncut`` are cut at CELL_WIDTH characters."""
     names = table.column_names
-    rows = [[_cell(v) for v in row.values()] for row in table.to_pylist()]
+    widths_allowed = [10**9 if n in uncut else CELL_WIDTH for n in names]
+    rows = [
+        [_cell(v, w) for v, w in zip(row.values(), widths_allowed, strict=True)]
+        for row in table.to_pylist()
+    ]
     widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
-    numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
-               for t in table.schema.types]
+    numeric = [
+        pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+        for t in table.schema.types
+    ]
 
     def line(cells):
-        return "  ".join(c.rjust(w) if num else c.ljust(w)
-                         for c, w, num in zip(cells, widths, numeric, strict=True)).rstrip()
+        return "  ".join(
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(cells, widths, numeric, strict=True)
+        ).rstrip()
 
     out = [line(names), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in rows]
@@ -55,10 +64,20 @@ def report_quarantined(run) -> None:
 @click.argument("run_dir", metavar="RUN")
 @click.argument("sql")
 @click.option("--csv", "csv_path", default=None, metavar="F", help="Write the whole result as CSV.")
-@click.option("--parquet", "parquet_path", default=None, metavar="F",
-              help="Write the whole result as Parquet.")
-@click.option("--max-rows", type=int, default=50, show_default=True,
-              help="Rows printed (files get every row).")
+@click.option(
+    "--parquet",
+    "parquet_path",
+    default=None,
+    metavar="F",
+    help="Write the whole result as Parquet.",
+)
+@click.option(
+    "--max-rows",
+    type=int,
+    default=50,
+    show_default=True,
+    help="Rows printed (files get every row).",
+)
 def command(run_dir, sql, csv_path, parquet_path, max_rows):
     """Run SQL over a run's views `rollouts` and `problems` (DuckDB dialect)."""
     from fixable.store import Run
@@ -77,8 +96,10 @@ def command(run_dir, sql, csv_path, parquet_path, max_rows):
             if table.num_columns:
                 click.echo(format_table(shown))
             if table.num_rows > max_rows:
-                click.echo(f"(first {max_rows} rows shown; --max-rows N for more, --csv F or "
-                           f"--parquet F for all)")
+                click.echo(
+                    f"(first {max_rows} rows shown; --max-rows N for more, --csv F or "
+                    f"--parquet F for all)"
+                )
             else:
                 click.echo(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})")
     finally:

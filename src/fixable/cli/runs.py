@@ -21,21 +21,48 @@ def command(directory):
         raise StoreError(f"{directory} is not a directory; name the directory holding your runs")
     found = find_runs(directory)
     if not found:
-        click.echo(f"no runs under {directory} (make one with `fixable sample ... --out "
-                   f"{Path(directory) / 'NAME'}`)")
+        click.echo(
+            f"no runs under {directory} (make one with `fixable sample ... --out "
+            f"{Path(directory) / 'NAME'}`)"
+        )
         return
     rows = []
     for path in found:
         run = Run(path)
         counts = run.counts().to_pylist()
-        base = {"run": str(path), "seed": run.manifest.get("run_seed"),
-                "created": str(run.manifest.get("created", ""))[:19]}
+        base = {
+            "run": str(path),
+            "seed": run.manifest.get("run_seed"),
+            "created": str(run.manifest.get("created", ""))[:19],
+        }
         if not counts:
-            rows.append({**base, "model": "", "phase": "", "problems": 0, "rollouts": 0,
-                         "settings": 0, "correct": 0, "errors": 0})
+            rows.append(
+                {
+                    **base,
+                    "model": "",
+                    "phase": "",
+                    "problems": 0,
+                    "rollouts": 0,
+                    "settings": 0,
+                    "correct": 0,
+                    "errors": 0,
+                }
+            )
         for c in counts:
             rows.append({**base, **c})
         report_quarantined(run)
-    order = ["run", "model", "phase", "problems", "settings", "rollouts", "correct", "errors",
-             "seed", "created"]
-    click.echo(format_table(pa.Table.from_pylist([{k: r[k] for k in order} for r in rows])))
+    order = [
+        "run",
+        "model",
+        "phase",
+        "problems",
+        "settings",
+        "rollouts",
+        "correct",
+        "errors",
+        "seed",
+        "created",
+    ]
+    click.echo(
+        format_table(pa.Table.from_pylist([{k: r[k] for k in order} for r in rows]), uncut=("run",))
+    )

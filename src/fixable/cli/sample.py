@@ -55,11 +55,17 @@ class _Bars:
         if self.current != (p.model, p.phase):
             self.close()
             self.current = (p.model, p.phase)
-            self.bar = tqdm(total=p.total, desc=f"{p.model} {p.phase}", unit="rollout",
-                            dynamic_ncols=True, smoothing=0.1)
+            self.bar = tqdm(
+                total=p.total,
+                desc=f"{p.model} {p.phase}",
+                unit="rollout",
+                dynamic_ncols=True,
+                smoothing=0.1,
+            )
             if p.skipped:
-                self.bar.write(f"{p.model} {p.phase}: {p.skipped} rollouts already in the run, "
-                               f"skipped")
+                self.bar.write(
+                    f"{p.model} {p.phase}: {p.skipped} rollouts already in the run, skipped"
+                )
         self.bar.update(p.done - self.bar.n)
         if p.elapsed_s > 0:
             self.bar.set_postfix_str(f"{p.tokens / p.elapsed_s:,.0f} tok/s", refresh=False)
@@ -71,49 +77,120 @@ class _Bars:
 
 
 def _describe(report) -> str:
-    line = (f"{report.model} {report.phase}: {report.sampled} sampled, {report.skipped} already "
-            f"present; {report.correct} correct, {report.errors} failed requests, "
-            f"{report.tokens:,} tokens in {report.wall_s:.1f} s")
+    line = (
+        f"{report.model} {report.phase}: {report.sampled} sampled, {report.skipped} already "
+        f"present; {report.correct} correct, {report.errors} failed requests, "
+        f"{report.tokens:,} tokens in {report.wall_s:.1f} s"
+    )
     return line
 
 
 @click.command("sample")
-@click.option("--model", "-m", "models", multiple=True,
-              help="Policy to sample: zoo name, checkpoint directory or served id (repeatable).")
+@click.option(
+    "--model",
+    "-m",
+    "models",
+    multiple=True,
+    help="Policy to sample: zoo name, checkpoint directory or served id (repeatable).",
+)
 @click.option("--task", "-t", default=None, help="Task name (default chains).")
 @click.option("--backend", "-b", default=None, help="Backend name (default organism).")
 @click.option("--problems", "-n", type=int, default=None, help="Number of problems (default 100).")
-@click.option("--problem-seed", type=int, default=None, help="Which problems a generated task draws.")
+@click.option(
+    "--problem-seed", type=int, default=None, help="Which problems a generated task draws."
+)
 @click.option("--split", default=None, help="Task split (default test).")
 @click.option("--k", type=int, default=None, help="Probe rollouts per problem (default 8).")
-@click.option("--r", type=int, default=None,
-              help="Rescue rollouts per failed problem and setting (default 32).")
-@click.option("--interventions", "-i", default=None,
-              help='Rescue grid, e.g. "retry;temperature:0.3,0.6,1.3;mix:0.25,0.5;dola:2".')
-@click.option("--phase", type=click.Choice(PHASES), default=None,
-              help="probe, rescue or sweep (default: sweep when --r or --interventions is "
-                   "given, else probe).")
+@click.option(
+    "--r",
+    type=int,
+    default=None,
+    help="Rescue rollouts per failed problem and setting (default 32).",
+)
+@click.option(
+    "--interventions",
+    "-i",
+    default=None,
+    help='Rescue grid, e.g. "retry;temperature:0.3,0.6,1.3;mix:0.25,0.5;dola:2".',
+)
+@click.option(
+    "--phase",
+    type=click.Choice(PHASES),
+    default=None,
+    help="probe, rescue or sweep (default: sweep when --r or --interventions is "
+    "given, else probe).",
+)
 @click.option("--seed", type=int, default=None, help="Run seed (default 0).")
 @click.option("--max-tokens", type=int, default=None, help="Longest completion (default 160).")
-@click.option("--batch-size", type=int, default=None, help="Requests per backend call (default 256).")
-@click.option("--flush-every", type=int, default=None,
-              help="Rollouts per shard written (default 2048).")
-@click.option("--task-option", "-T", "task_options", multiple=True, metavar="KEY=VALUE",
-              help="Task constructor option, e.g. -T difficulties=4,5 (repeatable).")
-@click.option("--backend-option", "-B", "backend_options", multiple=True, metavar="KEY=VALUE",
-              help="Backend constructor option, e.g. -B reference=none (repeatable).")
-@click.option("--no-reference-scores", is_flag=True, default=False,
-              help="Do not teacher-force probe rollouts under the reference model.")
+@click.option(
+    "--batch-size", type=int, default=None, help="Requests per backend call (default 256)."
+)
+@click.option(
+    "--flush-every", type=int, default=None, help="Rollouts per shard written (default 2048)."
+)
+@click.option(
+    "--task-option",
+    "-T",
+    "task_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Task constructor option, e.g. -T difficulties=4,5 (repeatable).",
+)
+@click.option(
+    "--backend-option",
+    "-B",
+    "backend_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Backend constructor option, e.g. -B reference=none (repeatable).",
+)
+@click.option(
+    "--no-reference-scores",
+    is_flag=True,
+    default=False,
+    help="Do not teacher-force probe rollouts under the reference model.",
+)
 @click.option("--worker", default=None, help="Name of this writer (default host-pid).")
-@click.option("--part", default=None, metavar="I/N",
-              help="Sample only share I of N of the problems (many workers, one run).")
+@click.option(
+    "--part",
+    default=None,
+    metavar="I/N",
+    help="Sample only share I of N of the problems (many workers, one run).",
+)
 @click.option("--out", "-o", default=None, help="Run directory to write (or resume).")
-@click.option("--config", "-c", "run_file", default=None, metavar="RUN.toml",
-              help="Run file (TOML) or a run's manifest.json to reproduce; options override it.")
+@click.option(
+    "--config",
+    "-c",
+    "run_file",
+    default=None,
+    metavar="RUN.toml",
+    help="Run file (TOML) or a run's manifest.json to reproduce; options override it.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def command(models, task, backend, problems, problem_seed, split, k, r, interventions, phase,
-            seed, max_tokens, batch_size, flush_every, task_options, backend_options,
-            no_reference_scores, worker, part, out, run_file, quiet):
+def command(
+    models,
+    task,
+    backend,
+    problems,
+    problem_seed,
+    split,
+    k,
+    r,
+    interventions,
+    phase,
+    seed,
+    max_tokens,
+    batch_size,
+    flush_every,
+    task_options,
+    backend_options,
+    no_reference_scores,
+    worker,
+    part,
+    out,
+    run_file,
+    quiet,
+):
     """Sample rollouts into a run directory; re-running the same command resumes it.
 
     \b
@@ -157,22 +234,32 @@ def command(models, task, backend, problems, problem_seed, split, k, r, interven
     for report in reports:
         if hasattr(report, "probe"):  # a sweep
             click.echo(_describe(report.probe))
-            click.echo(f"{report.probe.model}: {len(report.failed)} of "
-                       f"{report.probe.planned // config.k} problems failed the probe (0/{config.k})")
+            click.echo(
+                f"{report.probe.model}: {len(report.failed)} of "
+                f"{report.probe.planned // config.k} problems failed the probe (0/{config.k})"
+            )
             if report.rescue is not None:
                 click.echo(_describe(report.rescue))
             for setting, spent in report.budget.items():
-                click.echo(f"  {setting}: {spent['rollouts']} rollouts, "
-                           f"{spent['cost_tokens']:,.0f} cost tokens")
+                click.echo(
+                    f"  {setting}: {spent['rollouts']} rollouts, "
+                    f"{spent['cost_tokens']:,.0f} cost tokens"
+                )
             parts = [report.probe] + ([report.rescue] if report.rescue else [])
         else:
             click.echo(_describe(report))
             parts = [report]
         for part_report in parts:
             for q in part_report.quarantined:
-                click.echo(f"warning: corrupt shard {q.path} ({q.reason}) was moved to "
-                           f"{q.moved_to}; its rollouts were sampled again now", err=True)
+                click.echo(
+                    f"warning: corrupt shard {q.path} ({q.reason}) was moved to "
+                    f"{q.moved_to}; its rollouts were sampled again now",
+                    err=True,
+                )
             if part_report.duplicates:
-                click.echo(f"warning: {part_report.duplicates} keys are in the run more than once "
-                           f"(see `fixable query {config.out} ...`)", err=True)
+                click.echo(
+                    f"warning: {part_report.duplicates} keys are in the run more than once "
+                    f"(see `fixable query {config.out} ...`)",
+                    err=True,
+                )
     click.echo(f"run: {config.out}")
