@@ -325,3 +325,14 @@ def test_manifest_records_what_reproduces_the_run(tmp_path, task, problems):
     ] or invocation["environment"]["packages"]["torch"].startswith(torch.__version__.split("+")[0])
     assert "revision" in invocation["environment"]["git"]
     assert invocation["report"]["sampled"] == 2
+
+
+def test_other_weights_under_the_same_name_are_refused(tmp_path, task, problems):
+    from fixable.organism.model import ModelConfig, OrganismLM, save_checkpoint
+
+    cfg = ModelConfig(n_layer=1, n_embd=16, n_head=2)
+    directory = save_checkpoint(OrganismLM(cfg), tmp_path / "weights")
+    sample(FakeBackend(str(directory)), task, problems[:2], tmp_path / "run", n=1)
+    save_checkpoint(OrganismLM(cfg), directory)  # retrained in place: new random weights
+    with pytest.raises(StoreError, match="model.safetensors changed its sha256"):
+        sample(FakeBackend(str(directory)), task, problems[:2], tmp_path / "run", n=2)

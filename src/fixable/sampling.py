@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import logging
 import platform
 import socket
@@ -269,12 +268,14 @@ def _register(
         if known is None:
             models[model] = {"identity": identity, "sampling": sampling}
         else:
-            old_hash = known["identity"].get("weights_sha256")
-            new_hash = identity.get("weights_sha256")
-            if old_hash and new_hash and old_hash != new_hash:
+            old_hashes, new_hashes = _hashes(known["identity"]), _hashes(identity)
+            changed = [
+                k for k in old_hashes.keys() & new_hashes.keys() if old_hashes[k] != new_hashes[k]
+            ]
+            if changed:
                 raise StoreError(
                     f"model {model!r} in {run.path} was sampled from other weights "
-                    f"(sha256 {json.dumps(old_hash)[:80]}…); new rollouts would mix two models: "
+                    f"({changed[0]} changed its sha256); new rollouts would mix two models: "
                     f"write to a new --out"
                 )
             if known["identity"].get("backend") != identity["backend"]:
@@ -293,6 +294,18 @@ def _register(
         manifest.setdefault("invocations", []).append(invocation)
 
     run.update_manifest(change)
+
+
+def _hashes(identity: Any, prefix: str = "") -> dict[str, str]:
+    """Every file hash in a (nested) identity, by its path in the identity."""
+    out: dict[str, str] = {}
+    if isinstance(identity, dict):
+        for key, value in identity.items():
+            if key == "weights_sha256" and isinstance(value, dict):
+                out.update({f"{prefix}{name}": h for name, h in value.items()})
+            else:
+                out.update(_hashes(value, f"{prefix}{key}/"))
+    return out
 
 
 def _finish(run: Run, invocation_id: str, report: SampleReport) -> None:
