@@ -171,7 +171,8 @@ class _Worker:
     """One pre-started worker interpreter and its pipes; used by one thread at a time."""
 
     def __init__(self, slot_uid: int, isolate: bool):
-        self.log_file = tempfile.TemporaryFile()
+        # The worker's stderr, kept to explain a worker that dies (closed in ``kill``).
+        self.log_file = tempfile.TemporaryFile()  # noqa: SIM115
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
         self.process = subprocess.Popen(
             [sys.executable, "-I", str(WORKER_SCRIPT)],
@@ -258,10 +259,8 @@ class _Worker:
         """Ask the worker to finish (EOF on its input), then make sure it did."""
         with contextlib.suppress(OSError):
             self.process.stdin.close()  # type: ignore[union-attr]
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
         self.kill()
 
 

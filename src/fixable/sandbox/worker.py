@@ -215,15 +215,19 @@ def _drop_capabilities() -> None:
 
 
 def _describe_exception(exc: BaseException, sources: dict[str, str]) -> str:
-    """One line: exception type, message and the trusted source line it came from."""
+    """One line: exception type and message, and where in the trusted code it was raised."""
+    try:
+        message = str(exc)[:300] if not isinstance(exc, SystemExit) else f"code {exc.code!r}"
+    except BaseException:  # noqa: BLE001 — an exception type written to break its __str__
+        message = "(message could not be read)"
     where = ""
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
         if frame.filename in sources:
+            where = f" at {frame.filename} line {frame.lineno}"
             lines = sources[frame.filename].splitlines()
-            text = lines[frame.lineno - 1].strip() if 0 < (frame.lineno or 0) <= len(lines) else ""
-            where = f" at {frame.filename} line {frame.lineno}: {text[:160]}"
+            if not message and 0 < (frame.lineno or 0) <= len(lines):
+                where += f": {lines[frame.lineno - 1].strip()[:160]}"  # a bare assert: show it
             break
-    message = str(exc)[:300] if not isinstance(exc, SystemExit) else f"code {exc.code!r}"
     return f"{type(exc).__name__}{': ' + message if message else ''}{where}"
 
 
@@ -310,10 +314,13 @@ def execute(request: dict, report_fd: int, token: str) -> None:
         exec(compile(request["test"], "<test>", "exec"), test_ns)
         outcome = {"ok": True, "reason": ""}
     except BaseException as exc:  # noqa: BLE001 — SystemExit before the tests is a failure too
-        if isinstance(exc, SystemExit) and stage == "program":
-            reason = f"program called sys.exit({exc.code!r}) before the tests ran"
-        else:
-            reason = f"{stage}: {_describe_exception(exc, sources)}"
+        try:
+            if isinstance(exc, SystemExit) and stage == "program":
+                reason = f"program called sys.exit({exc.code!r}) before the tests ran"
+            else:
+                reason = f"{stage}: {_describe_exception(exc, sources)}"
+        except BaseException:  # noqa: BLE001
+            reason = f"{stage}: an exception that could not be described"
         outcome = {"ok": False, "reason": reason}
     try:
         sys.stdout.flush()

@@ -3,6 +3,12 @@
 from fixable.registry import tasks as registry
 from fixable.tasks.base import Task
 from fixable.tasks.chains import ChainsTask
+from fixable.tasks.cruxeval import CRUXEvalTask
+from fixable.tasks.gpqa import GPQATask
+from fixable.tasks.gsm8k import GSM8KTask
+from fixable.tasks.humaneval import HumanEvalTask
+from fixable.tasks.jsonl import JsonlTask
+from fixable.tasks.math500 import MATH500Task
 
 
 def get_task(name: str, **kwargs) -> Task:
@@ -10,4 +16,15 @@ def get_task(name: str, **kwargs) -> Task:
     return registry.create(name, **kwargs)
 
 
-__all__ = ["ChainsTask", "Task", "get_task", "registry"]
+__all__ = [
+    "CRUXEvalTask",
+    "ChainsTask",
+    "GPQATask",
+    "GSM8KTask",
+    "HumanEvalTask",
+    "JsonlTask",
+    "MATH500Task",
+    "Task",
+    "get_task",
+    "registry",
+]
