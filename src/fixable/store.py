@@ -256,7 +256,12 @@ class Run:
         self.path = Path(path)
         self.quarantined: list[QuarantinedShard] = []
         if not (self.path / MANIFEST).is_file():
-            hint = "is not a directory" if not self.path.is_dir() else f"has no {MANIFEST}"
+            if not self.path.exists():
+                hint = "no such directory"
+            elif not self.path.is_dir():
+                hint = "not a directory"
+            else:
+                hint = f"no {MANIFEST} in it"
             raise StoreError(
                 f"{self.path} is not a run ({hint}); create one with "
                 f"`fixable sample ... --out {self.path}`"
