@@ -155,18 +155,29 @@ def plan(
 # --------------------------------------------------------------------------- provenance
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) → sha256, per process
+
+
 def weights_sha256(directory: str | Path) -> dict[str, str]:
-    """sha256 of every weights and config file of a model directory, by relative path."""
+    """sha256 of every weights and config file of a model directory, by file name.
+
+    Hashes are remembered per process by path, size and modification time: a sweep
+    registers its model twice, and multi-gigabyte weights take seconds to hash.
+    """
     directory = Path(directory)
     patterns = ("*.safetensors", "*.bin", "*.pt", "*.gguf", "config.json", "tokenizer*.json")
     out = {}
     for pattern in patterns:
         for path in sorted(directory.glob(pattern)):
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            out[path.name] = h.hexdigest()
+            stat = path.stat()
+            memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+            if memo not in _HASHES:
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                _HASHES[memo] = h.hexdigest()
+            out[path.name] = _HASHES[memo]
     return out
 
 
