@@ -50,6 +50,13 @@ logger = logging.getLogger(__name__)
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+def _load_hint(source: str, error: Exception) -> str:
+    return (
+        f"cannot load {source!r} with transformers: {error}. Give a local directory written "
+        "by save_pretrained (e.g. `fixable zoo export NAME OUT`), or a Hub id while online"
+    )
+
+
 def _resolve_device(device: str) -> str:
     import torch
 
@@ -72,11 +79,8 @@ class _Model:
             self.lm = AutoModelForCausalLM.from_pretrained(
                 source, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
             )
-        except OSError as e:
-            raise ConfigError(
-                f"cannot load a causal LM from {source!r}: {e}. Give a local directory "
-                "written by save_pretrained (e.g. `fixable zoo export NAME OUT`)"
-            ) from None
+        except (OSError, ValueError) as e:
+            raise ConfigError(_load_hint(source, e)) from None
         self.lm.to(device).eval()
         self.device = device
         self.n_layers = int(self.lm.config.num_hidden_layers)
@@ -208,9 +212,12 @@ class HFBackend:
         self.chat_template = chat_template
         self.trust_remote_code = trust_remote_code
         self.source = str(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            self.source, trust_remote_code=trust_remote_code
-        )
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                self.source, trust_remote_code=trust_remote_code
+            )
+        except (OSError, ValueError) as e:
+            raise ConfigError(_load_hint(self.source, e)) from None
         self.policy = self._load(self.source)
         self.reference = None if reference is None else self._load(str(reference))
         if self.reference is not None and self.reference.vocab_size != self.policy.vocab_size:
