@@ -439,35 +439,19 @@ def sample(
     )
 
     started = time.monotonic()
-
-    def tick() -> None:
-        if progress is not None:
-            progress(
-                Progress(
-                    model,
-                    phase,
-                    len(todo),
-                    report.sampled,
-                    report.tokens,
-                    report.skipped,
-                    time.monotonic() - started,
-                )
-            )
-
-    tick()
-    scorer = _ReferenceScorer(backend, enabled=score_reference and phase == PROBE)
-    with run.writer(worker=worker, flush_every=flush_every) as writer:
-        for batch in _batches(todo, batch_size):
-            rows = _sample_batch(backend, task, model, batch, max_tokens, worker, scorer)
-            writer.extend(rows)
-            for row in rows:
-                report.sampled += 1
-                report.correct += bool(row["correct"])
-                report.errors += row["status"] == "error"
-                report.tokens += row["n_tokens"]
-                report.cost_tokens += row["cost_tokens"]
-                report.reference_scored += row["ref_logprobs"] is not None
-            tick()
+    sample_planned(
+        backend,
+        task,
+        todo,
+        run,
+        report=report,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        flush_every=flush_every,
+        score_reference=score_reference,
+        worker=worker,
+        progress=progress,
+    )
     report.wall_s = time.monotonic() - started
     duplicates = run.duplicates()
     report.duplicates = duplicates.num_rows
@@ -493,12 +477,63 @@ def sample(
     return report
 
 
+def sample_planned(
+    backend: Backend,
+    task: Task,
+    todo: Sequence[Planned],
+    run: Run,
+    *,
+    report: SampleReport | None = None,
+    max_tokens: int = 160,
+    batch_size: int = 256,
+    flush_every: int = DEFAULT_FLUSH_EVERY,
+    score_reference: bool = True,
+    worker: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> SampleReport:
+    """Sample exactly the rollouts ``todo`` (from ``plan``) into ``run``, without looking at
+    what the run holds: the building block of ``sample``, and of executors that split a
+    plan among workers themselves. Counts go to ``report`` (a new one when None)."""
+    model = backend.model_name
+    worker = worker or default_worker()
+    phase = todo[0].phase if todo else PROBE
+    if report is None:
+        report = SampleReport(str(run.path), model, phase, planned=len(todo))
+    started = time.monotonic()
+
+    def tick() -> None:
+        if progress is not None:
+            elapsed = time.monotonic() - started
+            progress(
+                Progress(
+                    model, phase, len(todo), report.sampled, report.tokens, report.skipped, elapsed
+                )
+            )
+
+    tick()
+    scorer = _ReferenceScorer(backend, enabled=score_reference)
+    with run.writer(worker=worker, flush_every=flush_every) as writer:
+        for batch in _batches(todo, batch_size):
+            rows = _sample_batch(backend, task, model, batch, max_tokens, worker, scorer)
+            writer.extend(rows)
+            for row in rows:
+                report.sampled += 1
+                report.correct += bool(row["correct"])
+                report.errors += row["status"] == "error"
+                report.tokens += row["n_tokens"]
+                report.cost_tokens += row["cost_tokens"]
+                report.reference_scored += row["ref_logprobs"] is not None
+            tick()
+    return report
+
+
 def _q(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
 def _batches(todo: Sequence[Planned], size: int):
-    # one intervention per backend call; keep plan order inside it
+    # one intervention (and phase: probe rollouts are also scored) per backend call;
+    # keep plan order inside it
     start = 0
     while start < len(todo):
         end = start + 1
@@ -506,6 +541,7 @@ def _batches(todo: Sequence[Planned], size: int):
             end < len(todo)
             and end - start < size
             and todo[end].intervention == todo[start].intervention
+            and todo[end].phase == todo[start].phase
         ):
             end += 1
         yield todo[start:end]
