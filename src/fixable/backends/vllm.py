@@ -63,6 +63,8 @@ def _import_vllm():
         import vllm
     except ImportError as e:
         raise ConfigError(f"{SETUP_HINT} ({e})") from None
+    if not hasattr(vllm, "LLM"):  # a folder named vllm on sys.path, not the package
+        raise ConfigError(f"{SETUP_HINT} (`import vllm` found {list(vllm.__path__)})")
     return vllm
 
 
