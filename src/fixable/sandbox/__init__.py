@@ -225,7 +225,7 @@ class _Worker:
         try:
             self._send(request)
             reply = self._receive(deadline)
-        except (BrokenPipeError, OSError) as e:
+        except (OSError, ValueError) as e:  # ValueError: its pipe was already closed
             reply, why = None, f"worker pipe failed: {e}"
         else:
             why = "worker stopped answering" if self.alive else "worker died"
@@ -346,16 +346,18 @@ class Sandbox:
             if self._closed:
                 raise ConfigError("this sandbox is closed; create a new Sandbox")
             try:
-                return self._idle.get_nowait()
+                worker = self._idle.get_nowait()
             except queue.Empty:
-                pass
-            with self._lock:  # below capacity (at first, or after a worker died): start one
-                if len(self._all) < self.workers:
-                    return self._start_worker()
-            try:
-                return self._idle.get(timeout=0.5)
-            except queue.Empty:
-                continue
+                with self._lock:  # below capacity (at first, or after a worker died): start one
+                    if len(self._all) < self.workers:
+                        return self._start_worker()
+                try:
+                    worker = self._idle.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+            if worker.alive:
+                return worker
+            self._release(worker)  # died while idle: drop it, and try again
 
     def _release(self, worker: _Worker) -> None:
         if worker.alive:
