@@ -57,8 +57,9 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_hf_vs_generate(hf_dir: Path, *, rows: int, new_tokens: int, repeats: int,
-                         device: str) -> dict:
+def bench_hf_vs_generate(
+    hf_dir: Path, *, rows: int, new_tokens: int, repeats: int, device: str
+) -> dict:
     import torch
 
     from fixable.backends.base import GenerationRequest
@@ -80,17 +81,36 @@ def bench_hf_vs_generate(hf_dir: Path, *, rows: int, new_tokens: int, repeats: i
 
     def theirs():
         with torch.inference_mode():
-            model.generate(**batch, do_sample=True, temperature=1.0, top_k=None, top_p=None,
-                           max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                           pad_token_id=tok.pad_token_id)
+            model.generate(
+                **batch,
+                do_sample=True,
+                temperature=1.0,
+                top_k=None,
+                top_p=None,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=tok.pad_token_id,
+            )
 
     t_ours, t_theirs = timed(ours, repeats), timed(theirs, repeats)
-    return {"ours_s": t_ours, "generate_s": t_theirs, "ratio": t_ours / t_theirs,
-            "tokens": rows * new_tokens}
+    return {
+        "ours_s": t_ours,
+        "generate_s": t_theirs,
+        "ratio": t_ours / t_theirs,
+        "tokens": rows * new_tokens,
+    }
 
 
-def bench_serve_overhead(checkpoint: Path, hf_dir: Path, *, prompts: int, samples: int,
-                         new_tokens: int, repeats: int, concurrency: int) -> dict:
+def bench_serve_overhead(
+    checkpoint: Path,
+    hf_dir: Path,
+    *,
+    prompts: int,
+    samples: int,
+    new_tokens: int,
+    repeats: int,
+    concurrency: int,
+) -> dict:
     from fixable.backends.base import GenerationRequest
     from fixable.backends.openai import OpenAIBackend
     from fixable.interventions import RETRY
@@ -103,9 +123,13 @@ def bench_serve_overhead(checkpoint: Path, hf_dir: Path, *, prompts: int, sample
     else:
         direct = backends.create("hf", str(hf_dir))
         which = "hf (organism backend not installed)"
-    requests = [GenerationRequest(f"{1000 + 37 * i:04d}|a27 s13 m32 x01|", seed=i * 100 + j,
-                                  max_tokens=new_tokens)
-                for i in range(prompts) for j in range(samples)]
+    requests = [
+        GenerationRequest(
+            f"{1000 + 37 * i:04d}|a27 s13 m32 x01|", seed=i * 100 + j, max_tokens=new_tokens
+        )
+        for i in range(prompts)
+        for j in range(samples)
+    ]
 
     def call_direct():
         direct.generate(requests, RETRY)
@@ -115,8 +139,14 @@ def bench_serve_overhead(checkpoint: Path, hf_dir: Path, *, prompts: int, sample
     served = [ServedModel("policy", direct, token_level(direct))]
     with BackgroundServer(served, batch_window_ms=5) as url:
         for top in (0, 5):
-            client = OpenAIBackend("policy", base_url=url, concurrency=concurrency,
-                                   top_logprobs=top, timeout_s=600, max_retries=0)
+            client = OpenAIBackend(
+                "policy",
+                base_url=url,
+                concurrency=concurrency,
+                top_logprobs=top,
+                timeout_s=600,
+                max_retries=0,
+            )
 
             def call_served(client=client):
                 gens = client.generate(requests, RETRY)
@@ -143,23 +173,40 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     q = args.quick
     sizes = dict(n_layer=2 if q else 4, n_embd=64 if q else 128)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
-          f"model: llama organism {sizes}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
+        f"model: llama organism {sizes}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, hf_dir = build_model(Path(tmp), **sizes)
-        for rows in ((8,) if q else (1, 16, 64)):
-            r = bench_hf_vs_generate(hf_dir, rows=rows, new_tokens=16 if q else 96,
-                                     repeats=1 if q else 3, device=args.device)
-            print(f"[hf loop vs generate] {rows:3d} rows x {r['tokens'] // rows} tokens: "
-                  f"ours {r['ours_s']:.3f}s (with log-probs + entropies), generate "
-                  f"{r['generate_s']:.3f}s -> ratio {r['ratio']:.2f}x (target <= 1.2x)")
-        r = bench_serve_overhead(checkpoint, hf_dir, prompts=4 if q else 16, samples=2 if q else 8,
-                                 new_tokens=16 if q else 64, repeats=1 if q else 3,
-                                 concurrency=8)
-        print(f"[openai via fixable serve vs direct {r['served']}] {r['rollouts']} rollouts: "
-              f"direct {r['direct_s']:.3f}s; served, logprobs only {r['served_top0_s']:.3f}s "
-              f"-> {r['ratio_top0']:.2f}x; served, top-5 log-probs {r['served_top5_s']:.3f}s "
-              f"-> {r['ratio_top5']:.2f}x")
+        for rows in (8,) if q else (1, 16, 64):
+            r = bench_hf_vs_generate(
+                hf_dir,
+                rows=rows,
+                new_tokens=16 if q else 96,
+                repeats=1 if q else 3,
+                device=args.device,
+            )
+            print(
+                f"[hf loop vs generate] {rows:3d} rows x {r['tokens'] // rows} tokens: "
+                f"ours {r['ours_s']:.3f}s (with log-probs + entropies), generate "
+                f"{r['generate_s']:.3f}s -> ratio {r['ratio']:.2f}x (target <= 1.2x)"
+            )
+        r = bench_serve_overhead(
+            checkpoint,
+            hf_dir,
+            prompts=4 if q else 16,
+            samples=2 if q else 8,
+            new_tokens=16 if q else 64,
+            repeats=1 if q else 3,
+            concurrency=8,
+        )
+        print(
+            f"[openai via fixable serve vs direct {r['served']}] {r['rollouts']} rollouts: "
+            f"direct {r['direct_s']:.3f}s; served, logprobs only {r['served_top0_s']:.3f}s "
+            f"-> {r['ratio_top0']:.2f}x; served, top-5 log-probs {r['served_top5_s']:.3f}s "
+            f"-> {r['ratio_top5']:.2f}x"
+        )
     return 0
 
 
