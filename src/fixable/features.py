@@ -45,8 +45,18 @@ FEATURES = ("answer_dispersion", "trajectory_uncertainty", "reference_drift")
 ABLATIONS = ("modal_answer_share", "fork_entropy", "length_normalised_nll")
 FAILURE_KEY = ["model", "problem_id"]
 _NO_ANSWER = "\x00no answer"  # its own category; cannot collide with an extracted answer
-_NEEDED = ("model", "problem_id", "phase", "correct", "answer", "status", "entropies",
-           "entropy_kind", "policy_logprobs", "ref_logprobs")
+_NEEDED = (
+    "model",
+    "problem_id",
+    "phase",
+    "correct",
+    "answer",
+    "status",
+    "entropies",
+    "entropy_kind",
+    "policy_logprobs",
+    "ref_logprobs",
+)
 
 
 def as_table(rollouts) -> pa.Table:
@@ -57,7 +67,9 @@ def as_table(rollouts) -> pa.Table:
         return pa.Table.from_pandas(rollouts, preserve_index=False)
     if hasattr(rollouts, "rollouts"):
         return rollouts.rollouts()
-    raise DataError(f"expected rollouts as a pyarrow Table, DataFrame or Run, got {type(rollouts).__name__}")
+    raise DataError(
+        f"expected rollouts as a pyarrow Table, DataFrame or Run, got {type(rollouts).__name__}"
+    )
 
 
 def _require(table: pa.Table, columns) -> None:
@@ -95,26 +107,31 @@ def probe_rows(rollouts, phase: str = "probe") -> pa.Table:
     """The valid probe rollouts: phase ``phase``, backend errors left out (they hold no sample)."""
     table = as_table(rollouts)
     _require(table, ("phase", "status"))
-    mask = pc.and_(pc.equal(table["phase"], phase),
-                   pc.fill_null(pc.not_equal(table["status"], "error"), True))
+    mask = pc.and_(
+        pc.equal(table["phase"], phase), pc.fill_null(pc.not_equal(table["status"], "error"), True)
+    )
     return table.filter(mask)
 
 
 def failed_problems(rollouts, phase: str = "probe") -> pd.DataFrame:
     """Per (model, problem): valid probe count and correct count; ``failed`` when 0 correct."""
     table = probe_rows(rollouts, phase)
-    frame = pd.DataFrame({
-        "model": table["model"].to_pylist(),
-        "problem_id": table["problem_id"].to_pylist(),
-        "correct": pc.fill_null(table["correct"], False).to_numpy(zero_copy_only=False),
-    })
+    frame = pd.DataFrame(
+        {
+            "model": table["model"].to_pylist(),
+            "problem_id": table["problem_id"].to_pylist(),
+            "correct": pc.fill_null(table["correct"], False).to_numpy(zero_copy_only=False),
+        }
+    )
     grouped = frame.groupby(FAILURE_KEY, sort=True)["correct"].agg(["size", "sum"])
     grouped.columns = ["n_probes", "n_correct"]
     grouped["failed"] = grouped["n_correct"] == 0
     return grouped.reset_index()
 
 
-def failure_features(rollouts, *, phase: str = "probe", require_full_entropy: bool = False) -> pd.DataFrame:
+def failure_features(
+    rollouts, *, phase: str = "probe", require_full_entropy: bool = False
+) -> pd.DataFrame:
     """One row per failed (model, problem) with F1-F3, their flags and the ablation variants."""
     table = probe_rows(rollouts, phase)
     _require(table, _NEEDED)
@@ -128,29 +145,40 @@ def failure_features(rollouts, *, phase: str = "probe", require_full_entropy: bo
     reference = list_stats(table["ref_logprobs"])
     answers = table["answer"].to_pylist()
     kinds = table["entropy_kind"].to_pylist()
-    rows = pd.DataFrame({
-        "model": table["model"].to_pylist(),
-        "problem_id": table["problem_id"].to_pylist(),
-        "task": table["task"].to_pylist() if "task" in table.column_names else None,
-        "answer_key": [_NO_ANSWER if a is None else a for a in answers],
-        "no_answer": [a is None for a in answers],
-        "entropy_mean": entropy["mean"],
-        "entropy_max": entropy["max"],
-        "entropy_topk": [k == "topk" for k in kinds],
-        "entropy_missing": entropy["null"] | (entropy["count"] == 0),
-        "nll": -policy["mean"],
-        "n_tokens": entropy["count"],
-    })
+    rows = pd.DataFrame(
+        {
+            "model": table["model"].to_pylist(),
+            "problem_id": table["problem_id"].to_pylist(),
+            "task": table["task"].to_pylist() if "task" in table.column_names else None,
+            "answer_key": [_NO_ANSWER if a is None else a for a in answers],
+            "no_answer": [a is None for a in answers],
+            "entropy_mean": entropy["mean"],
+            "entropy_max": entropy["max"],
+            "entropy_topk": [k == "topk" for k in kinds],
+            "entropy_missing": entropy["null"] | (entropy["count"] == 0),
+            "nll": -policy["mean"],
+            "n_tokens": entropy["count"],
+        }
+    )
     # drift is linear in the per-token difference, so the per-rollout mean difference is
     # (Σ log p_M − Σ log p_M0) / n; it needs both lists, of the same length
-    drift_ok = (~policy["null"]) & (~reference["null"]) & (policy["count"] == reference["count"]) & (
-        policy["count"] > 0)
+    drift_ok = (
+        (~policy["null"])
+        & (~reference["null"])
+        & (policy["count"] == reference["count"])
+        & (policy["count"] > 0)
+    )
     mismatched = (~policy["null"]) & (~reference["null"]) & (policy["count"] != reference["count"])
     if mismatched.any():
-        logger.warning("%d probe rollouts have policy and reference log-probs of different "
-                       "lengths; their reference drift is unavailable", int(mismatched.sum()))
+        logger.warning(
+            "%d probe rollouts have policy and reference log-probs of different "
+            "lengths; their reference drift is unavailable",
+            int(mismatched.sum()),
+        )
     with np.errstate(invalid="ignore", divide="ignore"):
-        rows["drift"] = np.where(drift_ok, (policy["sum"] - reference["sum"]) / np.maximum(policy["count"], 1), np.nan)
+        rows["drift"] = np.where(
+            drift_ok, (policy["sum"] - reference["sum"]) / np.maximum(policy["count"], 1), np.nan
+        )
     rows["drift_ok"] = drift_ok
     rows = rows.merge(failures, on=FAILURE_KEY, how="inner")
 
@@ -169,23 +197,30 @@ def failure_features(rollouts, *, phase: str = "probe", require_full_entropy: bo
         mean_tokens=("n_tokens", "mean"),
     )
 
-    counts = rows.groupby(FAILURE_KEY + ["answer_key"], sort=True).size().rename("count").reset_index()
+    counts = (
+        rows.groupby(FAILURE_KEY + ["answer_key"], sort=True).size().rename("count").reset_index()
+    )
     counts = counts.merge(out["n_probes"].reset_index(), on=FAILURE_KEY)
     p = counts["count"] / counts["n_probes"]
     counts["plogp"] = -p * np.log(p)
     answer_stats = counts.groupby(FAILURE_KEY, sort=True).agg(
-        entropy=("plogp", "sum"), modal=("count", "max"), n_distinct_answers=("count", "size"))
+        entropy=("plogp", "sum"), modal=("count", "max"), n_distinct_answers=("count", "size")
+    )
     out = out.join(answer_stats)
     k = out["n_probes"].to_numpy(dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         # + 0.0 turns the -0.0 of a single category into 0.0
-        out["answer_dispersion"] = np.where(k > 1, np.maximum(out["entropy"] / np.log(k), 0.0), np.nan) + 0.0
+        out["answer_dispersion"] = (
+            np.where(k > 1, np.maximum(out["entropy"] / np.log(k), 0.0), np.nan) + 0.0
+        )
     out["modal_answer_share"] = out["modal"] / out["n_probes"]
 
     out["reference_drift_available"] = out["drift_rollouts"] == out["n_probes"]
     out.loc[~out["reference_drift_available"], "reference_drift"] = np.nan
     topk = out["topk_rollouts"].to_numpy()
-    out["entropy_kind"] = np.where(topk == 0, "full", np.where(topk == out["n_probes"], "topk", "mixed"))
+    out["entropy_kind"] = np.where(
+        topk == 0, "full", np.where(topk == out["n_probes"], "topk", "mixed")
+    )
     missing_entropy = out["entropy_missing"] > 0
     out.loc[missing_entropy, ["trajectory_uncertainty", "fork_entropy"]] = np.nan
     out.loc[missing_entropy, "entropy_kind"] = "missing"
@@ -193,39 +228,76 @@ def failure_features(rollouts, *, phase: str = "probe", require_full_entropy: bo
         out.loc[out["entropy_kind"] != "full", ["trajectory_uncertainty", "fork_entropy"]] = np.nan
     n_flagged = int((out["entropy_kind"] != "full").sum())
     if n_flagged:
-        logger.warning("%d failures have top-k, mixed or missing entropies; their trajectory "
-                       "uncertainty is %s", n_flagged,
-                       "unavailable" if require_full_entropy else "a flagged estimate (entropy_kind)")
+        logger.warning(
+            "%d failures have top-k, mixed or missing entropies; their trajectory "
+            "uncertainty is %s",
+            n_flagged,
+            "unavailable" if require_full_entropy else "a flagged estimate (entropy_kind)",
+        )
     n_no_drift = int((~out["reference_drift_available"]).sum())
     if n_no_drift:
-        logger.info("%d failures have no reference log-probs: reference drift unavailable", n_no_drift)
-    columns = ["task", "n_probes", *FEATURES, *ABLATIONS, "reference_drift_available",
-               "entropy_kind", "n_distinct_answers", "no_answer_share", "mean_tokens"]
+        logger.info(
+            "%d failures have no reference log-probs: reference drift unavailable", n_no_drift
+        )
+    columns = [
+        "task",
+        "n_probes",
+        *FEATURES,
+        *ABLATIONS,
+        "reference_drift_available",
+        "entropy_kind",
+        "n_distinct_answers",
+        "no_answer_share",
+        "mean_tokens",
+    ]
     return out[columns].reset_index()
 
 
 def _empty_features() -> pd.DataFrame:
-    columns = [*FAILURE_KEY, "task", "n_probes", *FEATURES, *ABLATIONS,
-               "reference_drift_available", "entropy_kind", "n_distinct_answers",
-               "no_answer_share", "mean_tokens"]
-    return pd.DataFrame({c: pd.Series(dtype=object if c in ("model", "problem_id", "task", "entropy_kind") else float)
-                         for c in columns})
+    columns = [
+        *FAILURE_KEY,
+        "task",
+        "n_probes",
+        *FEATURES,
+        *ABLATIONS,
+        "reference_drift_available",
+        "entropy_kind",
+        "n_distinct_answers",
+        "no_answer_share",
+        "mean_tokens",
+    ]
+    return pd.DataFrame(
+        {
+            c: pd.Series(
+                dtype=object if c in ("model", "problem_id", "task", "entropy_kind") else float
+            )
+            for c in columns
+        }
+    )
 
 
-def failure_texts(rollouts, failures: pd.DataFrame | None = None, *, phase: str = "probe") -> pd.Series:
+def failure_texts(
+    rollouts, failures: pd.DataFrame | None = None, *, phase: str = "probe"
+) -> pd.Series:
     """The text-baseline document of each failure: its failed probe completions joined by
     newlines, indexed by (model, problem)."""
     table = probe_rows(rollouts, phase)
-    frame = pd.DataFrame({
-        "model": table["model"].to_pylist(),
-        "problem_id": table["problem_id"].to_pylist(),
-        "sample_index": table["sample_index"].to_pylist() if "sample_index" in table.column_names else 0,
-        "text": [t or "" for t in table["text"].to_pylist()],
-    })
+    frame = pd.DataFrame(
+        {
+            "model": table["model"].to_pylist(),
+            "problem_id": table["problem_id"].to_pylist(),
+            "sample_index": table["sample_index"].to_pylist()
+            if "sample_index" in table.column_names
+            else 0,
+            "text": [t or "" for t in table["text"].to_pylist()],
+        }
+    )
     if failures is None:
         status = failed_problems(table, phase)
         failures = status.loc[status["failed"], FAILURE_KEY]
-    frame = frame.merge(failures[FAILURE_KEY], on=FAILURE_KEY).sort_values(FAILURE_KEY + ["sample_index"])
+    frame = frame.merge(failures[FAILURE_KEY], on=FAILURE_KEY).sort_values(
+        FAILURE_KEY + ["sample_index"]
+    )
     return frame.groupby(FAILURE_KEY, sort=True)["text"].agg("\n".join)
 
 
@@ -240,9 +312,12 @@ def probe_subsets(rollouts, *, phase: str = "probe") -> tuple[str, list[tuple[st
         runs = sorted(set(table["run"].to_pylist()))
         if len(runs) >= 2:
             return "probe seeds (one per run)", [
-                (str(r), table.filter(pc.equal(table["run"], r))) for r in runs]
+                (str(r), table.filter(pc.equal(table["run"], r))) for r in runs
+            ]
     parity = pc.bit_wise_and(table["sample_index"].cast(pa.int64()), 1)
     even = table.filter(pc.equal(parity, 0))
     odd = table.filter(pc.equal(parity, 1))
     return "halves of the K probes (even/odd sample_index): only one probe seed", [
-        ("even", even), ("odd", odd)]
+        ("even", even),
+        ("odd", odd),
+    ]

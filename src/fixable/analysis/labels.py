@@ -58,9 +58,12 @@ class LabelThresholds:
                 raise ConfigError(f"label threshold {name} must be in (0, 1], got {value!r}")
         if self.steer_weak > self.steer_hard:
             raise ConfigError(
-                f"label threshold steer_weak ({self.steer_weak}) must not exceed steer_hard ({self.steer_hard})")
+                f"label threshold steer_weak ({self.steer_weak}) must not exceed steer_hard ({self.steer_hard})"
+            )
         if self.interval not in INTERVAL_METHODS:
-            raise ConfigError(f"interval must be one of {', '.join(INTERVAL_METHODS)}, got {self.interval!r}")
+            raise ConfigError(
+                f"interval must be one of {', '.join(INTERVAL_METHODS)}, got {self.interval!r}"
+            )
         if not 0.0 < self.level < 1.0:
             raise ConfigError(f"interval level must be in (0, 1), got {self.level!r}")
 
@@ -73,7 +76,9 @@ class LabelThresholds:
                 raise ConfigError(f"cannot read threshold {part!r}; write e.g. 'steer_hard=0.5'")
             key, value = (s.strip() for s in part.split("=", 1))
             if key not in cls.__dataclass_fields__:
-                raise ConfigError(f"unknown threshold {key!r}; known: {', '.join(cls.__dataclass_fields__)}")
+                raise ConfigError(
+                    f"unknown threshold {key!r}; known: {', '.join(cls.__dataclass_fields__)}"
+                )
             try:
                 fields[key] = value if key == "interval" else float(value)
             except ValueError:
@@ -94,40 +99,58 @@ def rescue_matrix(rollouts, thresholds: LabelThresholds = LabelThresholds()) -> 
     ``cost_tokens`` it is ``n_tokens`` × the intervention's cost factor."""
     table = as_table(rollouts)
     table = table.filter(pc.equal(table["phase"], "rescue"))
-    n_tokens = table["n_tokens"].to_numpy(zero_copy_only=False).astype(float) if "n_tokens" in table.column_names else None
+    n_tokens = (
+        table["n_tokens"].to_numpy(zero_copy_only=False).astype(float)
+        if "n_tokens" in table.column_names
+        else None
+    )
     kinds = table["intervention"].to_pylist()
     if "cost_tokens" in table.column_names:
-        cost = pc.fill_null(table["cost_tokens"], np.nan).to_numpy(zero_copy_only=False).astype(float)
+        cost = (
+            pc.fill_null(table["cost_tokens"], np.nan).to_numpy(zero_copy_only=False).astype(float)
+        )
     else:
         cost = np.full(table.num_rows, np.nan)
     if n_tokens is not None and np.isnan(cost).any():
         factor = np.array([COST_FACTOR.get(k, 1.0) for k in kinds])
         cost = np.where(np.isnan(cost), n_tokens * factor, cost)
-    frame = pd.DataFrame({
-        "model": table["model"].to_pylist(),
-        "problem_id": table["problem_id"].to_pylist(),
-        "setting": table["setting"].to_pylist(),
-        "intervention": kinds,
-        "error": [s == "error" for s in table["status"].to_pylist()],
-        "correct": pc.fill_null(table["correct"], False).to_numpy(zero_copy_only=False).astype(bool),
-        "cost": cost,
-    })
+    frame = pd.DataFrame(
+        {
+            "model": table["model"].to_pylist(),
+            "problem_id": table["problem_id"].to_pylist(),
+            "setting": table["setting"].to_pylist(),
+            "intervention": kinds,
+            "error": [s == "error" for s in table["status"].to_pylist()],
+            "correct": pc.fill_null(table["correct"], False)
+            .to_numpy(zero_copy_only=False)
+            .astype(bool),
+            "cost": cost,
+        }
+    )
     frame["valid"] = ~frame["error"]
     frame["success"] = frame["correct"] & frame["valid"]
     frame["valid_cost"] = np.where(frame["valid"], frame["cost"], np.nan)
-    grouped = frame.groupby(FAILURE_KEY + ["setting"], sort=True).agg(
-        intervention=("intervention", "first"),
-        n=("valid", "sum"),
-        successes=("success", "sum"),
-        n_errors=("error", "sum"),
-        cost_per_sample=("valid_cost", "mean"),
-    ).reset_index()
+    grouped = (
+        frame.groupby(FAILURE_KEY + ["setting"], sort=True)
+        .agg(
+            intervention=("intervention", "first"),
+            n=("valid", "sum"),
+            successes=("success", "sum"),
+            n_errors=("error", "sum"),
+            cost_per_sample=("valid_cost", "mean"),
+        )
+        .reset_index()
+    )
     grouped["n"] = grouped["n"].astype(int)
     grouped["successes"] = grouped["successes"].astype(int)
     with np.errstate(invalid="ignore", divide="ignore"):
         grouped["rate"] = grouped["successes"] / grouped["n"].where(grouped["n"] > 0)
-    low, high = rate_interval(grouped["successes"].to_numpy(), grouped["n"].to_numpy(),
-                              thresholds.interval, thresholds.level)
+    low, high = rate_interval(
+        grouped["successes"].to_numpy(),
+        grouped["n"].to_numpy(),
+        thresholds.interval,
+        thresholds.level,
+    )
     grouped["low"], grouped["high"] = low, high
     return grouped
 
@@ -136,7 +159,9 @@ def _straddles(low, high, threshold) -> np.ndarray:
     return (np.asarray(low) < threshold) & (np.asarray(high) >= threshold)
 
 
-def label_failures(matrix: pd.DataFrame, thresholds: LabelThresholds = LabelThresholds()) -> pd.DataFrame:
+def label_failures(
+    matrix: pd.DataFrame, thresholds: LabelThresholds = LabelThresholds()
+) -> pd.DataFrame:
     """The regime of every failure in ``matrix`` (a ``rescue_matrix``), with the figures it
     was decided on, an ``uncertain`` flag and which thresholds made it uncertain."""
     t = thresholds
@@ -166,11 +191,22 @@ def label_failures(matrix: pd.DataFrame, thresholds: LabelThresholds = LabelThre
     r, best = out["r_retry"].to_numpy(float), out["best_rate"].to_numpy(float)
     resamplable = r >= t.resample
     label = np.where(
-        np.isnan(r), None,
-        np.where(resamplable, "resamplable",
-                 np.where(np.isnan(best), None,
-                          np.where(best >= t.steer_hard, "steerable-hard",
-                                   np.where(best >= t.steer_weak, "steerable-weak", "structural")))))
+        np.isnan(r),
+        None,
+        np.where(
+            resamplable,
+            "resamplable",
+            np.where(
+                np.isnan(best),
+                None,
+                np.where(
+                    best >= t.steer_hard,
+                    "steerable-hard",
+                    np.where(best >= t.steer_weak, "steerable-weak", "structural"),
+                ),
+            ),
+        ),
+    )
     out["label"] = label
     reasons = []
     retry_unsure = _straddles(out["retry_low"], out["retry_high"], t.resample)
@@ -193,7 +229,9 @@ def label_failures(matrix: pd.DataFrame, thresholds: LabelThresholds = LabelThre
     out["uncertain_reason"] = reasons
     unlabeled = int(pd.isna(out["label"]).sum())
     if unlabeled:
-        logger.warning("%d failures have no retry or no bounded rescue samples: left unlabelled", unlabeled)
+        logger.warning(
+            "%d failures have no retry or no bounded rescue samples: left unlabelled", unlabeled
+        )
     return out.reset_index()
 
 
@@ -201,14 +239,24 @@ def label_counts(labels: pd.DataFrame, thresholds: LabelThresholds = LabelThresh
     """Counts and shares of each regime, with and without the uncertain labels."""
     labelled = labels[labels["label"].notna()]
     certain = labelled[~labelled["uncertain"].astype(bool)]
-    out = {"n_failures": int(len(labels)), "n_labelled": int(len(labelled)),
-           "n_certain": int(len(certain)), "regimes": {}}
+    out = {
+        "n_failures": int(len(labels)),
+        "n_labelled": int(len(labelled)),
+        "n_certain": int(len(certain)),
+        "regimes": {},
+    }
     for regime in REGIMES:
         k_all = int((labelled["label"] == regime).sum())
         k_cert = int((certain["label"] == regime).sum())
         out["regimes"][regime] = {
-            "all": rate_estimate(k_all, len(labelled), thresholds.interval, thresholds.level).to_dict() | {"count": k_all},
-            "certain_only": rate_estimate(k_cert, len(certain), thresholds.interval, thresholds.level).to_dict() | {"count": k_cert},
+            "all": rate_estimate(
+                k_all, len(labelled), thresholds.interval, thresholds.level
+            ).to_dict()
+            | {"count": k_all},
+            "certain_only": rate_estimate(
+                k_cert, len(certain), thresholds.interval, thresholds.level
+            ).to_dict()
+            | {"count": k_cert},
         }
     return out
 

@@ -45,17 +45,16 @@ RATES = {
     "steer-hot": {"temperature(T=1.3)": 0.8},
     "structural": {},
 }
-LABEL_OF_KIND = {"resamplable": "resamplable", "steer-mix": "steerable-hard",
-                 "steer-cold": "steerable-hard", "steer-hot": "steerable-hard",
-                 "structural": "structural"}
+LABEL_OF_KIND = {
+    "resamplable": "resamplable",
+    "steer-mix": "steerable-hard",
+    "steer-cold": "steerable-hard",
+    "steer-hot": "steerable-hard",
+    "structural": "structural",
+}
 # (entropy, drift) offsets of each post-training method and family
 METHOD_SHIFT = {"sft": (0.0, 0.5), "rl": (-0.3, 0.2), "distill": (0.3, 0.0), "rft": (0.0, -0.3)}
 FAMILY_SHIFT = {"gpt": (0.0, 0.0), "llama": (0.1, 0.1)}
-
-
-def _lists(lengths: np.ndarray, values: np.ndarray, typ=pa.float32()) -> pa.Array:
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=typ))
 
 
 def planted_rollouts(
@@ -100,7 +99,9 @@ def planted_rollouts(
         cols["answer"].append(answer)
         cols["correct"].append(bool(correct))
         cols["chain_correct"].append(None)
-        cols["status"].append("passed" if correct else ("no_answer" if answer is None else "failed"))
+        cols["status"].append(
+            "passed" if correct else ("no_answer" if answer is None else "failed")
+        )
         cols["reason"].append("")
         cols["finish_reason"].append("stop")
         cols["token_ids"].append(None)
@@ -124,9 +125,15 @@ def planted_rollouts(
             solved = i >= n_failures
             kind = kinds[i % len(kinds)]
             share, ent_mean, drift_mean = SIGNATURE[kind]
-            ent_mean = max(0.05, ent_mean + signal * (d_ent_m + d_ent_f) + rng.normal(0, feature_noise))
-            drift_mean = drift_mean + signal * (d_drift_m + d_drift_f) + rng.normal(0, feature_noise)
-            n_distinct = int(np.clip(round(share * k + rng.integers(-1, 2) * (0 < share < 1)), 1, k))
+            ent_mean = max(
+                0.05, ent_mean + signal * (d_ent_m + d_ent_f) + rng.normal(0, feature_noise)
+            )
+            drift_mean = (
+                drift_mean + signal * (d_drift_m + d_drift_f) + rng.normal(0, feature_noise)
+            )
+            n_distinct = int(
+                np.clip(round(share * k + rng.integers(-1, 2) * (0 < share < 1)), 1, k)
+            )
             for j in range(k):
                 n_tok = int(rng.integers(20, 40))
                 ent = np.abs(rng.normal(ent_mean, 0.3, n_tok))
@@ -136,8 +143,20 @@ def planted_rollouts(
                 answer = f"{(j % n_distinct) + 1000 * (i + 1):04d}" if not correct else "gold"
                 if kind == "structural" and j == k - 1 and not solved:
                     answer = None  # "no answer" is a category of its own
-                add(model, pid, "probe", "retry", j, correct, answer, f"{pid} {answer}#",
-                    ent, pol, ref if with_reference else None, n_tok)
+                add(
+                    model,
+                    pid,
+                    "probe",
+                    "retry",
+                    j,
+                    correct,
+                    answer,
+                    f"{pid} {answer}#",
+                    ent,
+                    pol,
+                    ref if with_reference else None,
+                    n_tok,
+                )
             if solved:
                 continue
             truth_kind[(model, pid)] = kind
@@ -146,8 +165,20 @@ def planted_rollouts(
                 hits = rng.random(r) < rate
                 for j in range(r):
                     n_tok = int(rng.integers(20, 40))
-                    add(model, pid, "rescue", setting, j, hits[j], "gold" if hits[j] else "x",
-                        "", np.zeros(0), np.zeros(0), None, n_tok)
+                    add(
+                        model,
+                        pid,
+                        "rescue",
+                        setting,
+                        j,
+                        hits[j],
+                        "gold" if hits[j] else "x",
+                        "",
+                        np.zeros(0),
+                        np.zeros(0),
+                        None,
+                        n_tok,
+                    )
 
     table_cols = {}
     for name in ROLLOUTS.names:
@@ -162,12 +193,17 @@ def planted_rollouts(
         else:
             table_cols[name] = pa.array(cols[name], type=ROLLOUTS.field(name).type)
     table = pa.table(table_cols, schema=ROLLOUTS)
-    return table, {"kind": truth_kind, "label": {key: LABEL_OF_KIND[v] for key, v in truth_kind.items()}}
+    return table, {
+        "kind": truth_kind,
+        "label": {key: LABEL_OF_KIND[v] for key, v in truth_kind.items()},
+    }
 
 
 def _optional_lists(rows: list) -> pa.Array:
-    return pa.array([None if r is None else np.asarray(r, dtype=np.float32) for r in rows],
-                    type=pa.list_(pa.float32()))
+    return pa.array(
+        [None if r is None else np.asarray(r, dtype=np.float32) for r in rows],
+        type=pa.list_(pa.float32()),
+    )
 
 
 def _info_from_name(model: str) -> dict:

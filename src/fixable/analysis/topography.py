@@ -1,0 +1,270 @@
+"""Topography: which post-training method left this failure behind? (SPEC §3.7)
+
+A classifier predicts the method (sft / rl / distill / rft, from the model's metadata) from
+one failure's features. It is evaluated by grouped K-fold cross-validation with problems as
+groups — a problem failed by several models never sits in both a training and a test fold,
+so the classifier cannot win by recognising the problem — repeated over seeds. Beside it,
+in exactly the same folds: the majority class of the training folds, and the text baseline
+(TF-IDF of character n-grams over the failed rollouts' text, logistic regression), the
+"not by reading them" control. Every model is fitted inside ``grouped_cv`` on training
+folds only; the vocabulary and the standardisation included.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.dummy import DummyClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import confusion_matrix
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted, check_random_state
+
+from fixable.analysis.regimes import feature_matrix
+from fixable.analysis.stats import bootstrap_mean_estimate, mean_std
+from fixable.errors import ConfigError, DataError
+from fixable.features import ABLATIONS, FEATURES
+
+logger = logging.getLogger(__name__)
+
+
+class MethodClassifier(ClassifierMixin, BaseEstimator):
+    """Standardised features → multinomial logistic regression.
+
+    Args:
+        features: feature columns used when X is a DataFrame.
+        C: inverse regularisation strength.
+        random_state: seed, resolved in ``fit``.
+    """
+
+    def __init__(
+        self, features: Sequence[str] | None = FEATURES, C: float = 1.0, random_state=None
+    ):
+        self.features = features
+        self.C = C
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        values = feature_matrix(X, self.features)
+        rng = check_random_state(self.random_state)
+        self.pipeline_ = make_pipeline(
+            StandardScaler(),
+            LogisticRegression(C=self.C, max_iter=2000, random_state=int(rng.randint(2**31 - 1))),
+        ).fit(values, np.asarray(y))
+        self.classes_ = self.pipeline_.classes_
+        self.n_features_in_ = values.shape[1]
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self, "pipeline_")
+        return self.pipeline_.predict(feature_matrix(X, self.features))
+
+
+class TextBaselineClassifier(ClassifierMixin, BaseEstimator):
+    """TF-IDF over character n-grams of the failed rollouts' text → logistic regression.
+
+    X is a sequence of documents (one per failure) or a DataFrame with a ``text`` column."""
+
+    def __init__(
+        self,
+        ngram_range: tuple[int, int] = (1, 3),
+        analyzer: str = "char_wb",
+        max_features: int = 20000,
+        C: float = 1.0,
+        random_state=None,
+    ):
+        self.ngram_range = ngram_range
+        self.analyzer = analyzer
+        self.max_features = max_features
+        self.C = C
+        self.random_state = random_state
+
+    @staticmethod
+    def _docs(X) -> list[str]:
+        if isinstance(X, pd.DataFrame):
+            if "text" not in X:
+                raise DataError(
+                    "the text baseline needs a 'text' column (see fixable.features.failure_texts)"
+                )
+            X = X["text"]
+        return [str(x) for x in X]
+
+    def fit(self, X, y):
+        rng = check_random_state(self.random_state)
+        self.pipeline_ = make_pipeline(
+            TfidfVectorizer(
+                analyzer=self.analyzer,
+                ngram_range=tuple(self.ngram_range),
+                max_features=self.max_features,
+                sublinear_tf=True,
+            ),
+            LogisticRegression(C=self.C, max_iter=2000, random_state=int(rng.randint(2**31 - 1))),
+        ).fit(self._docs(X), np.asarray(y))
+        self.classes_ = self.pipeline_.classes_
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self, "pipeline_")
+        return self.pipeline_.predict(self._docs(X))
+
+
+def _take(X, idx):
+    if isinstance(X, pd.DataFrame):
+        return X.iloc[idx]
+    if isinstance(X, np.ndarray):
+        return X[idx]
+    return [X[i] for i in idx]
+
+
+def grouped_cv(
+    estimator, X, y, groups, *, n_splits: int = 5, n_seeds: int = 10, random_state: int = 0
+) -> dict:
+    """Out-of-fold predictions of ``estimator`` under grouped, stratified K-fold CV,
+    repeated over ``n_seeds`` shufflings. Fits a fresh clone on training folds only.
+
+    Returns per-seed accuracies, the pooled confusion matrix, and each row's share of
+    correct out-of-fold predictions over seeds (for a grouped bootstrap interval)."""
+    y = np.asarray(y, dtype=object).astype(str)
+    groups = np.asarray(groups).astype(str)
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise DataError(f"grouped cross-validation needs at least 2 problems, got {n_groups}")
+    if n_splits > n_groups:
+        logger.warning(
+            "only %d problems: using %d folds instead of %d", n_groups, n_groups, n_splits
+        )
+        n_splits = n_groups
+    classes = sorted(set(y))
+    accuracies, correct_sum = [], np.zeros(len(y))
+    confusion = np.zeros((len(classes), len(classes)), dtype=int)
+    for seed in range(n_seeds):
+        folds = StratifiedGroupKFold(
+            n_splits=n_splits, shuffle=True, random_state=random_state + seed
+        )
+        predicted = np.empty(len(y), dtype=object)
+        for fold, (train, test) in enumerate(folds.split(np.zeros(len(y)), y, groups)):
+            model = clone(estimator)
+            if "random_state" in model.get_params():
+                model.set_params(random_state=random_state + 1000 * seed + fold)
+            model.fit(_take(X, train), y[train])
+            predicted[test] = model.predict(_take(X, test))
+        hit = predicted == y
+        accuracies.append(float(hit.mean()))
+        correct_sum += hit
+        confusion += confusion_matrix(y, predicted.astype(str), labels=classes)
+    return {
+        "accuracies": accuracies,
+        "confusion": confusion,
+        "classes": classes,
+        "row_accuracy": correct_sum / n_seeds,
+        "n_splits": n_splits,
+    }
+
+
+def _summary(cv: dict, groups, *, n_boot: int, random_state: int) -> dict:
+    row = cv["row_accuracy"]
+    interval = bootstrap_mean_estimate(row, groups, n_boot=n_boot, random_state=random_state)
+    return {
+        "accuracy": mean_std(cv["accuracies"]) | {"per_seed": cv["accuracies"]},
+        "interval": interval.to_dict(),
+        "n": int(len(row)),
+    }
+
+
+def topography(
+    features: pd.DataFrame,
+    methods,
+    *,
+    texts: Sequence[str] | None = None,
+    feature_sets: dict[str, Sequence[str]] | None = None,
+    n_splits: int = 5,
+    n_seeds: int = 10,
+    n_boot: int = 1000,
+    random_state: int = 0,
+) -> dict:
+    """Method-from-failure accuracy of the features, the majority class and the text
+    baseline in the same grouped CV, a confusion matrix, and feature ablations.
+
+    ``methods`` holds each failure's post-training method; failures with no method (None)
+    are left out. ``feature_sets`` defaults to: the three features, each alone, each left
+    out, the ablation variants, and all six (sets with unavailable features are skipped)."""
+    methods = pd.Series(list(methods), index=features.index, dtype=object)
+    keep = methods.notna().to_numpy()
+    features, methods = features[keep], methods[keep]
+    if texts is not None:
+        texts = [t for t, k in zip(texts, keep, strict=True) if k]
+    classes = sorted(methods.unique())
+    if len(classes) < 2:
+        raise DataError(
+            f"topography needs failures of at least 2 post-training methods, got {classes}"
+        )
+    groups = features["problem_id"].astype(str).to_numpy()
+    y = methods.astype(str).to_numpy()
+    available = [f for f in (*FEATURES, *ABLATIONS) if f in features and features[f].notna().all()]
+    unavailable = [f for f in (*FEATURES, *ABLATIONS) if f not in available]
+    main = [f for f in FEATURES if f in available]
+    if not main:
+        raise DataError("no feature is available for every failure; topography cannot run")
+    if feature_sets is None:
+        feature_sets = {"features": main}
+        for f in main:
+            feature_sets[f"only {f}"] = [f]
+            if len(main) > 1:
+                feature_sets[f"without {f}"] = [g for g in main if g != f]
+        variants = [f for f in ABLATIONS if f in available]
+        if variants:
+            feature_sets["ablation variants"] = variants
+            feature_sets["features + variants"] = main + variants
+    else:
+        for name, cols in feature_sets.items():
+            bad = [c for c in cols if c not in available]
+            if bad:
+                raise ConfigError(f"feature set {name!r} uses unavailable features {bad}")
+
+    common = {"n_splits": n_splits, "n_seeds": n_seeds, "random_state": random_state}
+    out = {
+        "classes": classes,
+        "n_failures": int(len(y)),
+        "n_problems": int(len(np.unique(groups))),
+        "class_counts": {c: int((y == c).sum()) for c in classes},
+        "features_used": main,
+        "unavailable_features": unavailable,
+        "protocol": {
+            "cv": f"StratifiedGroupKFold(n_splits={n_splits}) by problem, {n_seeds} seeds",
+            "interval": "grouped bootstrap over problems of each failure's out-of-fold accuracy "
+            "averaged over seeds",
+        },
+    }
+    cv = grouped_cv(MethodClassifier(features=main), features, y, groups, **common)
+    out["classifier"] = _summary(cv, groups, n_boot=n_boot, random_state=random_state)
+    out["confusion"] = {
+        "labels": cv["classes"],
+        "matrix": cv["confusion"].tolist(),
+        "note": "rows: true method, columns: predicted; summed over folds and seeds",
+    }
+    majority = grouped_cv(DummyClassifier(strategy="most_frequent"), features, y, groups, **common)
+    out["majority"] = _summary(majority, groups, n_boot=n_boot, random_state=random_state)
+    if texts is not None:
+        text = grouped_cv(
+            TextBaselineClassifier(), np.asarray(texts, dtype=object), y, groups, **common
+        )
+        out["text_baseline"] = _summary(text, groups, n_boot=n_boot, random_state=random_state)
+    else:
+        out["text_baseline"] = None
+    out["ablations"] = {}
+    for name, cols in feature_sets.items():
+        if list(cols) == main and name == "features":
+            out["ablations"][name] = out["classifier"] | {"features": list(cols)}
+            continue
+        res = grouped_cv(MethodClassifier(features=list(cols)), features, y, groups, **common)
+        out["ablations"][name] = _summary(res, groups, n_boot=n_boot, random_state=random_state) | {
+            "features": list(cols)
+        }
+    return out
