@@ -22,6 +22,8 @@ COMMANDS = {
     "query": "query",
     "export": "export",
     "serve": "serve",
+    "analyze": "analyze",
+    "rescue": "rescue",
 }
 
 
