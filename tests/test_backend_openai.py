@@ -287,3 +287,12 @@ def test_tempered_logprob_exact_on_full_list():
     top = torch.topk(logp, 5).values.tolist()
     assert tempered_logprob(top[0], top, 0.5) < 0
     assert math.isfinite(tempered_logprob(top[-1], top, 1.5))
+
+
+def test_a_forwarded_intervention_the_server_ignores_is_an_error(server):
+    # the fault server is not `fixable serve`: it never confirms an intervention
+    with _backend(server, forward_interventions=True) as backend:
+        assert {"mix", "dola"} <= backend.capabilities
+        gens = backend.generate([GenerationRequest("ok/m", 1, 3)], Intervention("mix", 0.5))
+    assert server.bodies[-1]["intervention"] == "mix(alpha=0.5)"
+    assert gens[0].finish_reason == "error" and "did not confirm" in gens[0].error

@@ -83,21 +83,39 @@ def test_teacher_forced_parity_organism_hf_and_served(models, hf_backends, clien
             assert d == pytest.approx(organism, abs=1e-4)
 
 
-@pytest.mark.parametrize("intervention", [RETRY, Intervention("temperature", 0.7)])
-def test_served_sampling_equals_the_backend(hf_backends, client, intervention):
+@pytest.mark.parametrize(
+    "intervention",
+    [RETRY, Intervention("temperature", 0.7), Intervention("mix", 0.5), Intervention("dola", 1)],
+)
+def test_served_sampling_equals_the_backend(hf_backends, server, intervention):
+    from fixable.backends.openai import OpenAIBackend
+
     reqs = _requests()
-    served = client.generate(reqs, intervention)
+    # mix and dola travel as fixable serve's `intervention` extension
+    with OpenAIBackend(
+        "policy", base_url=server, forward_interventions=True, timeout_s=30, max_retries=0
+    ) as client:
+        served = client.generate(reqs, intervention)
     direct = hf_backends["policy"].generate(reqs, intervention)
     for s, d in zip(served, direct, strict=True):
         assert s.finish_reason == d.finish_reason and not s.error
         assert s.token_ids == d.token_ids and s.text == d.text
         assert s.policy_logprobs == pytest.approx(d.policy_logprobs, abs=1e-4)
-        # fixable serve returns the exact full-vocabulary entropies (an extension)
-        assert s.entropy_kind == "full"
+        # fixable serve returns the exact full-vocabulary entropies and sampling log-probs
+        assert s.entropy_kind == "full" and s.meta["logprobs_kind"] == "exact"
         assert s.entropies == pytest.approx(d.entropies, abs=1e-4)
-    if intervention.kind == "retry":  # at T=1 the sampling log-prob is the policy's, exactly
-        for s, d in zip(served, direct, strict=True):
-            assert s.logprobs == pytest.approx(d.logprobs, abs=1e-4)
+        assert s.logprobs == pytest.approx(d.logprobs, abs=1e-4)
+
+
+def test_without_extensions_the_estimates_are_flagged(server):
+    from fixable.backends.openai import OpenAIBackend
+
+    with OpenAIBackend("policy", base_url=server, extensions=False, timeout_s=30) as client:
+        assert "score" not in client.capabilities and "mix" not in client.capabilities
+        gen = client.generate(_requests(8, 1)[:1], Intervention("temperature", 0.7))[0]
+    assert gen.entropy_kind == "topk" and gen.meta["logprobs_kind"] == "topk"
+    assert gen.token_ids == [] and "unavailable" in gen.meta["token_ids"]
+    assert len(gen.entropies) == len(gen.policy_logprobs) > 0
 
 
 def test_served_mix_through_the_intervention_extension(hf_backends, server):

@@ -15,8 +15,10 @@ concurrent clients cheap.
 
 Extensions (ignored by other clients): ``return_tokens_as_token_ids`` (tokens read
 ``"token_id:N"``, as in vLLM), ``intervention`` (a label such as ``"mix(alpha=0.5)"``,
-served when the backend can), and ``return_entropies`` (each choice gets ``entropies``,
-the policy's full-vocabulary entropy per generated token).
+served when the backend can), ``return_entropies`` (each choice gets ``entropies``, the
+policy's full-vocabulary entropy per generated token) and ``return_sampling_logprobs``
+(each choice gets ``sampling_logprobs``: per token, its log-prob under the distribution
+actually sampled from — tempered, mixed or contrasted).
 
 Log-probs are the policy's at temperature 1 whatever the sampling temperature, as vLLM's
 default ``raw_logprobs`` mode reports them. fastapi and uvicorn are imported only here.
@@ -343,6 +345,7 @@ class _Params:
     seed_given: bool
     token_ids: bool
     entropies: bool
+    sampling_logprobs: bool
     intervention: Intervention
 
 
@@ -406,6 +409,7 @@ def _params(body: dict, chat: bool) -> _Params:
         seed_given,
         bool(body.get("return_tokens_as_token_ids", False)),
         bool(body.get("return_entropies", False)),
+        bool(body.get("return_sampling_logprobs", False)),
         intervention,
     )
 
@@ -630,6 +634,9 @@ def _choice(
     if params.entropies:
         choice["entropies"] = [float(e) for e in gen.entropies]
         choice["entropy_kind"] = gen.entropy_kind
+    if params.sampling_logprobs:
+        choice["sampling_logprobs"] = [float(x) for x in gen.logprobs]
+    choice["intervention"] = params.intervention.label  # lets a client check it was honoured
     if gen.meta.get("seed") is not None or params.seed_given:
         choice["seed"] = choice_seed(params.seed, index % params.n)
     return choice

@@ -37,6 +37,8 @@ from typing import Any
 
 from fixable.backends.base import (
     CHECKPOINT,
+    DOLA,
+    MIX,
     RETRY,
     SCORE,
     TEMPERATURE,
@@ -303,6 +305,9 @@ class OpenAIBackend:
         samples_per_request: ``n`` of each HTTP request. Consecutive requests with the same
             prompt and limits are grouped, and the group is sampled with the seed of its
             first member, so with n > 1 reproducibility is per group, not per rollout.
+        forward_interventions: send ``mix`` and ``dola`` as the ``intervention`` extension
+            of ``fixable serve`` (which answers 400 for one its model cannot serve) and
+            read the exact sampling log-probs it returns; adds both capabilities.
     """
 
     name = "openai"
@@ -327,6 +332,7 @@ class OpenAIBackend:
         extensions: bool = True,
         samples_per_request: int = 1,
         default_temperature: float = 1.0,
+        forward_interventions: bool = False,
     ):
         if api not in ("completions", "chat"):
             raise ConfigError(f"api must be 'completions' or 'chat', got {api!r}")
@@ -352,9 +358,12 @@ class OpenAIBackend:
         self.samples_per_request = samples_per_request
         self.default_temperature = default_temperature
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
+        self.forward_interventions = forward_interventions
         caps = {RETRY, TEMPERATURE, CHECKPOINT}
         if api == "completions" and extensions:
             caps.add(SCORE)
+        if forward_interventions:
+            caps |= {MIX, DOLA}
         self.capabilities = frozenset(caps)
         self._client = None
         self._client_lock = threading.Lock()
@@ -448,7 +457,7 @@ class OpenAIBackend:
         def run(group: list[int]) -> None:
             for index, gen in zip(
                 group,
-                self._sample_group([requests[i] for i in group], model, temperature),
+                self._sample_group([requests[i] for i in group], model, temperature, intervention),
                 strict=True,
             ):
                 results[index] = gen
@@ -479,7 +488,14 @@ class OpenAIBackend:
                 groups.append([i])
         return groups
 
-    def _body(self, req: GenerationRequest, model: str, temperature: float, n: int) -> dict:
+    def _body(
+        self,
+        req: GenerationRequest,
+        model: str,
+        temperature: float,
+        n: int,
+        intervention: Intervention | None = None,
+    ) -> dict:
         body: dict[str, Any] = {
             "model": model,
             "max_tokens": req.max_tokens,
@@ -500,16 +516,23 @@ class OpenAIBackend:
         if self.extensions:
             body["return_tokens_as_token_ids"] = True
             body["return_entropies"] = True  # `fixable serve` answers with full entropies
+            body["return_sampling_logprobs"] = True
+        if intervention is not None and intervention.kind in (MIX, DOLA):
+            body["intervention"] = intervention.label
         return body
 
     def _sample_group(
-        self, group: list[GenerationRequest], model: str, temperature: float
+        self,
+        group: list[GenerationRequest],
+        model: str,
+        temperature: float,
+        intervention: Intervention | None = None,
     ) -> list[Generation]:
         n = len(group)
         url = (
             f"{self.base_url}/{'completions' if self.api == 'completions' else 'chat/completions'}"
         )
-        body = self._body(group[0], model, temperature, n)
+        body = self._body(group[0], model, temperature, n, intervention)
         parse = _completion_steps if self.api == "completions" else _chat_steps
 
         def check(data: dict) -> None:
@@ -533,8 +556,24 @@ class OpenAIBackend:
             return [_failed(e.reason, e.attempts, elapsed / n, seed=r.seed) for r in group]
         elapsed = time.perf_counter() - start
         choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+        forwarded = (
+            intervention.label if intervention and intervention.kind in (MIX, DOLA) else None
+        )
         out = []
         for choice, req in zip(choices, group, strict=True):
+            if forwarded is not None and choice.get("intervention") != forwarded:
+                # a server that ignored the extension sampled the plain policy: never store
+                # that under the intervention's name
+                out.append(
+                    _failed(
+                        f"the server did not confirm intervention {forwarded!r} (only "
+                        "`fixable serve` understands it)",
+                        attempts,
+                        elapsed / n,
+                        seed=group[0].seed,
+                    )
+                )
+                continue
             out.append(
                 self._to_generation(
                     choice,
@@ -576,10 +615,17 @@ class OpenAIBackend:
             # the server computed them itself (fixable serve): take its exact values
             entropies = [_as_float(e) for e in served]
             entropy_kind = choice["entropy_kind"]
-        logprobs = [
-            tempered_logprob(s.logprob, lps, temperature)
-            for s, lps in zip(steps, listed, strict=True)
-        ]
+        sampling = choice.get("sampling_logprobs")
+        if isinstance(sampling, list) and len(sampling) == len(steps):
+            # the server reports the log-probs of the distribution it sampled from
+            logprobs = [_as_float(x) for x in sampling]
+            logprobs_kind = "exact"
+        else:
+            logprobs = [
+                tempered_logprob(s.logprob, lps, temperature)
+                for s, lps in zip(steps, listed, strict=True)
+            ]
+            logprobs_kind = "exact" if temperature == 1.0 else "topk"
         server_reason = choice.get("finish_reason")
         error = ""
         if server_reason in ("stop", "eos", None) or server_reason == "length":
@@ -589,7 +635,7 @@ class OpenAIBackend:
         meta = {
             "attempts": attempts,
             "server_finish_reason": server_reason,
-            "logprobs_kind": "exact" if temperature == 1.0 else "topk",
+            "logprobs_kind": logprobs_kind,
             "top_logprobs": self.top_logprobs,
         }
         if self.send_seed:
