@@ -15,9 +15,9 @@ Answers go in ``[ANSWER] assert ... [/ANSWER]``; extraction parses the last asse
 ``ast`` and takes its right-hand side (output mode) or the arguments of its call (input
 mode). Predictions must be Python *literals* (checked with ``ast.literal_eval`` inside the
 sandbox): a prediction such as ``f('abc')`` would make the assertion true by construction,
-and an argument expression could rebind ``f``. 786 of the 800 gold inputs are literals; the
-other 14 (``dict()``, ``range(...)``, lambdas, names from the code) cannot be given as
-input predictions. Every check executes in :mod:`fixable.sandbox`; no model text runs as
+and an argument expression could rebind ``f``. 788 of the 800 gold inputs are literals; the
+other 12 (``dict(...)``, ``range(...)``, lambdas, string-method calls, a name defined by the
+code) cannot be given as input predictions. Every check executes in :mod:`fixable.sandbox`; no model text runs as
 code, only the dataset's function.
 """
 
