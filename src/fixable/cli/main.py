@@ -22,6 +22,7 @@ COMMANDS = {
     "query": "query",
     "export": "export",
     "serve": "serve",
+    "report": "report",
     "analyze": "analyze",
     "rescue": "rescue",
 }
