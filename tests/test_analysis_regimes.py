@@ -7,7 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fixable.analysis.regimes import RegimeClusterer, agreement, bootstrap_stability, purity, split_stability
+from fixable.analysis.regimes import (
+    RegimeClusterer,
+    agreement,
+    bootstrap_stability,
+    purity,
+    split_stability,
+)
 from fixable.errors import DataError
 from fixable.features import FEATURES
 
@@ -45,8 +51,11 @@ def test_split_stability_compares_shared_failures():
     frame, _ = _planted(seed=2)
     other = frame.copy()
     other[list(FEATURES)] += np.random.default_rng(3).normal(0, 0.05, (len(frame), 3))
-    out = split_stability(RegimeClusterer(n_regimes=4, random_state=0), [frame, other.iloc[5:]],
-                          key=["model", "problem_id"])
+    out = split_stability(
+        RegimeClusterer(n_regimes=4, random_state=0),
+        [frame, other.iloc[5:]],
+        key=["model", "problem_id"],
+    )
     assert out["pairs"][0]["n"] == len(frame) - 5
     assert out["ari"] > 0.9
 
@@ -64,7 +73,9 @@ def test_unavailable_features_are_refused_by_name():
     frame.loc[0, "reference_drift"] = np.nan
     with pytest.raises(DataError, match="unavailable features"):
         RegimeClusterer().fit(frame)
-    model = RegimeClusterer(features=["answer_dispersion", "trajectory_uncertainty"], random_state=0).fit(frame)
+    model = RegimeClusterer(
+        features=["answer_dispersion", "trajectory_uncertainty"], random_state=0
+    ).fit(frame)
     assert model.n_features_in_ == 2
 
 

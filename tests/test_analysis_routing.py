@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_tables import rescue, rows_table
 
+from analysis_tables import rescue, rows_table
 from fixable.analysis.labels import label_failures, rescue_matrix
 from fixable.analysis.routing import (
     Outcomes,
@@ -24,31 +24,58 @@ from fixable.analysis.synthetic import planted_rollouts
 from fixable.errors import ConfigError, DataError
 from fixable.features import failure_features
 
-SETTINGS = ["retry", "temperature(T=0.3)", "temperature(T=0.6)", "temperature(T=1.3)", "mix(alpha=0.25)",
-            "mix(alpha=0.5)", "checkpoint(c=step-200)", "dola(layer=2)"]
+SETTINGS = [
+    "retry",
+    "temperature(T=0.3)",
+    "temperature(T=0.6)",
+    "temperature(T=1.3)",
+    "mix(alpha=0.25)",
+    "mix(alpha=0.5)",
+    "checkpoint(c=step-200)",
+    "dola(layer=2)",
+]
 
 
 def test_choose_settings_picks_each_branch_by_definition():
     chosen = choose_settings(SETTINGS)
-    assert chosen == {"toward_reference": "mix(alpha=0.5)", "retry": "retry",
-                      "temperature_up": "temperature(T=1.3)", "temperature_down": "temperature(T=0.3)"}
-    only_ckpt = choose_settings(["retry", "checkpoint(c=step-400)", "checkpoint(c=step-200)", "dola(layer=1)"])
+    assert chosen == {
+        "toward_reference": "mix(alpha=0.5)",
+        "retry": "retry",
+        "temperature_up": "temperature(T=1.3)",
+        "temperature_down": "temperature(T=0.3)",
+    }
+    only_ckpt = choose_settings(
+        ["retry", "checkpoint(c=step-400)", "checkpoint(c=step-200)", "dola(layer=1)"]
+    )
     assert only_ckpt["toward_reference"] == "checkpoint(c=step-200)"  # the earliest
     assert only_ckpt["temperature_down"] == "dola(layer=1)"
     assert only_ckpt["temperature_up"] is None
 
 
 def test_the_rule_follows_its_decision_list():
-    features = pd.DataFrame({
-        "reference_drift": [2.0, 0.0, 0.0, 0.0],
-        "answer_dispersion": [0.0, 0.9, 0.1, 0.1],
-        "trajectory_uncertainty": [1.0, 1.0, 0.1, 2.0],
-    })
-    router = SignatureRouter(thresholds={"reference_drift": 1.0, "answer_dispersion": 0.5,
-                                         "trajectory_uncertainty": 0.5})
+    features = pd.DataFrame(
+        {
+            "reference_drift": [2.0, 0.0, 0.0, 0.0],
+            "answer_dispersion": [0.0, 0.9, 0.1, 0.1],
+            "trajectory_uncertainty": [1.0, 1.0, 0.1, 2.0],
+        }
+    )
+    router = SignatureRouter(
+        thresholds={"reference_drift": 1.0, "answer_dispersion": 0.5, "trajectory_uncertainty": 0.5}
+    )
     decided = router.decide(features, SETTINGS)
-    assert list(decided["branch"]) == ["toward_reference", "retry", "temperature_up", "temperature_down"]
-    assert list(decided["setting"]) == ["mix(alpha=0.5)", "retry", "temperature(T=1.3)", "temperature(T=0.3)"]
+    assert list(decided["branch"]) == [
+        "toward_reference",
+        "retry",
+        "temperature_up",
+        "temperature_down",
+    ]
+    assert list(decided["setting"]) == [
+        "mix(alpha=0.5)",
+        "retry",
+        "temperature(T=1.3)",
+        "temperature(T=0.3)",
+    ]
     # a branch whose intervention is not in the grid falls back to retry
     fallback = router.decide(features, ["retry", "temperature(T=0.3)"])
     assert list(fallback["setting"]) == ["retry", "retry", "retry", "temperature(T=0.3)"]
@@ -59,10 +86,18 @@ def test_the_rule_follows_its_decision_list():
 
 
 def test_median_thresholds_come_from_features_only():
-    features = pd.DataFrame({"reference_drift": [0.0, 1.0, 2.0], "answer_dispersion": [0.0, 0.5, 1.0],
-                             "trajectory_uncertainty": [1.0, 2.0, 3.0]})
+    features = pd.DataFrame(
+        {
+            "reference_drift": [0.0, 1.0, 2.0],
+            "answer_dispersion": [0.0, 0.5, 1.0],
+            "trajectory_uncertainty": [1.0, 2.0, 3.0],
+        }
+    )
     assert SignatureRouter().thresholds_for(features) == {
-        "reference_drift": 1.0, "answer_dispersion": 0.5, "trajectory_uncertainty": 2.0}
+        "reference_drift": 1.0,
+        "answer_dispersion": 0.5,
+        "trajectory_uncertainty": 2.0,
+    }
     fitted = SignatureRouter().fit(features.iloc[:1])
     assert fitted.thresholds_for(features)["reference_drift"] == 0.0
     with pytest.raises(ConfigError, match="unknown features"):
@@ -75,7 +110,9 @@ def test_routing_ignores_rescue_outcomes():
     routed = route_failures(SignatureRouter(), features, list(SETTINGS[:4]) + ["mix(alpha=0.5)"])
     # the router's only inputs are the features and the grid: the same features with any
     # rescue outcomes give the same routes (there is no way to pass outcomes in)
-    again = route_failures(SignatureRouter(), features.copy(), list(SETTINGS[:4]) + ["mix(alpha=0.5)"])
+    again = route_failures(
+        SignatureRouter(), features.copy(), list(SETTINGS[:4]) + ["mix(alpha=0.5)"]
+    )
     assert list(routed) == list(again)
 
 
@@ -86,7 +123,10 @@ def test_a_user_router_plugs_in():
 
     assert isinstance(AlwaysCold(), Router)
     features = pd.DataFrame({"model": ["a", "b"], "answer_dispersion": [0.1, 0.2]})
-    assert list(route_failures(AlwaysCold(), features, ["retry", "temperature(T=0.3)"])) == ["temperature(T=0.3)"] * 2
+    assert (
+        list(route_failures(AlwaysCold(), features, ["retry", "temperature(T=0.3)"]))
+        == ["temperature(T=0.3)"] * 2
+    )
 
     class Rogue:
         def route(self, features, settings):
@@ -101,8 +141,11 @@ def _outcomes(rows):
 
 
 def test_compute_matching_charges_mix_twice_and_caps_at_r():
-    rows = rescue("p", "retry", 0, 32, tokens=10) + rescue("p", "mix(alpha=0.5)", 8, 32, tokens=10, cost_factor=2.0) \
+    rows = (
+        rescue("p", "retry", 0, 32, tokens=10)
+        + rescue("p", "mix(alpha=0.5)", 8, 32, tokens=10, cost_factor=2.0)
         + rescue("p", "temperature(T=0.3)", 8, 32, tokens=5)
+    )
     out = _outcomes(rows)
     draws, capped = out.draws(8)
     col = {s: i for i, s in enumerate(out.settings)}
@@ -128,7 +171,9 @@ def test_baselines_are_what_they_say():
     half = out.success(4, share=0.5)
     assert np.allclose(values["uniform"], 1 - np.prod(1 - half, axis=1))
     assert np.allclose(values["routed"], [p[0, 1], p[1, 0], p[2, 0], p[3, 0]])
-    assert (values["oracle"] >= values[["routed", "retry", "random", "uniform"]].max(axis=1) - 1e-12).all()
+    assert (
+        values["oracle"] >= values[["routed", "retry", "random", "uniform"]].max(axis=1) - 1e-12
+    ).all()
 
 
 def test_best_fixed_is_chosen_on_other_problems(monkeypatch):
@@ -167,10 +212,20 @@ def test_planted_sweep_routing_beats_retry_and_best_fixed_on_steerable_hard():
     matrix = rescue_matrix(table)
     labels = label_failures(matrix).set_index(["model", "problem_id"])
     out = Outcomes.from_matrix(matrix, failures=features)
-    rows = features.set_index(["model", "problem_id"]).loc[pd.MultiIndex.from_frame(out.keys)].reset_index()
+    rows = (
+        features.set_index(["model", "problem_id"])
+        .loc[pd.MultiIndex.from_frame(out.keys)]
+        .reset_index()
+    )
     routed = route_failures(SignatureRouter(), rows, out.settings)
-    res = evaluate_routing(out, routed, budget=8, labels=labels.loc[pd.MultiIndex.from_frame(out.keys), "label"].to_numpy(),
-                           n_boot=300, budgets=[1, 4, 8])
+    res = evaluate_routing(
+        out,
+        routed,
+        budget=8,
+        labels=labels.loc[pd.MultiIndex.from_frame(out.keys), "label"].to_numpy(),
+        n_boot=300,
+        budgets=[1, 4, 8],
+    )
     hard = res["subsets"]["steerable-hard"]
     assert hard["n"] > 0
     assert hard["lift"]["retry"]["low"] > 0
@@ -186,5 +241,9 @@ def test_evaluation_needs_retry_and_complete_rows():
     rows = rescue("p", "temperature(T=0.3)", 1, 8)
     with pytest.raises(DataError, match="retry"):
         _outcomes(rows)
-    rows = rescue("p", "retry", 1, 8) + rescue("q", "retry", 1, 8) + rescue("q", "temperature(T=0.3)", 1, 8)
+    rows = (
+        rescue("p", "retry", 1, 8)
+        + rescue("q", "retry", 1, 8)
+        + rescue("q", "temperature(T=0.3)", 1, 8)
+    )
     assert len(_outcomes(rows)) == 1  # p lacks a setting: left out (and logged)

@@ -53,7 +53,8 @@ def test_success_within_is_the_chance_a_random_subset_holds_a_success(n, c):
 
 def test_fractional_draws_interpolate_and_overdraws_are_refused():
     assert success_within(8, 2, 2.5) == pytest.approx(
-        0.5 * success_within(8, 2, 2) + 0.5 * success_within(8, 2, 3))
+        0.5 * success_within(8, 2, 2) + 0.5 * success_within(8, 2, 3)
+    )
     with pytest.raises(ConfigError, match="exceed"):
         success_within(8, 2, 9)
     arr = success_within(np.array([4, 4]), np.array([0, 4]), np.array([2, 2]))

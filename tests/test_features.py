@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pyarrow as pa
 import pytest
-from analysis_tables import probe, rows_table
 
+from analysis_tables import probe, rows_table
 from fixable.analysis.synthetic import planted_rollouts
 from fixable.errors import DataError
 from fixable.features import (
@@ -49,13 +49,25 @@ def test_features_match_a_direct_per_rollout_computation():
     rows = []
     for i in range(5):
         n = int(rng.integers(1, 12))
-        rows.append({"problem_id": "p", "answer": str(i % 2), "entropies": list(rng.random(n)),
-                     "policy_logprobs": list(-rng.random(n)), "ref_logprobs": list(-rng.random(n))})
+        rows.append(
+            {
+                "problem_id": "p",
+                "answer": str(i % 2),
+                "entropies": list(rng.random(n)),
+                "policy_logprobs": list(-rng.random(n)),
+                "ref_logprobs": list(-rng.random(n)),
+            }
+        )
     table = rows_table(rows)
     row = _one(table)
     ent = [np.mean(r["entropies"]) for r in rows]
-    drift = [np.mean(np.array(r["policy_logprobs"], dtype=np.float32) - np.array(r["ref_logprobs"], dtype=np.float32))
-             for r in rows]
+    drift = [
+        np.mean(
+            np.array(r["policy_logprobs"], dtype=np.float32)
+            - np.array(r["ref_logprobs"], dtype=np.float32)
+        )
+        for r in rows
+    ]
     nll = [-np.mean(np.array(r["policy_logprobs"], dtype=np.float32)) for r in rows]
     fork = [np.max(np.array(r["entropies"], dtype=np.float32)) for r in rows]
     assert row["trajectory_uncertainty"] == pytest.approx(np.mean(ent), rel=1e-5)
@@ -69,7 +81,12 @@ def test_list_stats_handles_nulls_and_empty_lists():
     arr = pa.array([[1.0, 3.0], None, [], [5.0]], type=pa.list_(pa.float32()))
     s = list_stats(arr)
     assert list(s["count"]) == [2, 0, 0, 1]
-    assert s["mean"][0] == 2.0 and np.isnan(s["mean"][1]) and np.isnan(s["mean"][2]) and s["mean"][3] == 5.0
+    assert (
+        s["mean"][0] == 2.0
+        and np.isnan(s["mean"][1])
+        and np.isnan(s["mean"][2])
+        and s["mean"][3] == 5.0
+    )
     assert s["max"][0] == 3.0 and np.isnan(s["max"][2]) and s["max"][3] == 5.0
     assert list(s["null"]) == [False, True, False, False]
 
@@ -95,8 +112,16 @@ def test_missing_reference_makes_drift_unavailable_never_approximated():
 
 
 def test_mismatched_reference_lengths_are_unavailable():
-    table = rows_table([{"answer": "1", "entropies": [0.1, 0.2], "policy_logprobs": [-1.0, -1.0],
-                         "ref_logprobs": [-1.0]}])
+    table = rows_table(
+        [
+            {
+                "answer": "1",
+                "entropies": [0.1, 0.2],
+                "policy_logprobs": [-1.0, -1.0],
+                "ref_logprobs": [-1.0],
+            }
+        ]
+    )
     assert not _one(table)["reference_drift_available"]
 
 
@@ -106,7 +131,9 @@ def test_topk_entropies_are_flagged_or_unavailable_on_request():
     assert not math.isnan(_one(table)["trajectory_uncertainty"])
     strict = failure_features(table, require_full_entropy=True).iloc[0]
     assert math.isnan(strict["trajectory_uncertainty"]) and math.isnan(strict["fork_entropy"])
-    mixed = rows_table([{"answer": "1", "entropy_kind": "topk"}, {"answer": "2", "entropy_kind": "full"}])
+    mixed = rows_table(
+        [{"answer": "1", "entropy_kind": "topk"}, {"answer": "2", "entropy_kind": "full"}]
+    )
     assert _one(mixed)["entropy_kind"] == "mixed"
 
 
@@ -131,13 +158,19 @@ def test_texts_and_probe_halves():
 
 
 def test_planted_signatures_are_recovered_from_synthetic_rollouts():
-    table, truth = planted_rollouts(["gpt-rl-s0"], n_failures=50, n_solved=5, feature_noise=0.05, seed=1)
+    table, truth = planted_rollouts(
+        ["gpt-rl-s0"], n_failures=50, n_solved=5, feature_noise=0.05, seed=1
+    )
     f = failure_features(table)
     assert len(f) == 50  # the solved problems are not failures
     kind = f.apply(lambda r: truth["kind"][(r["model"], r["problem_id"])], axis=1)
     means = f.groupby(kind.to_numpy())[list(FEATURES)].mean()
     assert means.loc["resamplable", "answer_dispersion"] == pytest.approx(1.0)
-    assert means.loc["steer-hot", "answer_dispersion"] < 0.25 < means.loc["structural", "answer_dispersion"]
+    assert (
+        means.loc["steer-hot", "answer_dispersion"]
+        < 0.25
+        < means.loc["structural", "answer_dispersion"]
+    )
     assert means["reference_drift"].idxmax() == "steer-mix"
     assert means["trajectory_uncertainty"].idxmax() == "steer-cold"
     assert means["trajectory_uncertainty"].idxmin() == "steer-hot"

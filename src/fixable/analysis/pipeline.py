@@ -574,6 +574,7 @@ def _tables(result: dict, failures: pd.DataFrame) -> dict[str, pd.DataFrame]:
                             "rescue": val,
                             "low": lo,
                             "high": hi,
+                            "n": v["n"],
                         }
                     )
         tables["curves"] = pd.DataFrame(rows)

@@ -130,7 +130,8 @@ def rescue(
     Args:
         problem: the problem (its prompt is sent as is).
         backend: any ``Backend``; reference drift needs its ``score`` capability and a reference.
-        verifier: a ``Task`` (its ``verify``) or a callable ``text -> bool``.
+        verifier: a ``Task`` (its ``verify``) or a callable ``text -> bool``; the latter
+            extracts no answers, so answer dispersion is then unavailable.
         budget_tokens: total cost-token budget, probe and scoring included.
         k: probe samples.
         router: maps the failure's features to a setting. The default
@@ -240,6 +241,9 @@ def rescue(
         reference,
     )
     features = failure_features(table)
+    if not hasattr(verifier, "verify") and not features.empty:
+        # a bare text -> bool verifier extracts no answers: dispersion is unknown, not 0
+        features[["answer_dispersion", "modal_answer_share"]] = float("nan")
     if features.empty:
         result.stopped = "budget exhausted" if remaining() <= 0 else "no valid probe rollouts"
         return result

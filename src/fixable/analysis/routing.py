@@ -428,7 +428,9 @@ def evaluate_routing(
         if mask.sum() == 0:
             continue
         weights = group_weights(groups[mask], min(n_boot, 500), rng)
-        per_budget = {s: {"value": [], "low": [], "high": []} for s in STRATEGIES}
+        per_budget = {
+            s: {"value": [], "low": [], "high": [], "n": int(mask.sum())} for s in STRATEGIES
+        }
         for b in budgets:
             vb = strategy_values(
                 outcomes.subset(mask),

@@ -19,24 +19,57 @@ STAGES = ("features", "labels", "regimes", "routing", "topography", "transfer")
 
 @click.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--out", "-o", default=None, type=click.Path(file_okay=False),
-              help="Directory for analysis.json and tables (default: the first run's directory).")
-@click.option("--model-info", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="JSON file: model → {family, method, seed}, for models without a zoo card.")
-@click.option("--budget", type=float, default=None,
-              help="Headline budget in retry-equivalent samples per failure (default R // 2).")
-@click.option("--thresholds", default=None,
-              help="Label thresholds, e.g. 'resample=0.05,steer_hard=0.5,steer_weak=0.05,interval=beta,level=0.9'.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every resampling and fit.")
-@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples per interval.")
-@click.option("--n-seeds", type=int, default=10, show_default=True, help="Topography CV repetitions.")
-@click.option("--require-full-entropy", is_flag=True,
-              help="Treat top-k entropy estimates as unavailable instead of flagged.")
+@click.option(
+    "--out",
+    "-o",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Directory for analysis.json and tables (default: the first run's directory).",
+)
+@click.option(
+    "--model-info",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True),
+    help="JSON file: model → {family, method, seed}, for models without a zoo card.",
+)
+@click.option(
+    "--budget",
+    type=float,
+    default=None,
+    help="Headline budget in retry-equivalent samples per failure (default R // 2).",
+)
+@click.option(
+    "--thresholds",
+    default=None,
+    help="Label thresholds, e.g. 'resample=0.05,steer_hard=0.5,steer_weak=0.05,interval=beta,level=0.9'.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of every resampling and fit."
+)
+@click.option(
+    "--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples per interval."
+)
+@click.option(
+    "--n-seeds", type=int, default=10, show_default=True, help="Topography CV repetitions."
+)
+@click.option(
+    "--require-full-entropy",
+    is_flag=True,
+    help="Treat top-k entropy estimates as unavailable instead of flagged.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
-def command(runs, out, model_info, budget, thresholds, seed, n_boot, n_seeds, require_full_entropy, quiet):
+def command(
+    runs, out, model_info, budget, thresholds, seed, n_boot, n_seeds, require_full_entropy, quiet
+):
     """Analyse RUN(s): features, labels, regimes, routing, topography, transfer."""
     from fixable.analysis.labels import LabelThresholds
-    from fixable.analysis.pipeline import AnalysisConfig, _summary_lines, analyze, load_runs, write_analysis
+    from fixable.analysis.pipeline import (
+        AnalysisConfig,
+        _summary_lines,
+        analyze,
+        load_runs,
+        write_analysis,
+    )
 
     info = None
     if model_info:
@@ -48,11 +81,17 @@ def command(runs, out, model_info, budget, thresholds, seed, n_boot, n_seeds, re
             raise DataError(f"{model_info}: expected an object model → {{family, method, seed}}")
     config = AnalysisConfig(
         thresholds=LabelThresholds.parse(thresholds) if thresholds else LabelThresholds(),
-        budget=budget, n_boot=n_boot, n_seeds=n_seeds, require_full_entropy=require_full_entropy,
-        random_state=seed)
+        budget=budget,
+        n_boot=n_boot,
+        n_seeds=n_seeds,
+        require_full_entropy=require_full_entropy,
+        random_state=seed,
+    )
     table, sources = load_runs(runs)
     if table.num_rows == 0:
-        raise ConfigError(f"{', '.join(runs)}: no rollouts; sample first with `fixable sample ... --out RUN`")
+        raise ConfigError(
+            f"{', '.join(runs)}: no rollouts; sample first with `fixable sample ... --out RUN`"
+        )
     bar = None
     if not quiet:
         from tqdm import tqdm
