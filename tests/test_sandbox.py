@@ -92,6 +92,7 @@ def test_isolation_is_reported(sandbox):
     assert "isolation:" in iso.describe()
     if os.geteuid() == 0:  # our machines: everything is available to root
         assert iso.network and iso.pid_namespace and iso.mount_namespace and iso.uid_drop
+        assert iso.read_only_host
         assert iso.missing == []
 
 
@@ -157,14 +158,13 @@ def test_daemonized_child_dies_with_the_execution(sandbox):
 
 
 def test_memory_bomb_fails_without_hurting_the_host(sandbox):
-    result = sandbox.run(
-        Program(
-            "blocks = []\nwhile True:\n    blocks.append(bytearray(50 << 20))\n", "assert True\n"
-        )
-    )
+    # A generous deadline: filling even 256 MB takes seconds on a loaded machine.
+    limits = Limits(timeout_s=30, memory_mb=256)
+    code = "blocks = []\nwhile True:\n    blocks.append(bytearray(50 << 20))\n"
+    result = sandbox.run(Program(code, "assert True\n"), limits)
     assert result.status == "failed" and "MemoryError" in result.reason
-    one_shot = sandbox.run(Program("x = bytearray(64 << 30)\n"))
-    assert one_shot.status == "failed"
+    one_shot = sandbox.run(Program("x = bytearray(64 << 30)\n"), limits)
+    assert one_shot.status == "failed" and "MemoryError" in one_shot.reason
 
 
 def test_huge_file_write_fails(sandbox):

@@ -10,7 +10,8 @@ Code tasks (``humaneval``, ``cruxeval``) run every candidate here. Each executio
 - a wall-clock deadline after which the whole execution is killed: the program is PID 1
   of its own PID namespace, so killing it takes every process it forked along;
 - a private temporary directory on its own size-limited tmpfs, private ``/tmp``,
-  ``/var/tmp``, ``/dev/shm``, and a ``/proc`` that shows only its own processes;
+  ``/var/tmp``, ``/dev/shm``, a ``/proc`` that shows only its own processes, and every
+  other mount read-only in its view (the host's filesystem is untouched);
 - a scrubbed environment (the worker is started with an empty one, the program gets
   PATH/HOME/TMPDIR/LANG only);
 - no network: the worker lives in a new network namespace with no interfaces up.
@@ -145,6 +146,7 @@ class Isolation:
     network: bool  # new network namespace: no interface, not even loopback, is up
     pid_namespace: bool  # per execution: the program is PID 1; its end kills all it forked
     mount_namespace: bool  # per execution: private tmpfs /tmp, /var/tmp, /dev/shm and /proc
+    read_only_host: bool  # per execution: every other mount is read-only in its view
     uid_drop: bool  # the program runs as an unprivileged per-slot uid (root only)
     user_namespace: bool = False  # namespaces obtained through a user namespace (non-root)
     notes: tuple[str, ...] = field(default=())
@@ -152,17 +154,15 @@ class Isolation:
     @property
     def missing(self) -> list[str]:
         """The protections this machine could not give."""
-        out = [n for n in ("network", "pid_namespace", "mount_namespace") if not getattr(self, n)]
+        wanted = ("network", "pid_namespace", "mount_namespace", "read_only_host")
+        out = [n for n in wanted if not getattr(self, n)]
         if not (self.uid_drop or self.user_namespace):
             out.append("uid_drop")
         return out
 
     def describe(self) -> str:
-        have = [
-            n
-            for n in ("network", "pid_namespace", "mount_namespace", "uid_drop", "user_namespace")
-            if getattr(self, n)
-        ]
+        names = ("network", "pid_namespace", "mount_namespace", "read_only_host", "uid_drop")
+        have = [n for n in (*names, "user_namespace") if getattr(self, n)]
         text = f"isolation: {', '.join(have) or 'none (limits and a process group only)'}"
         return text + (f"; missing: {', '.join(self.missing)}" if self.missing else "")
 
@@ -324,7 +324,14 @@ class Sandbox:
         uid = self._uid_base + self._started % 65536
         self._started += 1
         worker = _Worker(uid, isolate=self.mode != "off")
-        flags = ("network", "pid_namespace", "mount_namespace", "uid_drop", "user_namespace")
+        flags = (
+            "network",
+            "pid_namespace",
+            "mount_namespace",
+            "read_only_host",
+            "uid_drop",
+            "user_namespace",
+        )
         isolation = Isolation(**{k: bool(worker.isolation.get(k)) for k in flags})
         if self._isolation is None:
             self._isolation = isolation

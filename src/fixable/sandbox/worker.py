@@ -45,6 +45,16 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+# Per-mount options that must be repeated when remounting (the kernel keeps them locked).
+MOUNT_OPTION_FLAGS = {
+    "nosuid": MS_NOSUID,
+    "nodev": MS_NODEV,
+    "noexec": MS_NOEXEC,
+    "noatime": 1024,
+    "nodiratime": 2048,
+    "relatime": 1 << 21,
+    "strictatime": 1 << 24,
+}
 PR_SET_PDEATHSIG, PR_SET_NAME, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 15, 24, 38
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -167,18 +177,48 @@ def expose_blocked_paths(blocked: dict[str, list[str]]) -> None:
             os.close(fd)
 
 
+def _unescape_mount_path(path: str) -> str:
+    # /proc/self/mountinfo writes space, tab, newline and backslash as octal escapes.
+    for code in ("040", "011", "012", "134"):
+        path = path.replace("\\" + code, chr(int(code, 8)))
+    return path
+
+
+def read_only_host() -> int:
+    """Remount every mount of this (private) namespace read-only; returns how many refused.
+
+    ``MS_BIND`` makes each remount change this namespace's view only, never the host's
+    filesystem. Runs before the private tmpfs mounts, which stay writable.
+    """
+    with open("/proc/self/mountinfo") as f:
+        entries = [line.split(" ") for line in f.read().splitlines()]
+    refused = 0
+    for fields in entries:
+        mount_point = _unescape_mount_path(fields[4])
+        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+        for option in fields[5].split(","):
+            flags |= MOUNT_OPTION_FLAGS.get(option, 0)
+        try:
+            mount(None, mount_point, None, flags)
+        except OSError:
+            refused += 1  # e.g. a mount point hidden under another mount
+    return refused
+
+
 def private_filesystem(config: dict, tmp_mb: int) -> str:
     """Give this (supervisor) process a private mount table; return the program's directory."""
     unshare(CLONE_NEWNS)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
+    if config["uid"] is not None:
+        expose_blocked_paths(config["blocked"])
+    if config["read_only_host"]:
+        read_only_host()
     tmp_options = f"size={tmp_mb}m,nr_inodes=4096,mode=1777"
     # Every world-writable place gets its own throwaway tmpfs: nothing written there
     # reaches the host or another execution, and it all vanishes with the namespace.
     for place in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):
         if os.path.isdir(place) and not os.path.islink(place):
             mount("tmpfs", place, "tmpfs", MS_NOSUID | MS_NODEV, tmp_options)
-    if config["uid"] is not None:
-        expose_blocked_paths(config["blocked"])
     program_dir = os.path.join(PRIVATE_TMP, PROGRAM_DIR_NAME)
     os.mkdir(program_dir, 0o700)
     return program_dir
@@ -491,7 +531,7 @@ def _ending(status: int) -> str:
 
 def probe_isolation(config: dict) -> dict:
     """Which namespaces this kernel lets us create, tried in a throwaway child."""
-    found = {"pid_namespace": False, "mount_namespace": False}
+    found = {"pid_namespace": False, "mount_namespace": False, "read_only_host": False}
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -504,12 +544,17 @@ def probe_isolation(config: dict) -> dict:
         try:
             unshare(CLONE_NEWNS)
             mount(None, "/", None, MS_REC | MS_PRIVATE)
-            mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m")
             if config["uid"] is not None:
                 expose_blocked_paths(config["blocked"])
+            mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m")
             got["mount_namespace"] = True
         except OSError:
             got["mount_namespace"] = False
+        got["read_only_host"] = False
+        if got["mount_namespace"]:
+            read_only_host()
+            # The root mount must now be read-only here (it stays writable on the host).
+            got["read_only_host"] = bool(os.statvfs("/").f_flag & os.ST_RDONLY)
         os.write(w, json.dumps(got).encode())
         os._exit(0)
     os.close(w)
@@ -559,6 +604,7 @@ def set_up(config: dict) -> dict:
         "user_namespace": False,
         "pid_namespace": False,
         "mount_namespace": False,
+        "read_only_host": False,
         "uid_drop": False,
     }
     if config["isolate"]:
