@@ -281,10 +281,7 @@ def _analyze(
         r_values = matrix.loc[matrix["n"] > 0, "n"]
         data["settings"] = settings
         data["R"] = {"min": int(r_values.min()), "max": int(r_values.max())}
-        label_section = label_counts(
-            failures[failures["label"].notna()] if "label" in failures else labels,
-            config.thresholds,
-        )
+        label_section = label_counts(failures, config.thresholds)
         label_section["thresholds"] = config.thresholds.to_dict()
         label_section["per_model"] = {
             m: label_counts(failures[failures["model"] == m], config.thresholds) for m in models
