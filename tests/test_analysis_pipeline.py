@@ -200,3 +200,32 @@ def test_fixable_rescue_needs_thresholds(fake_backend):
             ]
         )
     assert exit_info.value.code == 2
+
+
+def test_fixable_rescue_calibrates_on_an_earlier_run(fake_backend, tmp_path):
+    table, _ = planted_rollouts(["fake-policy"], n_failures=20, seed=12)
+    run = Run.create(tmp_path / "calibration", run_seed=12)
+    with run.writer() as writer:
+        writer.extend(table.to_pylist())
+    args = [
+        "rescue",
+        "--backend",
+        fake_backend,
+        "--model",
+        "fake-policy",
+        "--prompt",
+        "hot: 4821|a27|",
+        "--answer",
+        "0042",
+        "--budget",
+        "2000",
+        "--calibration",
+        str(tmp_path / "calibration"),
+        "--json",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    medians = doc["route"]["thresholds"]
+    assert medians["trajectory_uncertainty"] > 0.5  # the planted run's scale, not the failure's
+    assert doc["route"]["setting"] == "temperature(T=1.3)" and doc["solved"]

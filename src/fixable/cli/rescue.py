@@ -121,11 +121,7 @@ def command(
     )
     if calibration and thresholds:
         raise ConfigError("give --calibration or --thresholds, not both")
-    if calibration:
-        router = _calibrated(calibration, model)
-    elif thresholds:
-        router = SignatureRouter(thresholds=_thresholds(thresholds))
-    else:
+    if not (calibration or thresholds):
         raise ConfigError(
             "the routing rule needs thresholds: --calibration RUN (medians of the "
             "model's failures in an earlier run) or --thresholds FEATURE=VALUE,..."
@@ -134,6 +130,11 @@ def command(
         [i.label for i in parse_grid(interventions)] if interventions else list(DEFAULT_SETTINGS)
     )
     engine = backends.create(backend, model)
+    if calibration:
+        # the run stores rollouts under the backend's model identity, not the CLI spelling
+        router = _calibrated(calibration, engine.model_name)
+    else:
+        router = SignatureRouter(thresholds=_thresholds(thresholds))
     # a prompt of the user's own carries no task metadata (e.g. the chains solution a
     # task's full verify compares against): check its final answer only
     verifier = _AnswerOnly(the_task) if prompt is not None else the_task
