@@ -1,0 +1,154 @@
+"""Model cards: what a zoo model can do, measured on held-out (test split) chains problems.
+
+A card holds greedy and T=1 accuracy per sub-distribution × difficulty, the same per
+difficulty over the training sub-distributions, the mean per-token entropy of the
+model's own T=1 samples, and the model's identity (family, method, seed, parameters,
+bytes). Every number comes from ``evaluate``: a fixed problem set (``CARD_SEED``) and
+rollout seeds derived from each problem's id, so two evaluations of the same weights
+agree exactly, and two models are compared on the very same problems.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+
+from fixable.organism.model import OrganismLM
+from fixable.organism.posttrain import sample, seed_of
+from fixable.organism.train import TOKENIZER
+from fixable.tasks.chains import DIFFICULTY_STEPS, SUBDISTS, TRAIN_SUBDISTS, ChainsTask
+
+log = logging.getLogger(__name__)
+
+CARD_SEED = 20250  # the card's problem set; disjoint from training data (test split)
+
+
+def card_problems(n_per_cell: int) -> list:
+    """``n_per_cell`` test-split problems for every (sub-distribution, difficulty) cell."""
+    problems = []
+    for subdist in SUBDISTS:
+        for difficulty in DIFFICULTY_STEPS:
+            task = ChainsTask(subdists=[subdist], difficulties=[difficulty])
+            problems += task.problems(n_per_cell, seed=CARD_SEED, split="test")
+    return problems
+
+
+def evaluate(
+    model: OrganismLM,
+    *,
+    n_per_cell: int = 24,
+    t1_samples: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Accuracy tables and mean token entropy of ``model`` on the card's problem set."""
+    task = ChainsTask()
+    problems = card_problems(n_per_cell)
+    prompts = [p.prompt for p in problems]
+    if progress:
+        progress("greedy")
+    greedy = sample(model, prompts, [0] * len(prompts), greedy=True)
+    t1_prompts = [p for p in prompts for _ in range(t1_samples)]
+    t1_seeds = [seed_of("card", p.id, k) for p in problems for k in range(t1_samples)]
+    if progress:
+        progress("T=1")
+    t1 = sample(model, t1_prompts, t1_seeds, temperature=1.0)
+
+    def correct(ids, problem) -> bool:
+        return task.extract(TOKENIZER.decode(ids)) == problem.answer
+
+    cells = {"greedy": defaultdict(list), "t1": defaultdict(list)}
+    entropy_by_subdist: dict[str, list[float]] = defaultdict(list)
+    for i, p in enumerate(problems):
+        key = (p.meta["subdist"], p.meta["difficulty"])
+        cells["greedy"][key].append(correct(greedy.token_ids[i], p))
+        for k in range(t1_samples):
+            j = i * t1_samples + k
+            cells["t1"][key].append(correct(t1.token_ids[j], p))
+            ent = t1.entropies[j]
+            if ent:
+                entropy_by_subdist[p.meta["subdist"]].append(sum(ent) / len(ent))
+
+    def mean(xs) -> float:
+        return round(sum(xs) / len(xs), 4) if xs else float("nan")
+
+    out: dict = {"n_per_cell": n_per_cell, "t1_samples": t1_samples, "card_seed": CARD_SEED}
+    for mode, table in cells.items():
+        out[f"{mode}_accuracy"] = {
+            s: {str(d): mean(table[(s, d)]) for d in DIFFICULTY_STEPS} for s in SUBDISTS
+        }
+        out[f"{mode}_by_difficulty"] = {  # over the sub-distributions models were trained on
+            str(d): mean([x for s in TRAIN_SUBDISTS for x in table[(s, d)]])
+            for d in DIFFICULTY_STEPS
+        }
+        out[f"{mode}_by_subdist"] = {
+            s: mean([x for d in DIFFICULTY_STEPS for x in table[(s, d)]]) for s in SUBDISTS
+        }
+    out["mean_entropy_by_subdist"] = {s: mean(v) for s, v in entropy_by_subdist.items()}
+    out["mean_entropy"] = mean([x for s in TRAIN_SUBDISTS for x in entropy_by_subdist[s]])
+    return out
+
+
+def format_card(name: str, card: dict) -> str:
+    """The card as a few lines of text (``fixable zoo list``)."""
+    params = card.get("params", 0)
+    size = card.get("size_bytes", 0)
+    lines = [
+        f"{name}  family={card.get('family')} method={card.get('method')} "
+        f"seed={card.get('seed')} reference={card.get('base') or '-'}",
+        f"  params={params:,} size={size / 1e6:.2f} MB "
+        f"mean_entropy={card.get('mean_entropy', float('nan')):.3f} nats "
+        f"checkpoints={','.join(card.get('checkpoints', [])) or '-'}",
+    ]
+    levels = list(DIFFICULTY_STEPS)
+    header = "  " + " " * 14 + " ".join(f"d{d:<5}" for d in levels) + " all"
+    lines.append(header)
+    for mode, label in (("greedy", "greedy"), ("t1", "T=1")):
+        by_d = card.get(f"{mode}_by_difficulty", {})
+        by_s = card.get(f"{mode}_by_subdist", {})
+        train_all = [by_s.get(s) for s in TRAIN_SUBDISTS if by_s.get(s) is not None]
+        overall = sum(train_all) / len(train_all) if train_all else float("nan")
+        lines.append(
+            f"  {label + ' train':<14}"
+            + " ".join(_pct(by_d.get(str(d))) for d in levels)
+            + f" {_pct(overall)}"
+        )
+        table = card.get(f"{mode}_accuracy", {})
+        for s in SUBDISTS:
+            row = table.get(s, {})
+            lines.append(
+                f"  {label + ' ' + s:<14}"
+                + " ".join(_pct(row.get(str(d))) for d in levels)
+                + f" {_pct(by_s.get(s))}"
+            )
+    return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    if x is None or x != x:
+        return "  -   "
+    return f"{100 * x:5.1f}%"
+
+
+@torch.no_grad()
+def teacher_forced_accuracy(
+    model: OrganismLM, n_per_cell: int = 32, difficulty: int = 1, subdists=TRAIN_SUBDISTS
+) -> float:
+    """Share of test problems whose whole gold completion is the argmax at every step.
+
+    No sampling: a lower bound on greedy accuracy, cheap enough for a quick test."""
+    from fixable.organism.train import collate, lm_loss
+
+    problems = []
+    for s in subdists:
+        problems += ChainsTask(subdists=[s], difficulties=[difficulty]).problems(
+            n_per_cell, seed=CARD_SEED, split="test"
+        )
+    prompts = [TOKENIZER.encode(p.prompt, bos=True) for p in problems]
+    completions = [TOKENIZER.encode(p.meta["solution"], eos=True) for p in problems]
+    inputs, targets, mask = collate(prompts, completions)
+    model.eval()
+    _, metrics = lm_loss(model, inputs, targets, mask)
+    return metrics["seq_acc"]
