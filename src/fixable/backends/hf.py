@@ -491,17 +491,23 @@ class HFBackend:
                 sample_lp = sampling_logprobs(policy_lp, temperature, ref_lp, alpha, early_lp)
                 chosen = gumbel_argmax(sample_lp, seeds[active], step).to(self.device)
                 gather = chosen[:, None]
-                chosen_lp = sample_lp.gather(-1, gather)[:, 0].cpu()
-                chosen_policy = policy_lp.gather(-1, gather)[:, 0].cpu()
-                entropy = -(policy_lp.exp() * policy_lp).nan_to_num().sum(-1).cpu()
-                chosen_cpu = chosen.cpu()
+                # one device-to-host copy per step (each .cpu() is a GPU sync)
+                step_values = torch.stack(
+                    [
+                        chosen.double(),
+                        sample_lp.gather(-1, gather)[:, 0].double(),
+                        policy_lp.gather(-1, gather)[:, 0].double(),
+                        -(policy_lp.exp() * policy_lp).nan_to_num().sum(-1).double(),
+                    ]
+                ).cpu()
+                chosen_ids, chosen_lp, chosen_policy, entropy = step_values.tolist()
                 keep = []
                 for j, row in enumerate(active.tolist()):
-                    tok = int(chosen_cpu[j])
+                    tok = int(chosen_ids[j])
                     tokens[row].append(tok)
-                    logprobs[row].append(float(chosen_lp[j]))
-                    policy_lps[row].append(float(chosen_policy[j]))
-                    entropies[row].append(float(entropy[j]))
+                    logprobs[row].append(chosen_lp[j])
+                    policy_lps[row].append(chosen_policy[j])
+                    entropies[row].append(entropy[j])
                     ended = tok in self.eos_ids or (
                         stops[row] and self._cut_at_stop(row, tokens, texts, stops)
                     )
