@@ -55,9 +55,11 @@ def test_shuffled_methods_fall_to_the_majority_baseline(failures):
         n_boot=300,
     )
     majority = res["majority"]["accuracy"]["mean"]
+    assert majority == 0.25  # eight models, two per method, the same number of failures each
     interval = res["classifier"]["interval"]
-    assert interval["low"] <= majority + 0.02
-    assert res["classifier"]["accuracy"]["mean"] < majority + 0.12
+    assert interval["low"] <= majority <= interval["high"]
+    # predicting the training folds' majority falls below the share with balanced classes
+    assert res["majority_in_folds"]["accuracy"]["mean"] <= majority
 
 
 class _Spy(ClassifierMixin, BaseEstimator):

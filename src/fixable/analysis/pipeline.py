@@ -577,7 +577,10 @@ def _tables(result: dict, failures: pd.DataFrame) -> dict[str, pd.DataFrame]:
         tables["curves"] = pd.DataFrame(rows)
     topo = result.get("topography")
     if topo:
-        rows = [{"predictor": "majority class", **_acc_row(topo["majority"])}]
+        rows = [
+            {"predictor": "majority class (share)", **_acc_row(topo["majority"])},
+            {"predictor": "training-fold majority", **_acc_row(topo["majority_in_folds"])},
+        ]
         if topo.get("text_baseline"):
             rows.append({"predictor": "text baseline (TF-IDF)", **_acc_row(topo["text_baseline"])})
         for name, res in topo["ablations"].items():
