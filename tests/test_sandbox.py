@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -33,6 +35,14 @@ def processes_named(name: str) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def living(pid: int) -> bool:
+    """Running or sleeping: neither gone nor a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def name_self(name: str) -> str:
@@ -345,3 +355,31 @@ def test_a_killed_worker_is_replaced(sandbox):
     results = sandbox.run_many([Program("x = 1\n")] * 4)
     assert all(r.passed for r in results)
     assert len(sandbox._all) <= sandbox.workers
+
+
+def test_everything_dies_with_the_harness(tmp_path):
+    """A harness killed mid-execution takes its workers and their programs along."""
+    name = "fxh" + secrets.token_hex(4)
+    program = name_self(name) + "import time\ntime.sleep(120)\n"
+    script = tmp_path / "harness.py"
+    script.write_text(
+        "from fixable.sandbox import Limits, Program, Sandbox\n"
+        "box = Sandbox(workers=2, limits=Limits(timeout_s=120))\n"
+        f"box.run_many([Program({program!r})] * 2)\n"
+    )
+    harness = subprocess.Popen([sys.executable, str(script)])
+    try:
+        for _ in range(600):  # until both programs run (start-up on a loaded machine)
+            if len(processes_named(name)) == 2:
+                break
+            time.sleep(0.1)
+        assert len(processes_named(name)) == 2
+    finally:
+        harness.kill()
+        harness.wait()
+    for _ in range(300):
+        alive = [pid for pid in processes_named(name) if living(pid)]
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert alive == []

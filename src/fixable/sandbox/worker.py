@@ -286,7 +286,6 @@ def run_program(
 def contain(request: dict, config: dict, program_dir: str, out_fd: int, done_fd: int) -> int:
     """Limits, namespaces, descriptors, environment and uid of the program; returns its report fd."""
     os.setsid()
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if config["pid_namespace"] and config["mount_namespace"]:
         # A /proc of this namespace only: no other process, no other environment.
         with contextlib.suppress(OSError):
@@ -316,6 +315,9 @@ def contain(request: dict, config: dict, program_dir: str, out_fd: int, done_fd:
     elif config["user_namespace"]:
         _drop_capabilities()
     prctl(PR_SET_NO_NEW_PRIVS, 1)
+    # Only now: changing uid clears the parent-death signal. If the supervisor dies (the
+    # harness went away), the program dies, and with it its PID namespace.
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU, signal.SIGTERM, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     sys.stdout = open(1, "w", closefd=False, errors="replace")  # noqa: SIM115
@@ -630,6 +632,8 @@ def main() -> None:
     config = read_message(inp)
     if config is None:
         return
+    # Readable once the harness exits, even mid-execution: then everything here must go.
+    harness = os.pidfd_open(os.getppid())
     achieved = set_up(config)
     for name in PREIMPORT:
         __import__(name)
@@ -649,8 +653,20 @@ def main() -> None:
                 os._exit(0)
         os.close(reply_w)
         data = b""
-        while chunk := os.read(reply_r, 65536):
-            data += chunk
+        with selectors.DefaultSelector() as selector:
+            selector.register(reply_r, selectors.EVENT_READ, "reply")
+            selector.register(harness, selectors.EVENT_READ, "harness")
+            while True:
+                events = {key.data for key, _ in selector.select()}
+                if "harness" in events:
+                    # The supervisor's death signal takes the program (and its namespace) along.
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    return
+                chunk = os.read(reply_r, 65536)
+                if not chunk:
+                    break
+                data += chunk
         os.close(reply_r)
         os.waitpid(pid, 0)
         try:
