@@ -23,6 +23,7 @@ COMMANDS = {
     "export": "export",
     "serve": "serve",
     "report": "report",
+    "demo": "demo",
     "analyze": "analyze",
     "rescue": "rescue",
 }

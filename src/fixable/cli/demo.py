@@ -1,0 +1,124 @@
+"""``fixable demo``: the whole study on the shipped zoo — probe, rescue sweep, analysis with
+transfer, report — in one resumable command, ending with the headline figures beside the
+paper's. A thin shell over ``fixable.demo.run_demo``."""
+
+from __future__ import annotations
+
+import click
+
+
+class _Bars:
+    """One tqdm bar per (model, phase) while sampling, one for the analysis and the report."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.key = None
+
+    def _open(self, key, **kwargs):
+        from tqdm import tqdm
+
+        self.close()
+        self.key = key
+        self.bar = tqdm(dynamic_ncols=True, **kwargs)
+
+    def __call__(self, event) -> None:
+        if not self.enabled:
+            return
+        if event.stage == "sample" and event.sampling is not None:
+            p = event.sampling
+            key = (event.model, p.phase, p.total)
+            if self.key != key:
+                self._open(
+                    key,
+                    total=p.total,
+                    desc=f"[{event.index}/{event.n_models}] {event.model} {p.phase}",
+                    unit="rollout",
+                    smoothing=0.1,
+                )
+                if p.skipped:
+                    self.bar.write(
+                        f"{event.model} {p.phase}: {p.skipped} rollouts already in the run, skipped"
+                    )
+            self.bar.update(p.done - self.bar.n)
+            if p.elapsed_s > 0:
+                self.bar.set_postfix_str(f"{p.tokens / p.elapsed_s:,.0f} tok/s", refresh=False)
+        elif event.stage == "sample" and event.detail:
+            click.echo(f"[{event.index}/{event.n_models}] {event.model}: {event.detail}", err=True)
+        elif event.stage in ("analysis", "report"):
+            if self.key != event.stage:
+                self._open(
+                    event.stage, desc=event.stage, bar_format="{desc}: {postfix} [{elapsed}]"
+                )
+            self.bar.set_postfix_str(event.detail)
+        elif event.stage == "done":
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            self.key = None
+
+
+@click.command("demo")
+@click.option(
+    "--out",
+    "-o",
+    default=None,
+    help="Run directory (default runs/demo, or runs/quick with --quick).",
+)
+@click.option("--quick", is_flag=True, help="The same pipeline, smaller: a few minutes.")
+@click.option(
+    "--config",
+    "-c",
+    "config_file",
+    default=None,
+    metavar="RUN.toml",
+    help="A demo run file (e.g. studies/full.toml), or a run directory to reproduce.",
+)
+@click.option("--model", "-m", "models", multiple=True, help="Study only these zoo models.")
+@click.option("--problems", "-n", type=int, default=None, help="Problems probed per model.")
+@click.option("--seed", type=int, default=None, help="Run seed.")
+@click.option("--no-report", is_flag=True, help="Stop after analysis.json.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def command(out, quick, config_file, models, problems, seed, no_report, quiet):
+    """Probe, rescue sweep, analysis and report on the shipped zoo, resumable.
+
+    Interrupt it at any time: running the same command again continues where it stopped.
+
+    \b
+    fixable demo                     # runs/demo, then runs/demo/report.html
+    fixable demo --quick             # the same pipeline, smaller
+    fixable demo --config studies/full.toml --out runs/full   # the paper-scale study
+    """
+    from fixable.demo import DEMO, QUICK, command_line, format_headline, load_config, run_demo
+    from fixable.errors import ConfigError
+
+    if quick and config_file:
+        raise ConfigError("--quick and --config both choose a configuration; give one of them")
+    config = load_config(config_file) if config_file else (QUICK if quick else DEMO)
+    changes = {}
+    if models:
+        changes["models"] = tuple(models)
+    if problems is not None:
+        changes["problems"] = problems
+    if seed is not None:
+        changes["seed"] = seed
+    if changes:
+        config = config.replace(**changes)
+    out = out or ("runs/quick" if quick else "runs/demo")
+    bars = _Bars(enabled=not quiet)
+    try:
+        result = run_demo(config, out, report=not no_report, command=command_line(), progress=bars)
+    finally:
+        bars.close()
+    n_failures = sum(result.failures.values())
+    click.echo(
+        f"\n{len(result.models)} models, {sum(result.problems.values())} problems probed, "
+        f"{n_failures} failures analysed in {result.seconds['total'] / 60:.1f} min\n"
+    )
+    click.echo(format_headline(result.summary))
+    click.echo(f"\nanalysis: {result.run / 'analysis.json'}")
+    if not no_report:
+        click.echo(f"report:   {result.report}")

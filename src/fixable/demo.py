@@ -1,0 +1,683 @@
+"""The whole study as one call: probe, rescue sweep, analysis (with transfer) and report
+on the shipped zoo, written to one run directory — what ``fixable demo`` runs.
+
+``run_demo(DemoConfig(...), out)`` samples every model with the organism backend through
+``fixable.sampling`` (so an interrupted demo resumes by key: re-running it continues
+where it stopped and never samples a key twice), then runs ``fixable.analysis`` over the
+run and writes the report with ``fixable.report``. Three presets ship: ``DEMO`` (the
+default: both families, all four post-training methods, minutes on a laptop), ``QUICK``
+(the same pipeline, smaller) and the run files under ``studies/`` — ``studies/full.toml``
+is the paper-scale study, where problems are added until every model has at least
+``min_failures`` failures.
+
+A run file is TOML with the fields of ``DemoConfig``; ``[task_options]``,
+``[backend_options]`` and ``[analysis]`` (fields of ``AnalysisConfig``, thresholds as
+``[analysis.thresholds]``) are tables. The resolved configuration is stored in the run's
+manifest under ``"demo"``, so ``fixable demo --config RUN`` reproduces a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import math
+import shlex
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fixable.errors import ConfigError, FixableError, StoreError
+
+logger = logging.getLogger(__name__)
+
+# The paper's reference figures (its models, not ours), shown beside ours.
+PAPER_TOPOGRAPHY = (0.843, 0.043)
+PAPER_ROUTING_LIFT = 0.122
+# Settings sampled in the rescue sweep. ``checkpoint(c=first)`` is the earliest
+# intermediate checkpoint of each model's own post-training run (see _concrete).
+DEFAULT_INTERVENTIONS = (
+    "retry",
+    "temperature(T=0.3)",
+    "temperature(T=0.6)",
+    "temperature(T=1.3)",
+    "mix(alpha=0.5)",
+    "checkpoint(c=first)",
+)
+_ANALYSIS_TABLE = "analysis"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo samples and analyses; stored resolved in the run's manifest."""
+
+    models: tuple[str, ...] = ()  # zoo models; empty: every post-trained model with seed in `seeds`
+    seeds: tuple[int, ...] = (0,)  # which training seeds of each method (when models is empty)
+    task: str = "chains"  # registry name of the task
+    task_options: dict = field(default_factory=dict)  # passed to the task's constructor
+    problems: int = 120  # problems probed per model (the first round when min_failures is set)
+    min_failures: int | None = None  # probe more problems until each model has this many failures
+    max_problems: int | None = None  # ... but never more than this many problems per model
+    problem_seed: int = 0  # which problems a generated task draws
+    split: str = "test"  # the task split problems come from (never the training split)
+    k: int = 8  # probe rollouts per problem
+    r: int = 16  # rescue rollouts per failed problem and setting
+    interventions: tuple[str, ...] = DEFAULT_INTERVENTIONS  # the rescue grid
+    seed: int = 0  # run seed: every rollout's seed derives from it and the rollout's key
+    max_tokens: int = 160  # longest completion, in tokens
+    batch_size: int = 512  # requests per backend call (results do not depend on it)
+    backend: str = "organism"  # registry name of the engine
+    backend_options: dict = field(default_factory=dict)  # passed to the backend's constructor
+    analysis: dict = field(
+        default_factory=dict
+    )  # fields of fixable.analysis.pipeline.AnalysisConfig
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        models = (self.models,) if isinstance(self.models, str) else tuple(self.models or ())
+        set_("models", tuple(str(m) for m in models))
+        seeds = (self.seeds,) if isinstance(self.seeds, int) else tuple(self.seeds or ())
+        set_("seeds", tuple(_count("seeds", s, 0) for s in seeds))
+        if not self.models and not self.seeds:
+            raise ConfigError(
+                "seeds must name at least one training seed (e.g. [0]) when models is empty"
+            )
+        set_("problems", _count("problems", self.problems, 1))
+        if self.min_failures is not None:
+            set_("min_failures", _count("min_failures", self.min_failures, 1))
+        if self.max_problems is not None:
+            set_("max_problems", _count("max_problems", self.max_problems, self.problems))
+        set_("problem_seed", _count("problem_seed", self.problem_seed, 0))
+        set_("k", _count("k", self.k, 2))  # answer dispersion needs at least two probes
+        set_("r", _count("r", self.r, 1))
+        set_("seed", _count("seed", self.seed, 0))
+        set_("max_tokens", _count("max_tokens", self.max_tokens, 1))
+        set_("batch_size", _count("batch_size", self.batch_size, 1))
+        for name in ("task_options", "backend_options", "analysis"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ConfigError(
+                    f"{name} must be a table of name = value, got {getattr(self, name)!r}"
+                )
+            set_(name, dict(getattr(self, name)))
+        specs = (
+            (self.interventions,)
+            if isinstance(self.interventions, str)
+            else tuple(self.interventions)
+        )
+        specs = [part.strip() for spec in specs for part in str(spec).split(";") if part.strip()]
+        from fixable.interventions import parse_grid
+
+        try:
+            labels = tuple(i.label for i in parse_grid(specs))
+        except FixableError as e:
+            raise ConfigError(f"interventions: {e}") from None
+        if "retry" not in labels:
+            raise ConfigError(
+                f"interventions must include retry (the budget's unit and the resamplable test), got {list(labels)}"
+            )
+        set_("interventions", labels)
+        self.analysis_config()  # validate now, not after an hour of sampling
+
+    def analysis_config(self):
+        """The ``AnalysisConfig`` of the ``[analysis]`` table."""
+        from fixable.analysis.labels import LabelThresholds
+        from fixable.analysis.pipeline import AnalysisConfig
+
+        options = dict(self.analysis)
+        known = {f.name for f in dataclasses.fields(AnalysisConfig)}
+        for name in options:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
+                hint = f" Did you mean: {', '.join(close)}?" if close else ""
+                raise ConfigError(
+                    f"unknown analysis field {name!r}.{hint} Known: {', '.join(sorted(known))}"
+                )
+        thresholds = options.pop("thresholds", None)
+        try:
+            if isinstance(thresholds, Mapping):
+                options["thresholds"] = LabelThresholds(**thresholds)
+            elif isinstance(thresholds, str):
+                options["thresholds"] = LabelThresholds.parse(thresholds)
+            return AnalysisConfig(**options)
+        except TypeError as e:
+            raise ConfigError(f"analysis: {e}") from None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for name in ("models", "seeds", "interventions"):
+            d[name] = list(d[name])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "configuration") -> DemoConfig:
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        for name in d:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
+                hint = f" Did you mean: {', '.join(close)}?" if close else ""
+                raise ConfigError(f"{source}: unknown field {name!r}.{hint}")
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def replace(self, **changes: Any) -> DemoConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _count(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ConfigError(f"{name} must be at least {low}, got {value}")
+    return value
+
+
+# The default demo: seed-0 models of both families and all four methods; a few minutes of
+# sampling per model on two CPU cores. QUICK is the same pipeline at a smaller scale.
+DEMO = DemoConfig()
+QUICK = DemoConfig(
+    problems=40,
+    k=6,
+    r=6,
+    interventions=("retry", "temperature(T=0.3)", "temperature(T=1.3)", "mix(alpha=0.5)"),
+    analysis={"n_boot": 200, "n_seeds": 3, "stability_boot": 10},
+)
+PRESETS = {"demo": DEMO, "quick": QUICK}
+
+
+def load_config(source: str | Path) -> DemoConfig:
+    """A DemoConfig from a TOML run file, a run directory or its manifest.json (reproduce)."""
+    from fixable.config import tomllib
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "manifest.json"
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read demo run file {path}: {e.strerror or e}") from None
+    if path.suffix == ".json":
+        try:
+            manifest = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}, line {e.lineno}: not valid JSON: {e.msg}") from None
+        demo = manifest.get("demo") if isinstance(manifest, dict) else None
+        if not demo or "config" not in demo:
+            raise ConfigError(
+                f"{path} records no demo configuration (was it written by `fixable demo`?)"
+            )
+        return DemoConfig.from_dict(demo["config"], source=str(path))
+    try:
+        fields = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: malformed TOML: {e}") from None
+    try:
+        return DemoConfig.from_dict(fields, source=str(path))
+    except ConfigError as e:
+        # point at the line that sets the field, when the message names one
+        from fixable.config import _line_of
+
+        for name in fields:
+            if f"{name} " in str(e) or f"{name!r}" in str(e):
+                line = _line_of(text, name)
+                if line is not None:
+                    raise ConfigError(f"{e} (line {line})") from None
+        raise
+
+
+# --------------------------------------------------------------------------- progress
+
+
+@dataclass(frozen=True)
+class DemoEvent:
+    """Where the demo stands; passed to the ``progress`` callback."""
+
+    stage: str  # "sample", "analysis", "report" or "done"
+    model: str | None = None
+    index: int = 0  # 1-based index of the model being sampled
+    n_models: int = 0
+    sampling: Any = None  # a fixable.sampling.Progress during "sample"
+    detail: str = ""  # what is happening ("probe round 2: 480 problems", a figure's name …)
+
+
+@dataclass
+class DemoResult:
+    """What ``run_demo`` did and where it put it."""
+
+    run: Path
+    config: DemoConfig
+    models: list[str]
+    failures: dict[str, int]  # per model: failures that reached the analysis
+    problems: dict[str, int]  # per model: problems probed
+    report: Path
+    summary: dict
+    seconds: dict[str, float]  # wall time per stage
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def demo_models(config: DemoConfig) -> list[str]:
+    """The models to study: ``config.models``, or every post-trained zoo model whose
+    training seed is in ``config.seeds`` (both families, all four methods)."""
+    if config.models:
+        return list(config.models)
+    from fixable.organism import zoo
+
+    present = zoo.list_models()
+    chosen = []
+    for name in present:
+        info = _zoo_info(name)
+        if info.get("method") in (None, "base", "micro"):
+            continue
+        if info.get("seed") in config.seeds:
+            chosen.append(name)
+    if not chosen:
+        have = ", ".join(present) or "nothing"
+        raise ConfigError(
+            f"no post-trained zoo models with seed in {list(config.seeds)} (the zoo holds {have}); "
+            "build the zoo with `fixable zoo build`"
+        )
+    return chosen
+
+
+def _zoo_info(name: str) -> dict:
+    from fixable.organism import zoo
+
+    try:
+        card = zoo.card(name)
+    except (FixableError, KeyError, FileNotFoundError, ValueError):
+        parts = name.split("-")  # zoo names are family-method-sSEED
+        seed = parts[2][1:] if len(parts) == 3 and parts[2][1:].isdigit() else None
+        return {
+            "family": parts[0],
+            "method": parts[1] if len(parts) > 1 else None,
+            "seed": int(seed) if seed is not None else None,
+        }
+    return {k: card.get(k) for k in ("family", "method", "seed")}
+
+
+def _grid(labels: Sequence[str]) -> list:
+    from fixable.interventions import parse_intervention
+
+    return [parse_intervention(label) for label in labels]
+
+
+def _concrete(intervention, model: str, checkpoints: Callable[[str], Mapping[str, Path]]):
+    """``checkpoint(c=first)`` / ``checkpoint(c=last)`` → the earliest / latest intermediate
+    checkpoint of ``model``'s own run; every other intervention as it is. One grid then
+    serves models whose runs saved checkpoints at different steps, and the setting label
+    in the store stays the same for every model, which the rescue matrix needs."""
+    from fixable.interventions import Intervention
+
+    if intervention.kind != "checkpoint" or intervention.value not in ("first", "last"):
+        return intervention
+    available = checkpoints(model)
+    if not available:
+        raise ConfigError(
+            f"{model} has no intermediate checkpoints, so {intervention.label} cannot be sampled; "
+            "drop it from interventions"
+        )
+    labels = list(available)  # zoo.checkpoints lists them by step
+    chosen = labels[0] if intervention.value == "first" else labels[-1]
+    return Intervention("checkpoint", chosen)
+
+
+class CheckpointAlias:
+    """Wraps a backend so that ``checkpoint(c=first|last)`` samples the model's concrete
+    checkpoint while the rollouts keep the symbolic label (every other call passes through)."""
+
+    def __init__(self, backend, checkpoints: Callable[[str], Mapping[str, Path]]):
+        self._backend = backend
+        self._checkpoints = checkpoints
+        self.name = backend.name
+        self.capabilities = backend.capabilities
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    @property
+    def model_name(self) -> str:
+        return self._backend.model_name
+
+    def generate(self, requests, intervention):
+        return self._backend.generate(
+            requests, _concrete(intervention, self.model_name, self._checkpoints)
+        )
+
+    def score(self, prompts, completions, *, which: str = "policy"):
+        return self._backend.score(prompts, completions, which=which)
+
+    def identity(self) -> dict:
+        """The wrapped backend's identity plus what each symbolic checkpoint stands for."""
+        ident = getattr(self._backend, "identity", None)
+        out = dict(ident()) if callable(ident) else {}
+        available = list(self._checkpoints(self.model_name) or {})
+        if available:
+            out["checkpoint_aliases"] = {"first": available[0], "last": available[-1]}
+        return out
+
+
+def _default_backend_factory(config: DemoConfig) -> Callable[[str], Any]:
+    from fixable.registry import backends
+
+    def make(model: str):
+        return backends.create(config.backend, model, **config.backend_options)
+
+    return make
+
+
+def _zoo_checkpoints(model: str) -> Mapping[str, Path]:
+    from fixable.organism import zoo
+
+    return zoo.checkpoints(model)
+
+
+def _record(run, config: DemoConfig, command: str | None) -> None:
+    """Store the configuration in the manifest; refuse resuming a run made with another one."""
+    stored = {"config": config.to_dict(), "command": command}
+
+    def change(manifest: dict) -> None:
+        previous = (manifest.get("demo") or {}).get("config")
+        if previous is not None:
+            content = (
+                "task",
+                "task_options",
+                "problem_seed",
+                "split",
+                "k",
+                "r",
+                "seed",
+                "max_tokens",
+                "backend",
+            )
+            changed = [name for name in content if previous.get(name) != stored["config"].get(name)]
+            if changed:
+                name = changed[0]
+                raise StoreError(
+                    f"{run.path} was sampled by a demo with {name}={previous.get(name)!r}, now "
+                    f"{stored['config'].get(name)!r}: resume with the same configuration "
+                    f"(`fixable demo --config {run.path}`) or write to a new --out"
+                )
+        history = manifest.setdefault("demo_history", [])
+        history.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **stored})
+        manifest["demo"] = stored
+
+    run.update_manifest(change)
+
+
+def _probe_until_enough(backend, task, problems_all, run, config, model, progress, emit) -> list:
+    """Probe the first ``config.problems`` problems, then more, until ``model`` has
+    ``min_failures`` failures or ``max_problems`` problems; returns the problems probed."""
+    from fixable.sampling import PROBE, failed_problems, sample
+
+    n = config.problems
+    options = dict(
+        max_tokens=config.max_tokens,
+        batch_size=config.batch_size,
+        config=config.to_dict(),
+        progress=progress,
+    )
+    round_ = 1
+    while True:
+        chosen = problems_all[:n]
+        emit(f"probe round {round_}: {n} problems")
+        sample(backend, task, chosen, run, phase=PROBE, n=config.k, run_seed=config.seed, **options)
+        failed = failed_problems(run, backend.model_name, [p.id for p in chosen], k=config.k)
+        cap = config.max_problems or len(problems_all)
+        if config.min_failures is None or len(failed) >= config.min_failures or n >= cap:
+            if config.min_failures is not None and len(failed) < config.min_failures:
+                logger.warning(
+                    "%s: %d failures in %d problems (max_problems), fewer than min_failures=%d",
+                    model,
+                    len(failed),
+                    n,
+                    config.min_failures,
+                )
+            return chosen
+        # grow in proportion to the failure rate seen so far, with 10 % to spare
+        rate = max(len(failed), 1) / n
+        n = min(cap, max(n + 1, math.ceil(config.min_failures / rate * 1.1)))
+        round_ += 1
+
+
+def run_demo(
+    config: DemoConfig = DEMO,
+    out: str | Path = "runs/demo",
+    *,
+    backend_factory: Callable[[str], Any] | None = None,
+    model_info: Mapping[str, Mapping] | None = None,
+    checkpoints: Callable[[str], Mapping[str, Path]] | None = None,
+    report: bool = True,
+    command: str | None = None,
+    progress: Callable[[DemoEvent], None] | None = None,
+) -> DemoResult:
+    """Probe, rescue sweep, analysis (with transfer) and report, resumable by key.
+
+    Args:
+        config: what to sample and analyse (``DEMO``, ``QUICK`` or ``load_config(file)``).
+        out: the run directory; an existing one made with the same configuration resumes.
+        backend_factory: model name → backend (default: ``config.backend`` from the registry).
+        model_info: family/method/seed per model for models the zoo has no card for.
+        checkpoints: model → its intermediate checkpoints (default: the zoo's).
+        report: write report.html, figures and summary.json at the end.
+        command: the command line recorded in the manifest (for the report's provenance).
+        progress: called with a ``DemoEvent`` as the demo goes.
+    """
+    from fixable.analysis.pipeline import analyze, load_runs, write_analysis
+    from fixable.backends.base import check_capabilities
+    from fixable.sampling import sweep
+    from fixable.store import Run
+
+    emit = progress or (lambda event: None)
+    seconds: dict[str, float] = {}
+    started = time.monotonic()
+    out = Path(out)
+    models = demo_models(config)
+    task = _build_task(config)
+    # with min_failures, problems are drawn up to max_problems and probed a prefix at a time
+    # (a generated task's first n problems are the same whatever n is asked for)
+    n_drawn = (
+        config.max_problems or config.problems * 20 if config.min_failures else config.problems
+    )
+    problems_all = task.problems(n_drawn, seed=config.problem_seed, split=config.split)
+    run = Run.create(out)
+    _record(run, config, command)
+    factory = backend_factory or _default_backend_factory(config)
+    checkpoints = checkpoints or _zoo_checkpoints
+    problems_per_model: dict[str, int] = {}
+    failures: dict[str, int] = {}
+
+    for index, model in enumerate(models, 1):
+
+        def forward(p, model=model, index=index):
+            emit(DemoEvent("sample", model, index, len(models), sampling=p))
+
+        def note(detail: str, model=model, index=index):
+            emit(DemoEvent("sample", model, index, len(models), detail=detail))
+
+        backend = CheckpointAlias(factory(model), checkpoints)
+        try:
+            grid = _grid(config.interventions)
+            check_capabilities(backend, grid)
+            for intervention in grid:  # a symbolic checkpoint must exist before sampling starts
+                _concrete(intervention, backend.model_name, checkpoints)
+            chosen = _probe_until_enough(
+                backend, task, problems_all, run, config, model, forward, note
+            )
+            note(f"rescue sweep over {len(grid)} settings")
+            report_ = sweep(
+                backend,
+                task,
+                chosen,
+                run,
+                k=config.k,
+                r=config.r,
+                interventions=grid,
+                run_seed=config.seed,
+                progress=forward,
+                max_tokens=config.max_tokens,
+                batch_size=config.batch_size,
+                config=config.to_dict(),
+            )
+        finally:
+            close = getattr(backend._backend, "close", None)
+            if callable(close):
+                close()
+        problems_per_model[backend.model_name] = len(chosen)
+        failures[backend.model_name] = len(report_.failed)
+        logger.info(
+            "%s: %d of %d problems failed the probe", model, len(report_.failed), len(chosen)
+        )
+    seconds["sampling"] = time.monotonic() - started
+
+    t = time.monotonic()
+    emit(DemoEvent("analysis", detail="features, labels, regimes, routing, topography, transfer"))
+    info = {m: _zoo_info(m) for m in models if not (model_info and m in model_info)}
+    info.update(model_info or {})
+    table, sources = load_runs([out])
+    analysis = analyze(
+        table,
+        model_info=info,
+        config=config.analysis_config(),
+        sources=sources,
+        progress=lambda stage: emit(DemoEvent("analysis", detail=stage)),
+    )
+    write_analysis(analysis, out)
+    seconds["analysis"] = time.monotonic() - t
+
+    report_path = out / "report.html"
+    summary: dict = {}
+    if report:
+        from fixable.report import build_report
+
+        t = time.monotonic()
+        files = build_report(
+            out,
+            model_info=info,
+            analysis_config=config.analysis_config(),
+            progress=lambda stage: emit(DemoEvent("report", detail=stage)),
+        )
+        report_path = files.html
+        summary = json.loads(files.summary.read_text())
+        seconds["report"] = time.monotonic() - t
+    else:
+        from fixable.report.summary import build_summary
+
+        summary = build_summary(analysis.result, run=str(out.resolve()))
+    seconds["total"] = time.monotonic() - started
+    run.update_manifest(lambda m: m["demo"].__setitem__("seconds", seconds))
+    emit(DemoEvent("done", detail=str(report_path)))
+    return DemoResult(
+        out, config, models, failures, problems_per_model, report_path, summary, seconds
+    )
+
+
+def _build_task(config: DemoConfig):
+    from fixable.tasks import get_task
+
+    try:
+        return get_task(config.task, **config.task_options)
+    except TypeError as e:
+        raise ConfigError(f"task_options for {config.task!r}: {e}") from None
+
+
+def command_line() -> str:
+    """The command line of this process, quoted, for the manifest."""
+    return " ".join(shlex.quote(a) for a in ["fixable", *sys.argv[1:]])
+
+
+# --------------------------------------------------------------------------- headline table
+
+
+def headline_table(summary: dict) -> list[tuple[str, str, str]]:
+    """(figure, ours with its interval, the paper's) rows for the end of the demo."""
+    rows = {row["id"]: row for row in summary.get("headline", [])}
+
+    def pct(x):
+        return "n/a" if x is None else f"{x * 100:.1f} %"
+
+    def pts(x):
+        return "n/a" if x is None else f"{x * 100:+.1f}"
+
+    out = []
+    topo = rows.get("topography_accuracy") or {}
+    if topo.get("value") is not None:
+        ours = f"{pct(topo['value'])} ± {pct(topo.get('std'))} [{pct(topo.get('low'))}, {pct(topo.get('high'))}]"
+        majority = (topo.get("baselines") or {}).get("majority_class")
+        ours += f" (majority {pct(majority)})"
+    else:
+        ours = f"not computed: {topo.get('skipped', 'no topography')}"
+    out.append(
+        (
+            "topography accuracy",
+            ours,
+            f"{PAPER_TOPOGRAPHY[0] * 100:.1f} ± {PAPER_TOPOGRAPHY[1] * 100:.1f} % (+20 over majority)",
+        )
+    )
+    lift = rows.get("routing_lift_steerable_hard_vs_best_fixed") or {}
+    if lift.get("value") is not None:
+        ours = f"{pts(lift['value'])} points [{pts(lift.get('low'))}, {pts(lift.get('high'))}], n={lift.get('n')}"
+    else:
+        ours = f"not computed: {lift.get('skipped', 'no routing')}"
+    out.append(
+        (
+            "routing lift, steerable-hard (vs best fixed)",
+            ours,
+            f"+{PAPER_ROUTING_LIFT * 100:.1f} points",
+        )
+    )
+    retry = rows.get("routing_lift_steerable_hard_vs_retry") or {}
+    if retry.get("value") is not None:
+        out.append(
+            (
+                "routing lift, steerable-hard (vs retry)",
+                f"{pts(retry['value'])} points [{pts(retry.get('low'))}, {pts(retry.get('high'))}]",
+                "–",
+            )
+        )
+    gap = rows.get("oracle_gap_closed_all") or {}
+    if gap.get("value") is not None:
+        out.append(
+            (
+                "oracle gap closed (all failures)",
+                f"{pct(gap['value'])} [{pct(gap.get('low'))}, {pct(gap.get('high'))}]",
+                "–",
+            )
+        )
+    for row_id, row in rows.items():
+        if row_id.startswith("transfer_topography_") and row.get("value") is not None:
+            out.append(
+                (
+                    f"topography {row['name'].split(', ', 1)[1]}",
+                    f"{pct(row['value'])} [{pct(row.get('low'))}, {pct(row.get('high'))}]",
+                    "transfers across families",
+                )
+            )
+    shares = [
+        rows.get(f"share_{r}")
+        for r in ("resamplable", "steerable-hard", "steerable-weak", "structural")
+    ]
+    if all(s and s.get("value") is not None for s in shares):
+        out.append(
+            (
+                "failures: resamplable / steer-hard / steer-weak / structural",
+                " / ".join(f"{s['value'] * 100:.0f}" for s in shares) + " %",
+                "–",
+            )
+        )
+    return out
+
+
+def format_headline(summary: dict) -> str:
+    rows = [("", "this run (95 % CI)", "paper (its models)"), *headline_table(summary)]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

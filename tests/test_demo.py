@@ -1,0 +1,185 @@
+"""The demo pipeline: probe → rescue sweep → analysis → report in one resumable call.
+
+Most tests drive it with the deterministic fake backend of tests/fakes.py (four fake
+"models" of two families and two methods), so they need no zoo; the last one runs a tiny
+configuration on real zoo models through the CLI and is skipped while the zoo is unbuilt.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fakes import FakeBackend
+from fixable.demo import DEMO, QUICK, DemoConfig, load_config, run_demo
+from fixable.errors import ConfigError, StoreError
+from fixable.report.summary import iter_estimates
+from fixable.schema import KEY, NON_CONTENT
+from fixable.store import Run
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("gpt-sft-s0", "gpt-rl-s0", "llama-sft-s0", "llama-rl-s0")
+INFO = {m: {"family": m.split("-")[0], "method": m.split("-")[1], "seed": 0} for m in MODELS}
+TINY = DemoConfig(
+    models=MODELS,
+    problems=12,
+    k=4,
+    r=4,
+    interventions=("retry", "temperature(T=0.3)", "temperature(T=1.3)", "checkpoint(c=first)"),
+    analysis={"n_boot": 30, "stability_boot": 3, "n_seeds": 2, "n_splits": 3},
+)
+
+
+def _checkpoints(model: str) -> dict:
+    return {"step-10": Path("/nonexistent/step-10"), "step-20": Path("/nonexistent/step-20")}
+
+
+def _demo(out: Path, config: DemoConfig = TINY, calls: list | None = None, **kwargs):
+    def factory(model: str) -> FakeBackend:
+        return FakeBackend(model, calls=calls)
+
+    return run_demo(
+        config, out, backend_factory=factory, model_info=INFO, checkpoints=_checkpoints, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    calls: list = []
+    out = tmp_path_factory.mktemp("demo") / "run"
+    return _demo(out, calls=calls), calls
+
+
+def test_demo_writes_run_analysis_report_and_summary(finished):
+    result, calls = finished
+    run = Run(result.run)
+    counts = {(r["model"], r["phase"]): r for r in run.counts().to_pylist()}
+    for model in MODELS:
+        assert counts[(model, "probe")]["rollouts"] == TINY.problems * TINY.k
+        assert result.failures[model] > 0
+        assert counts[(model, "rescue")]["rollouts"] == result.failures[model] * TINY.r * 4
+    for name in (
+        "analysis.json",
+        "failures.parquet",
+        "report.html",
+        "summary.json",
+        "figures/regime_map.pdf",
+    ):
+        assert (result.run / name).is_file(), name
+    manifest = run.reload()
+    assert manifest["demo"]["config"] == TINY.to_dict()
+    # the symbolic checkpoint is stored as such and sampled as the model's first checkpoint
+    settings = {
+        r["setting"] for r in run.query("SELECT DISTINCT setting FROM rollouts").to_pylist()
+    }
+    assert "checkpoint(c=first)" in settings
+    assert any(label == "checkpoint(c=step-10)" for label, _ in calls)
+    assert not any(label == "checkpoint(c=first)" for label, _ in calls)
+    identity = manifest["models"]["gpt-sft-s0"]["identity"]
+    assert identity["checkpoint_aliases"] == {"first": "step-10", "last": "step-20"}
+
+
+def test_summary_holds_every_figure_of_the_analysis_with_its_interval(finished):
+    result, _ = finished
+    analysis = json.loads((result.run / "analysis.json").read_text())
+    summary = json.loads((result.run / "summary.json").read_text())
+    assert summary == result.summary
+    for path, node in iter_estimates(analysis):
+        assert summary["estimates"][path].get("value") == node.get("value"), path
+        if "low" in node:
+            assert summary["estimates"][path]["low"] == node["low"], path
+    ids = {row["id"] for row in summary["headline"]}
+    assert {"topography_accuracy", "routing_lift_steerable_hard_vs_best_fixed"} <= ids
+    assert analysis["transfer"] is not None  # two families: transfer runs
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_interrupted_demo_resumes_to_the_uninterrupted_result(finished, tmp_path):
+    result, _ = finished
+    seen = {"batches": 0}
+
+    class Flaky(FakeBackend):
+        def generate(self, requests, intervention):
+            seen["batches"] += 1
+            if seen["batches"] == 7:  # mid-run: after some models' probes and rescues
+                raise _Interrupted
+            return super().generate(requests, intervention)
+
+    config = TINY.replace(batch_size=16)  # many small batches, so there is a middle to stop in
+    with pytest.raises(_Interrupted):
+        run_demo(
+            config,
+            tmp_path / "run",
+            backend_factory=Flaky,
+            model_info=INFO,
+            checkpoints=_checkpoints,
+        )
+    partial = (
+        Run(tmp_path / "run").query("SELECT count(*) AS n FROM rollouts").column("n")[0].as_py()
+    )
+    resumed = _demo(tmp_path / "run", config)
+    assert 0 < partial < sum(r["rollouts"] for r in Run(resumed.run).counts().to_pylist())
+
+    def content(run_dir):
+        table = Run(run_dir).rollouts()
+        keep = [c for c in table.column_names if c not in NON_CONTENT]
+        return table.select(keep).to_pylist()
+
+    assert content(resumed.run) == content(result.run)
+    assert Run(resumed.run).duplicates().num_rows == 0
+    assert len(Run(resumed.run).reload()["demo_history"]) == 2
+    assert len(KEY) == 5
+
+
+def test_resuming_with_another_configuration_is_refused(finished):
+    result, _ = finished
+    with pytest.raises(StoreError, match=r"k=4.*fixable demo --config"):
+        _demo(result.run, TINY.replace(k=5))
+
+
+def test_min_failures_probes_more_problems_until_enough(tmp_path):
+    config = TINY.replace(models=MODELS[:2], problems=8, min_failures=10, max_problems=60, r=2)
+    result = _demo(tmp_path / "run", config, report=False)
+    for model in config.models:
+        assert result.failures[model] >= 10 or result.problems[model] == 60
+        assert result.problems[model] > 8
+    probed = (
+        Run(result.run)
+        .query(
+            "SELECT model, count(DISTINCT problem_id) AS n FROM rollouts WHERE phase = 'probe' GROUP BY model"
+        )
+        .to_pylist()
+    )
+    assert {r["model"]: r["n"] for r in probed} == result.problems
+
+
+def test_configuration_errors_name_the_field():
+    with pytest.raises(ConfigError, match="Did you mean: problems"):
+        DemoConfig.from_dict({"problem": 10})
+    with pytest.raises(ConfigError, match="k must be at least 2, got 1"):
+        DemoConfig(k=1)
+    with pytest.raises(ConfigError, match="must include retry"):
+        DemoConfig(interventions=("temperature(T=0.3)",))
+    with pytest.raises(ConfigError, match="unknown analysis field 'n_bot'"):
+        DemoConfig(analysis={"n_bot": 10})
+    with pytest.raises(ConfigError, match="temperature T must be in"):
+        DemoConfig(interventions=("retry", "temperature(T=9)"))
+
+
+def test_shipped_run_files_match_the_presets_and_the_full_study_is_paper_scale():
+    assert load_config(ROOT / "studies" / "demo.toml") == DEMO
+    assert load_config(ROOT / "studies" / "quick.toml") == QUICK
+    full = load_config(ROOT / "studies" / "full.toml")
+    assert full.min_failures >= 300 and full.max_problems >= full.problems
+    assert set(full.seeds) >= {0, 1} and not full.models  # every post-trained zoo model
+    assert full.k >= DEMO.k and full.r >= DEMO.r
+
+
+def test_a_run_reproduces_from_its_manifest(finished):
+    result, _ = finished
+    assert load_config(result.run) == TINY
