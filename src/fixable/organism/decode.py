@@ -1,0 +1,439 @@
+"""Batched, seeded decoding of organism models, with the interventions built in.
+
+``decode`` samples completions for many prompts at once with a KV cache and reports, for
+every generated token, its log-prob under the distribution sampled from, the entropy of
+the policy's own T=1 next-token distribution and the policy's T=1 log-prob. Interventions
+act on the next-token distribution: temperature, greedy, geometric mixing with a reference
+model (two KV caches in lockstep) and DoLa (contrast with an early-exit layer).
+
+Batch invariance. Row i's tokens depend only on (model, prompts[i], seeds[i], settings).
+The noise is counter-based (``fixable.noise``), but that alone is not enough: if the
+logits of a row changed in their last bits with the batch around it, a near-tie would now
+and then flip a token, and rounding log-probs to a grid does not help (a grid only trades
+many tiny differences for rare whole-step ones; the chance that one flips a decision stays
+the same). So the logits themselves are made bitwise independent of the batch:
+
+* every row's cache layout is a function of the row alone: prompts are left-padded to
+  their own length rounded up to ``PROMPT_BUCKET`` and rows are grouped by that padded
+  length, so a row sees the same key positions and the same number of keys in any batch;
+* matrix products never run on fewer than ``MIN_ROWS`` rows (CPU GEMM kernels take another
+  summation order for a handful of rows); smaller batches get filler rows;
+* attention is written out as two batched matmuls and a softmax (``_forward``), each row
+  on its own, instead of the fused ``scaled_dot_product_attention`` CPU kernel, whose
+  summation order depends on the batch and on how the work is split over threads.
+
+Tests check the result: the same seeds in batches of 1, 7 and 64 rows, shuffled and mixed
+with other prompts, give identical tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from fixable.noise import gumbel_argmax
+from fixable.organism.model import KVCache, OrganismLM
+
+log = logging.getLogger(__name__)
+
+MIN_ROWS = 32  # fewest rows a matmul runs on; below ~12 CPU GEMM changes its summation order
+PROMPT_BUCKET = 32  # prompts are left-padded to a multiple of this (and grouped by it)
+DOLA_PLAUSIBILITY = 0.1  # DoLa keeps tokens with final-layer prob >= 0.1 x the top prob
+_COMPACT_SHARE = 0.75  # drop finished rows once no more than this share of the batch is active
+
+
+@dataclass
+class Decoded:
+    token_ids: list[list[int]]  # per row: generated ids, incl. the final <eos> if finish is "stop"
+    logprobs: list[list[float]]  # per token: log-prob under the distribution actually sampled from
+    entropies: list[list[float]]  # per token: entropy (nats) of the policy's own T=1 distribution
+    policy_logprobs: list[list[float]]  # per token: log p_policy(token) at T=1
+    finish_reasons: list[str]  # "stop" (eos sampled) or "length"
+
+
+def decode(
+    model: OrganismLM,
+    prompts: list[list[int]],
+    seeds: list[int],
+    *,
+    temperature: float = 1.0,
+    max_new_tokens: int = 160,
+    eos_id: int = 2,
+    greedy: bool = False,
+    reference: OrganismLM | None = None,
+    alpha: float = 0.0,
+    dola_layer: int | None = None,
+    batch_size: int = 512,
+) -> Decoded:
+    """Sample one completion per (prompt, seed) row.
+
+    Args:
+        model: the policy.
+        prompts: token-id lists, each starting with <bos> (``CharTokenizer.encode(p, bos=True)``).
+        seeds: one seed per row; row i's tokens are a pure function of its seed and prompt.
+        temperature: sampling temperature; 0 (or ``greedy``) takes the argmax.
+        max_new_tokens: most tokens generated per row (a GPT-family model also stops at
+            its ``block_size``, which its learned positions cannot go past).
+        eos_id: the end-of-sequence id; sampling it ends the row with finish "stop".
+        greedy: take the argmax of the (intervened) distribution.
+        reference: the reference model for mixing (same vocabulary).
+        alpha: mixing weight, ``log p ∝ (1-alpha) log p_model + alpha log p_reference``.
+        dola_layer: contrast the final layer with the early exit after this many blocks
+            (0 = the embeddings), in [0, n_layer - 1].
+        batch_size: most rows decoded at once (memory: the KV cache of one batch).
+    """
+    _validate(
+        model, prompts, seeds, temperature, max_new_tokens, reference, alpha, dola_layer, batch_size
+    )
+    n = len(prompts)
+    out = Decoded(
+        [[] for _ in range(n)],
+        [[] for _ in range(n)],
+        [[] for _ in range(n)],
+        [[] for _ in range(n)],
+        ["length"] * n,
+    )
+    if n == 0 or max_new_tokens == 0:
+        return out
+    settings = _Settings(
+        temperature=float(temperature),
+        greedy=bool(greedy) or temperature == 0,
+        max_new_tokens=int(max_new_tokens),
+        eos_id=int(eos_id),
+        reference=reference if alpha > 0 else None,
+        alpha=float(alpha),
+        dola_layer=dola_layer,
+    )
+    # Group rows by padded prompt length (the cache layout), then by prompt, so that the
+    # rows of one prompt share a prefill; the grouping never changes any row's result.
+    padded = [_padded_length(len(p)) for p in prompts]
+    order = sorted(range(n), key=lambda i: (padded[i], tuple(prompts[i]), i))
+    chunks: list[list[int]] = []
+    for i in order:
+        if chunks and padded[chunks[-1][0]] == padded[i] and len(chunks[-1]) < batch_size:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    with torch.inference_mode():
+        for rows in chunks:
+            _decode_chunk(
+                model,
+                [prompts[i] for i in rows],
+                [seeds[i] for i in rows],
+                padded[rows[0]],
+                settings,
+                out,
+                rows,
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class _Settings:
+    temperature: float
+    greedy: bool
+    max_new_tokens: int
+    eos_id: int
+    reference: OrganismLM | None
+    alpha: float
+    dola_layer: int | None
+
+
+def _padded_length(length: int) -> int:
+    return PROMPT_BUCKET * math.ceil(length / PROMPT_BUCKET)
+
+
+def _validate(
+    model, prompts, seeds, temperature, max_new_tokens, reference, alpha, dola_layer, batch_size
+) -> None:
+    if len(prompts) != len(seeds):
+        raise ValueError(
+            f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt"
+        )
+    if not 0 <= temperature <= 100:
+        raise ValueError(f"temperature must be in [0, 100], got {temperature!r}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    if alpha > 0 and reference is None:
+        raise ValueError(f"mixing with alpha={alpha} needs a reference model")
+    if reference is not None and reference.cfg.vocab_size != model.cfg.vocab_size:
+        raise ValueError(
+            f"reference vocabulary ({reference.cfg.vocab_size}) differs from the "
+            f"model's ({model.cfg.vocab_size}); mixing needs the same tokenizer"
+        )
+    if dola_layer is not None:
+        if not 0 <= dola_layer < model.cfg.n_layer:
+            raise ValueError(
+                f"dola_layer must be in [0, {model.cfg.n_layer - 1}] for a "
+                f"{model.cfg.n_layer}-layer model, got {dola_layer!r}"
+            )
+        if alpha > 0:
+            raise ValueError(
+                "mixing and DoLa are separate interventions; set one of alpha, dola_layer"
+            )
+    vocab = model.cfg.vocab_size
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {i} is empty; prompts start with <bos>")
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise ValueError(f"prompt {i} has token ids outside [0, {vocab - 1}]")
+        if model.cfg.family == "gpt" and len(prompt) >= model.cfg.block_size:
+            raise ValueError(
+                f"prompt {i} has {len(prompt)} tokens; a gpt-family model with "
+                f"block_size {model.cfg.block_size} needs fewer"
+            )
+
+
+class _Stream:
+    """One model's KV cache over the rows of a chunk, stepped one token at a time."""
+
+    def __init__(self, model: OrganismLM, hidden_layer: int | None):
+        self.model = model
+        self.hidden_layer = hidden_layer
+        self.cache: KVCache | None = None
+
+    def prefill(self, idx, positions, key_mask, fan) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the unique prompts once, then fan their cache out to the rows (``fan``)."""
+        U, P = idx.shape
+        cache = KVCache(self.model.cfg, U, key_mask.shape[1], device=idx.device)
+        allowed = torch.ones(P, P, dtype=torch.bool, device=idx.device).tril()[None]
+        allowed = allowed & key_mask[:, None, :P]
+        # a padding query attends to itself alone, so that no softmax row is empty (NaN)
+        allowed = allowed | torch.eye(P, dtype=torch.bool, device=idx.device)[None]
+        logits, early = _forward(
+            self.model, idx, positions, _bias(allowed[:, None]), cache, self.hidden_layer
+        )
+        self.cache = cache.select(fan)
+        return logits[:, -1][fan], None if early is None else early[:, -1][fan]
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cache = self.cache.select(rows)
+
+    def step(self, tokens, positions, key_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
+        S = self.cache.length + 1
+        logits, early = _forward(
+            self.model,
+            tokens[:, None],
+            positions[:, None],
+            _bias(key_mask[:, None, None, :S]),
+            self.cache,
+            self.hidden_layer,
+        )
+        return logits[:, 0], None if early is None else early[:, 0]
+
+
+def _bias(allowed: torch.Tensor) -> torch.Tensor:
+    """Additive attention bias: 0 where a key may be attended, -inf where not."""
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
+
+
+def _forward(
+    model: OrganismLM, idx, positions, bias, cache: KVCache, hidden_layer: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``model.forward`` with a KV cache, written with batch-invariant operations.
+
+    Same modules and weights as ``OrganismLM.forward``; only the attention is spelled out
+    (two batched matmuls and a softmax, each row on its own) instead of
+    ``scaled_dot_product_attention``, whose fused CPU kernel sums in an order that depends
+    on the batch and the thread split. Returns (B, T, V) logits and, when ``hidden_layer``
+    is set, the logits of the early exit after that many blocks.
+    """
+    cfg = model.cfg
+    B, T = idx.shape
+    H, D, C = cfg.n_head, cfg.head_dim, cfg.n_embd
+    x = model.embed_tokens(idx)
+    rope = None
+    if cfg.family == "gpt":
+        x = x + model.embed_positions(positions)
+    else:
+        freqs = positions[..., None].float() * model.inv_freq  # (B, T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, D)
+        rope = (emb.cos().to(x.dtype), emb.sin().to(x.dtype))
+    start = cache.length
+    S = start + T
+    scale = 1.0 / math.sqrt(D)
+    early = model.head(x) if hidden_layer == 0 else None
+    for i, block in enumerate(model.layers):
+        attn = block.self_attn
+        h = block.input_layernorm(x)
+        q = attn.q_proj(h).view(B, T, H, D).transpose(1, 2)
+        k = attn.k_proj(h).view(B, T, H, D).transpose(1, 2)
+        v = attn.v_proj(h).view(B, T, H, D).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+        cache.k[i, :, :, start:S] = k
+        cache.v[i, :, :, start:S] = v
+        scores = torch.matmul(q, cache.k[i, :, :, :S].transpose(-1, -2)) * scale + bias
+        y = torch.matmul(torch.softmax(scores, dim=-1), cache.v[i, :, :, :S])
+        x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, C))
+        x = x + block.mlp(block.post_attention_layernorm(x))
+        if hidden_layer == i + 1:
+            early = model.head(x)
+    cache.length = S
+    return model.head(x), early
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _sampling_logprobs(policy_logp, ref_logp, early_logp, s: _Settings) -> torch.Tensor:
+    """Log-probs (T=1, before temperature) of the distribution the intervention samples from."""
+    if ref_logp is not None:
+        return torch.log_softmax((1 - s.alpha) * policy_logp + s.alpha * ref_logp, dim=-1)
+    if early_logp is not None:
+        # DoLa: contrast log q_final - log q_early over the adaptive plausibility set
+        # {v : q_final(v) >= 0.1 * max q_final}; everything else can never be drawn.
+        threshold = policy_logp.max(dim=-1, keepdim=True).values + math.log(DOLA_PLAUSIBILITY)
+        contrast = policy_logp - early_logp
+        contrast = contrast.masked_fill(policy_logp < threshold, float("-inf"))
+        return torch.log_softmax(contrast, dim=-1)
+    return policy_logp
+
+
+def _decode_chunk(
+    model, prompts, seeds, padded_len, s: _Settings, out: Decoded, out_rows: list[int]
+) -> None:
+    device = next(model.parameters()).device
+    n_real = len(prompts)
+    # unique prompts, and for every row the unique prompt it continues
+    unique: dict[tuple[int, ...], int] = {}
+    fan_list = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
+    row_seeds = list(seeds)
+    if n_real < MIN_ROWS:  # filler rows (copies of row 0) keep every matmul on enough rows
+        fan_list += [fan_list[0]] * (MIN_ROWS - n_real)
+        row_seeds += [row_seeds[0]] * (MIN_ROWS - n_real)
+    fan = torch.tensor(fan_list, device=device)
+    U, P, N = len(unique), padded_len, s.max_new_tokens
+    idx = torch.zeros(U, P, dtype=torch.long, device=device)
+    key_mask = torch.zeros(U, P + N, dtype=torch.bool, device=device)
+    key_mask[:, P:] = True  # generated slots; each is only read once it is written
+    lengths = torch.zeros(U, dtype=torch.long, device=device)
+    for prompt, u in unique.items():
+        idx[u, P - len(prompt) :] = torch.tensor(prompt, device=device)
+        key_mask[u, P - len(prompt) : P] = True
+        lengths[u] = len(prompt)
+    positions = (torch.arange(P, device=device)[None] - (P - lengths)[:, None]).clamp(min=0)
+
+    policy = _Stream(model, s.dola_layer)
+    logits, early = policy.prefill(idx, positions, key_mask, fan)
+    reference = None
+    ref_logits = None
+    if s.reference is not None:
+        reference = _Stream(s.reference, None)
+        ref_logits, _ = reference.prefill(idx, positions, key_mask, fan)
+
+    B = len(fan_list)
+    row_id = torch.arange(B, device=device)  # chunk row each batch row holds (>= n_real: filler)
+    row_len = lengths[fan]
+    row_mask = key_mask[fan]
+    seed_t = torch.tensor([_to_int64(x) for x in row_seeds], dtype=torch.int64, device=device)
+    # GPT-family positions are learned up to block_size: a row stops there ("length")
+    limit = row_len.new_full((B,), N)
+    if model.cfg.family == "gpt":
+        limit = torch.clamp(model.cfg.block_size - row_len, max=N)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    done[n_real:] = True  # filler rows are never recorded
+    records: list[tuple[torch.Tensor, ...]] = []
+    stopped = torch.zeros(B, dtype=torch.bool, device=device)
+    max_steps = int(limit.max())
+    for t in range(max_steps):
+        policy_logp = torch.log_softmax(logits.float(), dim=-1)
+        entropy = -(policy_logp.exp() * policy_logp).sum(-1)
+        ref_logp = torch.log_softmax(ref_logits.float(), dim=-1) if ref_logits is not None else None
+        early_logp = torch.log_softmax(early.float(), dim=-1) if early is not None else None
+        base = _sampling_logprobs(policy_logp, ref_logp, early_logp, s)
+        if s.greedy:
+            token = torch.argmax(base, dim=-1)
+            token_logp = torch.zeros(B, device=device)  # a point mass: log 1
+        else:
+            sampled = (
+                base if s.temperature == 1 else torch.log_softmax(base / s.temperature, dim=-1)
+            )
+            token = gumbel_argmax(sampled, seed_t, t)
+            token_logp = sampled.gather(1, token[:, None])[:, 0]
+        policy_token_logp = policy_logp.gather(1, token[:, None])[:, 0]
+        live = ~done
+        records.append(
+            (
+                row_id[live],
+                torch.full_like(row_id[live], t),
+                token[live],
+                token_logp[live],
+                entropy[live],
+                policy_token_logp[live],
+            )
+        )
+        is_eos = token == s.eos_id
+        stopped_now = live & is_eos
+        rows_now = row_id[stopped_now]
+        if rows_now.numel():
+            stopped[rows_now] = True
+        done = done | is_eos | (t + 1 >= limit)
+        if bool(done.all()) or t + 1 >= max_steps:
+            break
+        n_live = int((~done).sum())
+        if n_live <= _COMPACT_SHARE * len(row_id) and len(row_id) > MIN_ROWS:
+            keep = torch.nonzero(~done)[:, 0]
+            if len(keep) < MIN_ROWS:  # top up with finished rows as filler
+                extra = torch.nonzero(done)[:, 0][: MIN_ROWS - len(keep)]
+                keep = torch.cat((keep, extra))
+            row_id, row_len, row_mask, seed_t = (
+                row_id[keep],
+                row_len[keep],
+                row_mask[keep],
+                seed_t[keep],
+            )
+            limit, done, token = limit[keep], done[keep], token[keep]
+            policy.select(keep)
+            if reference is not None:
+                reference.select(keep)
+            B = len(keep)
+        position = row_len + t
+        if model.cfg.family == "gpt":  # finished filler rows may run past the last position
+            position = position.clamp(max=model.cfg.block_size - 1)
+        logits, early = policy.step(token, position, row_mask)
+        if reference is not None:
+            ref_logits, _ = reference.step(token, position, row_mask)
+    _collect(records, stopped, n_real, out, out_rows)
+
+
+def _to_int64(seed: int) -> int:
+    seed = int(seed) & ((1 << 64) - 1)
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
+
+
+def _collect(records, stopped, n_real, out: Decoded, out_rows: list[int]) -> None:
+    rows, steps, tokens, logps, ents, plps = (
+        torch.cat(col).cpu() for col in zip(*records, strict=True)
+    )
+    order = torch.argsort(rows * (1 << 20) + steps)
+    rows, tokens, logps, ents, plps = (
+        rows[order],
+        tokens[order],
+        logps[order],
+        ents[order],
+        plps[order],
+    )
+    counts = torch.bincount(rows, minlength=n_real)[:n_real].tolist()
+    tokens, logps, ents, plps = tokens.tolist(), logps.tolist(), ents.tolist(), plps.tolist()
+    start = 0
+    for r, count in enumerate(counts):
+        end = start + count
+        i = out_rows[r]
+        out.token_ids[i] = tokens[start:end]
+        out.logprobs[i] = logps[start:end]
+        out.entropies[i] = ents[start:end]
+        out.policy_logprobs[i] = plps[start:end]
+        out.finish_reasons[i] = "stop" if bool(stopped[r]) else "length"
+        start = end
