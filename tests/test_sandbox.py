@@ -103,6 +103,7 @@ def test_isolation_is_reported(sandbox):
     if os.geteuid() == 0:  # our machines: everything is available to root
         assert iso.network and iso.pid_namespace and iso.mount_namespace and iso.uid_drop
         assert iso.read_only_host
+        assert iso.memory_cgroup == Path("/sys/fs/cgroup/memory").is_dir()
         assert iso.missing == []
 
 
@@ -175,6 +176,26 @@ def test_memory_bomb_fails_without_hurting_the_host(sandbox):
     assert result.status == "failed" and "MemoryError" in result.reason
     one_shot = sandbox.run(Program("x = bytearray(64 << 30)\n"), limits)
     assert one_shot.status == "failed" and "MemoryError" in one_shot.reason
+
+
+def test_forked_memory_bomb_is_capped_as_a_whole(sandbox):
+    """Eight processes, each under its own address-space limit, together exceed the cap."""
+    if not sandbox.isolation.memory_cgroup:
+        pytest.skip("no writable cgroup-v1 memory controller: memory is capped per process only")
+    code = (
+        "import os\n"
+        "for _ in range(8):\n"
+        "    if os.fork() == 0:\n"
+        "        break\n"
+        "blocks = []\n"
+        "while True:\n"
+        "    try:\n"
+        "        blocks.append(bytearray(16 << 20))\n"
+        "    except MemoryError:\n"
+        "        pass\n"
+    )
+    result = sandbox.run(Program(code, "assert True\n"), Limits(timeout_s=30, memory_mb=256))
+    assert result.status == "failed" and "256 MB for the whole execution" in result.reason
 
 
 def test_huge_file_write_fails(sandbox):

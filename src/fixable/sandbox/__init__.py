@@ -6,7 +6,8 @@ Code tasks (``humaneval``, ``cruxeval``) run every candidate here. Each executio
   slot), so starting costs milliseconds rather than a new interpreter's ~40 ms;
 - resource limits: CPU seconds, address space, file size, open files, and a process
   count enforced through a per-slot unprivileged uid (``RLIMIT_NPROC`` counts per uid and
-  is ignored for root, so dropping root is what makes it bite);
+  is ignored for root, so dropping root is what makes it bite); where a cgroup-v1 memory
+  controller is writable, one cgroup per execution caps the memory of all its processes;
 - a wall-clock deadline after which the whole execution is killed: the program is PID 1
   of its own PID namespace, so killing it takes every process it forked along;
 - a private temporary directory on its own size-limited tmpfs, private ``/tmp``,
@@ -149,6 +150,9 @@ class Isolation:
     read_only_host: bool  # per execution: every other mount is read-only in its view
     uid_drop: bool  # the program runs as an unprivileged per-slot uid (root only)
     user_namespace: bool = False  # namespaces obtained through a user namespace (non-root)
+    # Per execution: memory of all its processes together capped (cgroup v1, root only).
+    # Without it only each process is capped, so the total is up to processes × memory_mb.
+    memory_cgroup: bool = False
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -162,7 +166,7 @@ class Isolation:
 
     def describe(self) -> str:
         names = ("network", "pid_namespace", "mount_namespace", "read_only_host", "uid_drop")
-        have = [n for n in (*names, "user_namespace") if getattr(self, n)]
+        have = [n for n in (*names, "user_namespace", "memory_cgroup") if getattr(self, n)]
         text = f"isolation: {', '.join(have) or 'none (limits and a process group only)'}"
         return text + (f"; missing: {', '.join(self.missing)}" if self.missing else "")
 
@@ -331,6 +335,7 @@ class Sandbox:
             "read_only_host",
             "uid_drop",
             "user_namespace",
+            "memory_cgroup",
         )
         isolation = Isolation(**{k: bool(worker.isolation.get(k)) for k in flags})
         if self._isolation is None:

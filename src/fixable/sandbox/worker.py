@@ -26,6 +26,7 @@ import builtins
 import contextlib
 import ctypes
 import fcntl
+import glob
 import json
 import os
 import resource
@@ -61,6 +62,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 # Where the program's private temporary directory lives (on its own tmpfs when a mount namespace exists).
 PRIVATE_TMP = "/tmp"
 PROGRAM_DIR_NAME = "fixable-sandbox"
+CGROUP_V1_MEMORY = "/sys/fs/cgroup/memory"
+CGROUP_PREFIX = "fixable-sandbox-"
 OUTPUT_TAIL_BYTES = 4096
 # Names that must stay importable for the program once it runs as an unprivileged uid.
 PREIMPORT = (
@@ -205,6 +208,59 @@ def read_only_host() -> int:
     return refused
 
 
+def own_memory_cgroup() -> str | None:
+    """This process's cgroup (v1) memory directory, where execution cgroups are created."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if "memory" in controllers.split(","):
+                    base = os.path.join(CGROUP_V1_MEMORY, path.lstrip("/"))
+                    return base if os.path.isdir(base) else None
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def create_memory_cgroup(parent: str, limit_bytes: int) -> str:
+    """A child memory cgroup capping the memory (and swap) of everything put into it."""
+    path = os.path.join(parent, f"{CGROUP_PREFIX}{os.getpid()}")
+    os.mkdir(path)
+    _write(os.path.join(path, "memory.limit_in_bytes"), str(limit_bytes))
+    with contextlib.suppress(OSError):  # only where swap accounting is on
+        _write(os.path.join(path, "memory.memsw.limit_in_bytes"), str(limit_bytes))
+    return path
+
+
+def memory_cgroup_killed(path: str) -> bool:
+    """Whether the kernel's OOM killer acted inside the cgroup."""
+    try:
+        with open(os.path.join(path, "memory.oom_control")) as f:
+            for line in f:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1]) > 0
+        with open(os.path.join(path, "memory.failcnt")) as f:
+            return int(f.read()) > 0
+    except (OSError, ValueError):
+        return False
+
+
+def remove_cgroup(path: str) -> None:
+    for _ in range(50):  # the last processes of the namespace may still be leaving it
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)
+
+
 def private_filesystem(config: dict, tmp_mb: int) -> str:
     """Give this (supervisor) process a private mount table; return the program's directory."""
     unshare(CLONE_NEWNS)
@@ -285,6 +341,8 @@ def run_program(
 
 def contain(request: dict, config: dict, program_dir: str, out_fd: int, done_fd: int) -> int:
     """Limits, namespaces, descriptors, environment and uid of the program; returns its report fd."""
+    if request.get("cgroup_fd") is not None:  # first, so every process it forks is counted
+        os.write(request["cgroup_fd"], b"0")
     os.setsid()
     if config["pid_namespace"] and config["mount_namespace"]:
         # A /proc of this namespace only: no other process, no other environment.
@@ -393,6 +451,9 @@ def supervise(request: dict, config: dict) -> dict:
     limits = request["limits"]
     if config["pid_namespace"]:
         unshare(CLONE_NEWPID)
+    if config["memory_cgroup"]:  # before the filesystem turns read-only in this namespace
+        request["cgroup"] = create_memory_cgroup(config["cgroup_parent"], limits["memory_bytes"])
+        request["cgroup_fd"] = os.open(os.path.join(request["cgroup"], "cgroup.procs"), os.O_WRONLY)
     if config["mount_namespace"]:
         program_dir = private_filesystem(config, limits["tmp_mb"])
     else:
@@ -471,14 +532,26 @@ def supervise(request: dict, config: dict) -> dict:
         import shutil
 
         shutil.rmtree(program_dir, ignore_errors=True)
+    out_of_memory = False
+    if request.get("cgroup"):  # removed by the worker, whose view of /sys is writable
+        os.close(request["cgroup_fd"])
+        out_of_memory = memory_cgroup_killed(request["cgroup"])
     cpu_s = usage.ru_utime + usage.ru_stime
-    result = classify(status, report, token, killed_for, cpu_s, request["limits"])
+    result = classify(status, report, token, killed_for, cpu_s, request["limits"], out_of_memory)
     result["output"] = tail.decode("utf-8", "replace")
     result["duration_s"] = round(time.monotonic() - started, 6)
     return result
 
 
-def classify(status: int, report: bytes, token: str, killed_for: str, cpu_s: float, limits: dict):
+def classify(
+    status: int,
+    report: bytes,
+    token: str,
+    killed_for: str,
+    cpu_s: float,
+    limits: dict,
+    out_of_memory: bool = False,
+) -> dict:
     """Turn how the program ended into passed / failed / timeout with a reason."""
     if killed_for == "timeout":
         return {
@@ -510,6 +583,12 @@ def classify(status: int, report: bytes, token: str, killed_for: str, cpu_s: flo
             "status": "failed",
             "reason": f"tests ran but the program then ended with {_ending(status)}",
         }
+    if out_of_memory:
+        return {
+            "status": "failed",
+            "reason": f"memory limit of {limits['memory_bytes'] >> 20} MB for the whole execution "
+            f"exceeded ({_ending(status)})",
+        }
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         if signum == signal.SIGXCPU or (signum == signal.SIGKILL and cpu_s >= limits["cpu_s"]):
@@ -533,7 +612,12 @@ def _ending(status: int) -> str:
 
 def probe_isolation(config: dict) -> dict:
     """Which namespaces this kernel lets us create, tried in a throwaway child."""
-    found = {"pid_namespace": False, "mount_namespace": False, "read_only_host": False}
+    found = {
+        "pid_namespace": False,
+        "mount_namespace": False,
+        "read_only_host": False,
+        "memory_cgroup": False,
+    }
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -552,6 +636,13 @@ def probe_isolation(config: dict) -> dict:
             got["mount_namespace"] = True
         except OSError:
             got["mount_namespace"] = False
+        got["memory_cgroup"] = False
+        if config["uid"] is not None and config["cgroup_parent"]:  # real root only
+            try:
+                remove_cgroup(create_memory_cgroup(config["cgroup_parent"], 64 << 20))
+                got["memory_cgroup"] = True
+            except OSError:
+                pass
         got["read_only_host"] = False
         if got["mount_namespace"]:
             read_only_host()
@@ -607,6 +698,7 @@ def set_up(config: dict) -> dict:
         "pid_namespace": False,
         "mount_namespace": False,
         "read_only_host": False,
+        "memory_cgroup": False,
         "uid_drop": False,
     }
     if config["isolate"]:
@@ -616,10 +708,16 @@ def set_up(config: dict) -> dict:
         config["uid"] = None
     config["user_namespace"] = achieved["user_namespace"]
     config["blocked"] = blocked_paths(interpreter_paths()) if config["uid"] is not None else {}
+    config["cgroup_parent"] = own_memory_cgroup() if config["uid"] is not None else None
+    if config["cgroup_parent"]:  # left behind by workers that were killed mid-execution
+        for stale in glob.glob(os.path.join(config["cgroup_parent"], CGROUP_PREFIX + "*")):
+            with contextlib.suppress(OSError):
+                os.rmdir(stale)
     if config["isolate"]:
         achieved.update(probe_isolation(config))
     if config["uid"] is not None and config["blocked"] and not achieved["mount_namespace"]:
         config["uid"] = None  # the program could not even import its standard library
+        achieved["memory_cgroup"] = False
     achieved["uid_drop"] = config["uid"] is not None
     config.update(achieved)
     return achieved
@@ -669,6 +767,8 @@ def main() -> None:
                 data += chunk
         os.close(reply_r)
         os.waitpid(pid, 0)
+        if config["memory_cgroup"]:
+            remove_cgroup(os.path.join(config["cgroup_parent"], f"{CGROUP_PREFIX}{pid}"))
         try:
             result = json.loads(data)
         except ValueError:
