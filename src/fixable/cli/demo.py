@@ -44,6 +44,7 @@ class _Bars:
             if p.elapsed_s > 0:
                 self.bar.set_postfix_str(f"{p.tokens / p.elapsed_s:,.0f} tok/s", refresh=False)
         elif event.stage == "sample" and event.detail:
+            self.close()  # a line of its own, not inside the last bar
             click.echo(f"[{event.index}/{event.n_models}] {event.model}: {event.detail}", err=True)
         elif event.stage in ("analysis", "report"):
             if self.key != event.stage:
