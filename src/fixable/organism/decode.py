@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -437,3 +438,67 @@ def _collect(records, stopped, n_real, out: Decoded, out_rows: list[int]) -> Non
         out.policy_logprobs[i] = plps[start:end]
         out.finish_reasons[i] = "stop" if bool(stopped[r]) else "length"
         start = end
+
+
+def teacher_forced_logprobs(
+    model: OrganismLM,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 512,
+) -> list[list[float]]:
+    """log p_model(token | prefix) of every completion token, teacher-forced, in batches.
+
+    ``prompts`` start with <bos> as in ``decode``. Like ``decode``, a row's values do not
+    depend on the batch it is scored in (same bucketing and attention), so stored
+    reference log-probs are reproducible under any batching.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    sequences = [list(p) + [int(t) for t in c] for p, c in zip(prompts, completions, strict=True)]
+    vocab = model.cfg.vocab_size
+    for i, (prompt, seq) in enumerate(zip(prompts, sequences, strict=True)):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {i} is empty; prompts start with <bos>")
+        if min(seq) < 0 or max(seq) >= vocab:
+            raise ValueError(f"sequence {i} has token ids outside [0, {vocab - 1}]")
+        if model.cfg.family == "gpt" and len(seq) > model.cfg.block_size:
+            raise ValueError(
+                f"prompt and completion {i} have {len(seq)} tokens; a gpt-family model with "
+                f"block_size {model.cfg.block_size} scores at most that many"
+            )
+    out: list[list[float]] = [[] for _ in sequences]
+    todo = [i for i, c in enumerate(completions) if len(c) > 0]
+    padded = {i: _padded_length(len(sequences[i])) for i in todo}
+    todo.sort(key=lambda i: (padded[i], i))
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        start = 0
+        while start < len(todo):
+            P = padded[todo[start]]
+            end = start
+            while end < len(todo) and end - start < batch_size and padded[todo[end]] == P:
+                end += 1
+            rows = todo[start:end]
+            start = end
+            idx = torch.zeros(len(rows), P, dtype=torch.long, device=device)
+            key_mask = torch.zeros(len(rows), P, dtype=torch.bool, device=device)
+            for r, i in enumerate(rows):
+                idx[r, P - len(sequences[i]) :] = torch.tensor(sequences[i], device=device)
+                key_mask[r, P - len(sequences[i]) :] = True
+            lengths = key_mask.sum(-1)
+            positions = (torch.arange(P, device=device)[None] - (P - lengths)[:, None]).clamp(min=0)
+            allowed = torch.ones(P, P, dtype=torch.bool, device=device).tril()[None]
+            allowed = (allowed & key_mask[:, None, :]) | torch.eye(
+                P, dtype=torch.bool, device=device
+            )[None]
+            cache = KVCache(model.cfg, len(rows), P, device=device)
+            logits, _ = _forward(model, idx, positions, _bias(allowed[:, None]), cache, None)
+            logp = torch.log_softmax(logits.float()[:, :-1], dim=-1)
+            picked = logp.gather(-1, idx[:, 1:, None])[..., 0].cpu()
+            for r, i in enumerate(rows):
+                n = len(completions[i])
+                out[i] = picked[r, P - 1 - n :].tolist()
+    return out
