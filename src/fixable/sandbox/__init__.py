@@ -48,7 +48,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -153,7 +153,6 @@ class Isolation:
     # Per execution: memory of all its processes together capped (cgroup v1, root only).
     # Without it only each process is capped, so the total is up to processes × memory_mb.
     memory_cgroup: bool = False
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def missing(self) -> list[str]:

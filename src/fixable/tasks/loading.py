@@ -146,7 +146,7 @@ def load_hf(dataset: str, split: str, config: str | None = None) -> list[Record]
     except ImportError:
         raise ConfigError(
             f"loading {dataset!r} from the Hugging Face Hub needs the datasets library: "
-            "pip install datasets (or pass path= to a local copy)"
+            "pip install 'fixable[datasets]' (or pass path= to a local copy)"
         ) from None
     log.info("loading %s (%s, split %s) from the Hugging Face Hub", dataset, config, split)
     rows = datasets.load_dataset(dataset, config, split=split)

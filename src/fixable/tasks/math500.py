@@ -83,18 +83,26 @@ def _timeouts_available() -> int | None:
     return None
 
 
+def _math_verify():
+    try:
+        import math_verify  # imported here: it pulls in sympy and antlr
+    except ImportError:
+        raise ConfigError(
+            "checking math answers needs math-verify: pip install 'fixable[bench]'"
+        ) from None
+    return math_verify
+
+
 @functools.lru_cache(maxsize=4096)
 def _parsed(latex: str, timeout: int | None):
-    from math_verify import parse  # imported here: it pulls in sympy and antlr
-
-    return parse(f"$\\boxed{{{latex}}}$", parsing_timeout=timeout)
+    return _math_verify().parse(f"$\\boxed{{{latex}}}$", parsing_timeout=timeout)
 
 
 def equivalent(answer: str, gold: str) -> bool:
     """Whether the LaTeX ``answer`` is mathematically equal to ``gold`` (math-verify)."""
     if answer.strip() == gold.strip():
         return True
-    from math_verify import verify
+    verify = _math_verify().verify
 
     timeout = _timeouts_available()
     gold_parsed, answer_parsed = _parsed(gold, timeout), _parsed(answer, timeout)
