@@ -185,8 +185,7 @@ def list_models(include_micro: bool = False, zoo_dir: Path | None = None) -> lis
     ``include_micro``."""
     root = Path(zoo_dir or ZOO_DIR)
     order = {e.name: i for i, e in enumerate(zoo_entries(include_micro=True))}
-    present = [p.name for p in root.glob("*/config.json")] if root.exists() else []
-    names = [n.split("/")[0] for n in present]
+    names = [p.parent.name for p in root.glob("*/config.json")] if root.exists() else []
     names = [n for n in names if include_micro or n != MICRO]
     return sorted(names, key=lambda n: (order.get(n, len(order)), n))
 
