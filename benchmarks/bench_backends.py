@@ -46,15 +46,18 @@ def build_model(root: Path, n_layer: int, n_embd: int, seed: int = 0) -> tuple[P
     return checkpoint, root / "hf"
 
 
-def timed(fn, repeats: int) -> float:
-    """Median wall time of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
+def timed_pair(first, second, repeats: int) -> tuple[float, float]:
+    """Median wall times of two functions run alternately (after one warm-up each), so that
+    load from other processes falls on both alike."""
+    first()
+    second()
+    a, b = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, times in ((first, a), (second, b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
 
 
 def bench_hf_vs_generate(
@@ -92,13 +95,30 @@ def bench_hf_vs_generate(
                 pad_token_id=tok.pad_token_id,
             )
 
-    t_ours, t_theirs = timed(ours, repeats), timed(theirs, repeats)
-    return {
+    t_ours, t_theirs = timed_pair(ours, theirs, repeats)
+    out = {
         "ours_s": t_ours,
         "generate_s": t_theirs,
         "ratio": t_ours / t_theirs,
         "tokens": rows * new_tokens,
     }
+    if backend.device != "cpu":  # the same seeds on the CPU: how often do tokens agree?
+        cpu = HFBackend(hf_dir, batch_size=rows, device="cpu")
+        cpu.eos_ids = frozenset()
+        pairs = list(
+            zip(backend.generate(requests, RETRY), cpu.generate(requests, RETRY), strict=True)
+        )
+        same = [(a, b) for a, b in pairs if a.token_ids == b.token_ids]
+        out["same_as_cpu"] = f"{len(same)}/{len(pairs)}"
+        out["max_logprob_diff"] = max(
+            (
+                abs(x - y)
+                for a, b in same
+                for x, y in zip(a.policy_logprobs, b.policy_logprobs, strict=True)
+            ),
+            default=float("nan"),
+        )
+    return out
 
 
 def bench_serve_overhead(
@@ -135,7 +155,6 @@ def bench_serve_overhead(
         direct.generate(requests, RETRY)
 
     out = {"served": which, "rollouts": len(requests)}
-    out["direct_s"] = timed(call_direct, repeats)
     served = [ServedModel("policy", direct, token_level(direct))]
     with BackgroundServer(served, batch_window_ms=5) as url:
         for top in (0, 5):
@@ -154,10 +173,10 @@ def bench_serve_overhead(
                 if failed:
                     raise RuntimeError(f"{len(failed)} requests failed: {failed[0]}")
 
-            out[f"served_top{top}_s"] = timed(call_served, repeats)
+            direct_s, served_s = timed_pair(call_direct, call_served, repeats)
             client.close()
-    for top in (0, 5):
-        out[f"ratio_top{top}"] = out[f"served_top{top}_s"] / out["direct_s"]
+            out[f"direct_top{top}_s"], out[f"served_top{top}_s"] = direct_s, served_s
+            out[f"ratio_top{top}"] = served_s / direct_s
     return out
 
 
@@ -166,24 +185,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (hf part only)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--layers", type=int, default=None, help="model depth (default 4)")
+    parser.add_argument("--width", type=int, default=None, help="model width (default 128)")
+    parser.add_argument("--rows", default=None, help="batch sizes, e.g. 1,16,64")
+    parser.add_argument("--tokens", type=int, default=None, help="new tokens (default 96)")
+    parser.add_argument("--skip-serve", action="store_true", help="only the hf part")
     args = parser.parse_args(argv)
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     q = args.quick
-    sizes = dict(n_layer=2 if q else 4, n_embd=64 if q else 128)
+    sizes = dict(n_layer=args.layers or (2 if q else 4), n_embd=args.width or (64 if q else 128))
+    rows_list = [int(r) for r in args.rows.split(",")] if args.rows else ([8] if q else [1, 16, 64])
+    new_tokens = args.tokens or (16 if q else 96)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}; "
         f"model: llama organism {sizes}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, hf_dir = build_model(Path(tmp), **sizes)
-        for rows in (8,) if q else (1, 16, 64):
+        for rows in rows_list:
             r = bench_hf_vs_generate(
                 hf_dir,
                 rows=rows,
-                new_tokens=16 if q else 96,
+                new_tokens=new_tokens,
                 repeats=1 if q else 3,
                 device=args.device,
             )
@@ -192,6 +218,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"ours {r['ours_s']:.3f}s (with log-probs + entropies), generate "
                 f"{r['generate_s']:.3f}s -> ratio {r['ratio']:.2f}x (target <= 1.2x)"
             )
+            if "same_as_cpu" in r:
+                print(
+                    f"    same seeds on {args.device} and cpu: identical tokens in "
+                    f"{r['same_as_cpu']} rows; max |d log-prob| on those "
+                    f"{r['max_logprob_diff']:.1e}"
+                )
+        if args.skip_serve:
+            return 0
+        try:
+            import fastapi  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            print("[openai via fixable serve] skipped: fastapi/uvicorn not installed")
+            return 0
         r = bench_serve_overhead(
             checkpoint,
             hf_dir,
@@ -203,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"[openai via fixable serve vs direct {r['served']}] {r['rollouts']} rollouts: "
-            f"direct {r['direct_s']:.3f}s; served, logprobs only {r['served_top0_s']:.3f}s "
-            f"-> {r['ratio_top0']:.2f}x; served, top-5 log-probs {r['served_top5_s']:.3f}s "
-            f"-> {r['ratio_top5']:.2f}x"
+            f"logprobs only: served {r['served_top0_s']:.3f}s vs direct {r['direct_top0_s']:.3f}s "
+            f"-> {r['ratio_top0']:.2f}x; top-5 log-probs: served {r['served_top5_s']:.3f}s vs "
+            f"direct {r['direct_top5_s']:.3f}s -> {r['ratio_top5']:.2f}x"
         )
     return 0
 
