@@ -226,3 +226,53 @@ def test_token_id_prompts(server):
         f"{server}/completions", json={"prompt": PROMPTS[2], "max_tokens": 8, "seed": 4}
     ).json()
     assert by_ids["choices"][0]["text"] == by_text["choices"][0]["text"]
+
+
+@pytest.fixture(scope="module")
+def organism_server(models):
+    from fixable.backends.organism import OrganismBackend
+    from fixable.serve import BackgroundServer, ServedModel, token_level
+
+    policy = OrganismBackend(str(models["policy"]), reference=str(models["reference"]))
+    reference = OrganismBackend(str(models["reference"]), reference=None)
+    served = [
+        ServedModel("policy", policy, token_level(policy)),
+        ServedModel("reference", reference, token_level(reference)),
+    ]
+    with BackgroundServer(served) as url:
+        yield url, policy
+
+
+@pytest.mark.parametrize("intervention", [RETRY, Intervention("mix", 0.5)])
+def test_organism_hf_and_served_organism_sample_the_same_tokens(
+    organism_server, hf_backends, intervention
+):
+    from fixable.backends.openai import OpenAIBackend
+
+    url, organism = organism_server
+    reqs = _requests(max_tokens=16)
+    with OpenAIBackend(
+        "policy", base_url=url, forward_interventions=True, timeout_s=30, max_retries=0
+    ) as client:
+        served = client.generate(reqs, intervention)
+    direct = organism.generate(reqs, intervention)
+    hf = hf_backends["policy"].generate(reqs, intervention)
+    for s, d, h in zip(served, direct, hf, strict=True):
+        assert s.token_ids == d.token_ids == h.token_ids
+        assert s.logprobs == pytest.approx(d.logprobs, abs=1e-4)
+        assert s.entropies == pytest.approx(d.entropies, abs=1e-4)
+
+
+def test_teacher_forced_parity_through_the_served_organism(organism_server, hf_backends):
+    from fixable.backends.openai import OpenAIBackend
+
+    url, organism = organism_server
+    completions = [TOK.encode("a27=4891", eos=True), TOK.encode("c12=0913"), TOK.encode("#7")]
+    with OpenAIBackend("policy", base_url=url, reference="reference", timeout_s=30) as client:
+        for which in ("policy", "reference"):
+            served = client.score(PROMPTS, completions, which=which)
+            direct = organism.score(PROMPTS, completions, which=which)
+            hf = hf_backends["policy"].score(PROMPTS, completions, which=which)
+            for s, d, h in zip(served, direct, hf, strict=True):
+                assert s == pytest.approx(d, abs=1e-4)
+                assert h == pytest.approx(d, abs=1e-4)
