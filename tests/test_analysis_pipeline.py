@@ -229,3 +229,65 @@ def test_fixable_rescue_calibrates_on_an_earlier_run(fake_backend, tmp_path):
     medians = doc["route"]["thresholds"]
     assert medians["trajectory_uncertainty"] > 0.5  # the planted run's scale, not the failure's
     assert doc["route"]["setting"] == "temperature(T=1.3)" and doc["solved"]
+
+
+def test_organism_sweep_analyze_and_rescue_end_to_end(tmp_path):
+    """The real engine on tiny random-init checkpoints: sample → analyze → rescue."""
+    torch = pytest.importorskip("torch")
+    from fixable.organism.model import ModelConfig, OrganismLM, save_checkpoint
+
+    for name, seed in (("policy", 0), ("ref", 1)):
+        torch.manual_seed(seed)
+        save_checkpoint(OrganismLM(ModelConfig(n_layer=2, n_head=2, n_embd=32)), tmp_path / name)
+    run = tmp_path / "run"
+    common = ["--model", str(tmp_path / "policy"), "-B", f"reference={tmp_path / 'ref'}"]
+    sample = [
+        "sample",
+        *common,
+        "--task",
+        "chains",
+        "--problems",
+        "4",
+        "--k",
+        "4",
+        "--r",
+        "4",
+        "--interventions",
+        "retry;temperature:0.3,1.3;mix:0.5",
+        "--phase",
+        "sweep",
+        "--max-tokens",
+        "16",
+        "--out",
+        str(run),
+        "-q",
+    ]
+    result = CliRunner().invoke(cli, sample)
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["analyze", str(run), "-q", *FAST])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((run / "analysis.json").read_text())
+    assert doc["data"]["n_failures"] == 4  # a random-init model solves nothing
+    assert doc["features"]["unavailable"] == {}  # the reference was scored: drift available
+    assert doc["labels"]["regimes"]["structural"]["all"]["count"] == 4
+    rescue = [
+        "rescue",
+        *common,
+        "--calibration",
+        str(run),
+        "--budget",
+        "400",
+        "--max-tokens",
+        "16",
+        "--index",
+        "1",
+        "--json",
+    ]
+    result = CliRunner().invoke(cli, rescue)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["tokens_spent"] <= 400 and [c["phase"] for c in out["trace"]][:2] == [
+        "probe",
+        "score",
+    ]
+    assert out["features"]["reference_drift_available"]

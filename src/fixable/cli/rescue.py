@@ -28,6 +28,20 @@ def _thresholds(text: str) -> dict[str, float]:
     return out
 
 
+def _options(pairs: tuple[str, ...]) -> dict:
+    """``KEY=VALUE`` pairs; a value is read as JSON when it parses, else as a string."""
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"-B/--backend-option takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw.strip()
+    return out
+
+
 @click.command()
 @click.option("--model", "-m", required=True, help="Model: zoo name or checkpoint directory.")
 @click.option("--backend", "-b", default="organism", show_default=True, help="Backend name.")
@@ -87,6 +101,13 @@ def _thresholds(text: str) -> dict[str, float]:
     "--seed", type=int, default=0, show_default=True, help="Run seed of the rollout seeds."
 )
 @click.option("--max-tokens", type=int, default=160, show_default=True, help="Longest completion.")
+@click.option(
+    "--backend-option",
+    "-B",
+    "backend_options",
+    multiple=True,
+    help="Backend constructor option, e.g. -B reference=path/to/base (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 def command(
     model,
@@ -105,6 +126,7 @@ def command(
     thresholds,
     seed,
     max_tokens,
+    backend_options,
     as_json,
 ):
     """Rescue one problem: probe, diagnose, route, and sample until verified or out of budget."""
@@ -129,7 +151,7 @@ def command(
     settings = (
         [i.label for i in parse_grid(interventions)] if interventions else list(DEFAULT_SETTINGS)
     )
-    engine = backends.create(backend, model)
+    engine = backends.create(backend, model, **_options(backend_options))
     if calibration:
         # the run stores rollouts under the backend's model identity, not the CLI spelling
         router = _calibrated(calibration, engine.model_name)
