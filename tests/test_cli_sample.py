@@ -266,3 +266,60 @@ def test_a_run_reproduces_from_its_manifest(tmp_path, fixable):
     code, _, err = fixable("sample", "--config", first / "manifest.json", "--out", again)
     assert code == 0, err
     assert content(again) == content(first)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Two random-init organism checkpoints: a policy and a reference for it."""
+    import torch
+
+    from fixable.organism.model import ModelConfig, OrganismLM, save_checkpoint
+
+    root = tmp_path_factory.mktemp("organism")
+    out = []
+    for name in ("policy", "reference"):
+        torch.manual_seed(len(out))
+        model = OrganismLM(ModelConfig(family="gpt", n_layer=2, n_head=2, n_embd=32))
+        out.append(save_checkpoint(model, root / name))
+    return out
+
+
+def test_organism_model_run_reads_back_through_query(tmp_path, fixable, tiny_models):
+    policy, reference = tiny_models
+    run = tmp_path / "run"
+    code, out, err = fixable(
+        "sample", "--model", policy, "--task", "chains", "--problems", "4", "--k", "2",
+        "--r", "2", "--interventions", "retry;mix:0.5;dola:1", "--max-tokens", "16",
+        "-B", f"reference={reference}", "--out", run, "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = fixable(
+        "query", run,
+        "SELECT phase, setting, count(*) AS n, count(ref_logprobs) AS scored, "
+        "sum(n_tokens) AS tokens, sum(cost_tokens) AS cost FROM rollouts "
+        "GROUP BY phase, setting ORDER BY phase, setting",
+    )  # fmt: skip
+    assert code == 0, err
+    lines = [line.split() for line in out.splitlines()[2:-1]]
+    by_setting = {(row[0], row[1]): row[2:] for row in lines}
+    assert by_setting[("probe", "retry")][:2] == ["8", "8"]  # every probe rollout scored
+    failed = int(by_setting[("rescue", "retry")][0]) // 2
+    assert failed > 0  # a random model fails
+    assert by_setting[("rescue", "mix(alpha=0.5)")][:2] == [str(2 * failed), "0"]
+    mix_tokens, mix_cost = by_setting[("rescue", "mix(alpha=0.5)")][2:]
+    assert float(mix_cost) == 2 * int(mix_tokens)
+
+    table = Run(run).rollouts(where="phase = 'probe'")
+    for row in table.to_pylist():
+        assert row["entropy_kind"] == "full"
+        assert row["n_tokens"] == len(row["token_ids"]) == len(row["entropies"])
+        assert len(row["policy_logprobs"]) == len(row["ref_logprobs"]) == row["n_tokens"]
+    identity = Run(run).manifest["models"][str(policy)]["identity"]
+    assert identity["backend"] == "organism"
+    assert len(identity["weights_sha256"]["model.safetensors"]) == 64
+
+
+def test_unknown_organism_model_is_one_line(tmp_path, fixable):
+    code, _, err = fixable("sample", "--model", "no-such-model", "--out", tmp_path / "r")
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "no-such-model" in err
