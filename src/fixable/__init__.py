@@ -21,3 +21,14 @@ __all__ = [
     "parse_grid",
     "rollout_seed",
 ]
+
+# the analysis pulls in scikit-learn: imported on first use, so `import fixable` stays light
+_LAZY = {"analyze": "fixable.analysis", "rescue": "fixable.analysis"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fixable' has no attribute {name!r}")
