@@ -291,3 +291,18 @@ def test_organism_sweep_analyze_and_rescue_end_to_end(tmp_path):
         "score",
     ]
     assert out["features"]["reference_drift_available"]
+
+
+def test_a_run_passed_twice_is_refused_and_two_seeds_are_pooled(run_dir, tmp_path):
+    from fixable.analysis.pipeline import load_runs
+    from fixable.errors import DataError
+
+    with pytest.raises(DataError, match="pass each run once"):
+        load_runs([run_dir, run_dir])
+    table, _ = planted_rollouts(MODELS[:1], n_failures=3, r=4, seed=99)  # other seeds
+    other = Run.create(tmp_path / "other", run_seed=99)
+    with other.writer() as writer:
+        writer.extend(table.to_pylist())
+    pooled, sources = load_runs([run_dir, tmp_path / "other"])
+    assert [s["run_seed"] for s in sources] == [11, 99]
+    assert sorted(set(pooled["run"].to_pylist())) == ["0:run", "1:other"]

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from fixable import schema
 from fixable.analysis.labels import (
     REGIMES,
     LabelThresholds,
@@ -127,7 +128,18 @@ def load_runs(paths: Sequence[str | Path]) -> tuple[pa.Table, list[dict]]:
         )
     if not tables:
         raise ConfigError("no runs given; write `fixable analyze RUN [RUN ...]`")
-    return pa.concat_tables(tables), sources
+    table = pa.concat_tables(tables)
+    # the same rollout (key and seed) in two runs would count twice; runs of other seeds
+    # hold other samples of the same keys and are pooled
+    keys = table.select([*schema.KEY, "seed", "run"]).to_pandas()
+    repeated = keys.duplicated(subset=[*schema.KEY, "seed"], keep=False)
+    if repeated.any():
+        runs = sorted(keys.loc[repeated, "run"].unique())
+        raise DataError(
+            f"{int(repeated.sum())} rollouts appear in more than one of the runs {runs} "
+            "(same key and seed): pass each run once"
+        )
+    return table, sources
 
 
 def model_metadata(
