@@ -17,7 +17,7 @@ from fixable.errors import ConfigError
 
 def _parse_options(pairs: tuple[str, ...], flag: str) -> dict | None:
     """``KEY=VALUE`` pairs; a value is read as JSON when it parses (numbers, lists, true),
-    a comma-separated value as a list, anything else as a string."""
+    ``none``/``null`` as None, a comma-separated value as a list, anything else as a string."""
     if not pairs:
         return None
     out = {}
@@ -30,6 +30,8 @@ def _parse_options(pairs: tuple[str, ...], flag: str) -> dict | None:
 
 
 def _value(raw: str):
+    if raw.lower() in ("none", "null"):
+        return None
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
@@ -195,7 +197,7 @@ def command(
 
     \b
     fixable sample --model llama-rl-s0 --task chains --problems 200 --k 8 --out runs/rl
-    fixable sample --model llama-rl-s0 --r 32 \\
+    fixable sample --model llama-rl-s0 --task chains --problems 200 --k 8 --r 32 \\
         --interventions "retry;temperature:0.3,0.6,1.3;mix:0.25,0.5" --out runs/rl
     """
     from fixable.sampling import sample_from_config
