@@ -174,6 +174,7 @@ def write_shard(table: pa.Table, path: Path, version: int | None = None) -> Path
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+    _VERIFIED.add(_fingerprint(path))  # written whole by this process
     return path
 
 
@@ -181,6 +182,17 @@ def _shard_version(metadata: dict | None) -> int:
     if not metadata or VERSION_KEY not in metadata:
         return 0
     return int(metadata[VERSION_KEY])
+
+
+_VERIFIED: set[tuple[str, int, int]] = set()  # shards known whole: (path, size, mtime_ns)
+
+
+def _fingerprint(path: Path) -> tuple[str, int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (str(path), -1, -1)
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def _sql_str(value: str) -> str:
@@ -389,17 +401,21 @@ class Run:
         directory = self.path / table
         return sorted(directory.glob("*.parquet")) if directory.is_dir() else []
 
-    def check(self, *, full: bool = False) -> list[QuarantinedShard]:
+    def check(self, *, full: bool = False, again: bool = False) -> list[QuarantinedShard]:
         """Find unreadable shards and move them to ``quarantine/``; returns those moved now.
 
         The quick check reads every footer (truncation, foreign columns); ``full=True``
-        also reads every page with its checksum (bit rot inside a shard).
+        also reads every page with its checksum (bit rot inside a shard). Shards are
+        immutable, so a full check skips those this process wrote or fully read before
+        (same size and modification time), unless ``again``.
         """
         moved: list[QuarantinedShard] = []
         target = _target_version()
         for table_name, expected in TABLES.items():
             for shard in self.shard_paths(table_name):
                 n_rows = None
+                if full and not again and _fingerprint(shard) in _VERIFIED:
+                    continue
                 try:
                     parquet = pq.ParquetFile(shard, page_checksum_verification=full)
                     n_rows = parquet.metadata.num_rows
@@ -419,6 +435,7 @@ class Run:
                     if full:
                         for i in range(parquet.num_row_groups):
                             parquet.read_row_group(i)
+                        _VERIFIED.add(_fingerprint(shard))
                 except StoreError:
                     raise
                 except (OSError, pa.ArrowException, ValueError) as e:
@@ -492,7 +509,7 @@ class Run:
             raise StoreError(f"query failed: {_short(e)}") from None
         except duckdb.Error as e:
             # corruption surfaces as many kinds of error (IO, invalid input, thrift, decoding)
-            moved = self.check(full=True)
+            moved = self.check(full=True, again=True)
             if not moved:
                 raise StoreError(f"query failed: {_short(e)}") from None
             raise StoreError(
