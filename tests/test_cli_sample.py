@@ -15,8 +15,12 @@ from fixable.errors import ConfigError
 from fixable.registry import backends
 from fixable.store import Run
 
-if "fake" not in backends:
-    backends.register("fake")(FakeBackend)
+
+@pytest.fixture(autouse=True)
+def fake_backend(monkeypatch):
+    """The fake backend, registered for these tests only (other suites list the registry)."""
+    backends.names()  # load the built-ins first, so the fake is the only addition
+    monkeypatch.setitem(backends._factories, "fake", FakeBackend)
 
 
 @pytest.fixture
