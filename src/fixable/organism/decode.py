@@ -211,11 +211,11 @@ class _Stream:
         logits, early = _forward(
             self.model, idx, positions, _bias(allowed[:, None]), cache, self.hidden_layer
         )
-        self.cache = cache.select(fan)
+        self.cache = _select_filled(cache, fan)
         return logits[:, -1][fan], None if early is None else early[:, -1][fan]
 
     def select(self, rows: torch.Tensor) -> None:
-        self.cache = self.cache.select(rows)
+        self.cache = _select_filled(self.cache, rows)
 
     def step(self, tokens, positions, key_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
         S = self.cache.length + 1
@@ -228,6 +228,19 @@ class _Stream:
             self.hidden_layer,
         )
         return logits[:, 0], None if early is None else early[:, 0]
+
+
+def _select_filled(cache: KVCache, rows: torch.Tensor) -> KVCache:
+    """``cache.select(rows)`` that copies only the filled slots (the rest are written later)."""
+    out = KVCache.__new__(KVCache)
+    L, _, H, max_len, D = cache.k.shape
+    shape = (L, len(rows), H, max_len, D)
+    out.k = cache.k.new_empty(shape)
+    out.v = cache.v.new_empty(shape)
+    out.k[:, :, :, : cache.length] = cache.k[:, rows, :, : cache.length]
+    out.v[:, :, :, : cache.length] = cache.v[:, rows, :, : cache.length]
+    out.length = cache.length
+    return out
 
 
 def _bias(allowed: torch.Tensor) -> torch.Tensor:
