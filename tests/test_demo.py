@@ -183,3 +183,44 @@ def test_shipped_run_files_match_the_presets_and_the_full_study_is_paper_scale()
 def test_a_run_reproduces_from_its_manifest(finished):
     result, _ = finished
     assert load_config(result.run) == TINY
+
+
+def _zoo_has(names) -> bool:
+    from fixable.organism import zoo
+
+    present = set(zoo.list_models())
+    return all(n in present for n in names) and all(zoo.reference_of(n) in present for n in names)
+
+
+ZOO_MODELS = ("gpt-sft-s0", "gpt-rl-s0", "llama-sft-s0", "llama-rl-s0")
+
+
+@pytest.mark.skipif(not _zoo_has(ZOO_MODELS), reason="zoo not built yet (fixable zoo build)")
+def test_cli_demo_runs_a_tiny_study_on_zoo_models_and_resumes(tmp_path, capsys):
+    from fixable.cli.main import main
+
+    run_file = tmp_path / "tiny.toml"
+    run_file.write_text(
+        f"models = {list(ZOO_MODELS)}\nproblems = 10\nk = 4\nr = 3\n"
+        'interventions = ["retry", "temperature(T=0.3)", "mix(alpha=0.5)", "checkpoint(c=first)"]\n'
+        "[task_options]\ndifficulties = [3, 4, 5]\n"
+        "[analysis]\nn_boot = 30\nn_seeds = 2\nn_splits = 3\nstability_boot = 3\n"
+    )
+    out = tmp_path / "run"
+    main(["demo", "--config", str(run_file), "--out", str(out), "-q"])
+    printed = capsys.readouterr().out
+    assert "topography accuracy" in printed and "84.3 ± 4.3 %" in printed
+    assert "routing lift, steerable-hard" in printed and "+12.2 points" in printed
+    assert f"report:   {out / 'report.html'}" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["data"]["models"]) == set(ZOO_MODELS)
+    run = Run(out)
+    manifest = run.manifest
+    assert manifest["demo"]["command"].startswith("fixable demo --config")
+    for model in ZOO_MODELS:  # teacher-forced under the family's base: drift is measurable
+        assert manifest["models"][model]["identity"]["reference"] == f"{model.split('-')[0]}-base"
+    before = run.query("SELECT count(*) AS n FROM rollouts").column("n")[0].as_py()
+    main(
+        ["demo", "--config", str(run_file), "--out", str(out), "-q"]
+    )  # finished: resumes to a no-op
+    assert Run(out).query("SELECT count(*) AS n FROM rollouts").column("n")[0].as_py() == before
