@@ -78,7 +78,7 @@ def test_run_many_keeps_order(sandbox):
     programs = [Program(f"x = {i}\n", "", setup=f"assert {i} % 3 != 0\n") for i in range(12)]
     calls = []
     results = sandbox.run_many(programs, progress=lambda done, total: calls.append((done, total)))
-    assert [r.passed for r in results] == [i % 3 != 0 for i in range(12)]
+    assert [r.passed for r in results] == [i % 3 != 0 for i in range(12)], results
     assert calls[-1] == (12, 12)
 
 

@@ -33,7 +33,9 @@ def test_all_800_gold_outputs_verify_and_perturbed_outputs_do_not(shared_data, s
     problems = task.problems()
     assert len(problems) == 800
     verdicts = task.verify_many([task.solution(p) for p in problems], problems)
-    assert [p.id for p, v in zip(problems, verdicts, strict=True) if not v.correct] == []
+    assert [
+        (p.id, v.status, v.reason) for p, v in zip(problems, verdicts, strict=True) if not v.correct
+    ] == []
     # (gold, 0) is never equal to what f returns: the perturbation must fail everywhere.
     wrong = [f"[ANSWER]\nassert f(x) == ({p.answer}, 0)\n[/ANSWER]" for p in problems]
     verdicts = task.verify_many(wrong, problems)

@@ -229,7 +229,9 @@ def _write(path: str, text: str) -> None:
 
 def create_memory_cgroup(parent: str, limit_bytes: int) -> str:
     """A child memory cgroup capping the memory (and swap) of everything put into it."""
-    path = os.path.join(parent, f"{CGROUP_PREFIX}{os.getpid()}")
+    # Named after the worker (so a stale one can be told from a live one) plus a random
+    # suffix, since PIDs wrap around.
+    path = os.path.join(parent, f"{CGROUP_PREFIX}{os.getppid()}-{secrets.token_hex(4)}")
     os.mkdir(path)
     _write(os.path.join(path, "memory.limit_in_bytes"), str(limit_bytes))
     with contextlib.suppress(OSError):  # only where swap accounting is on
@@ -248,6 +250,21 @@ def memory_cgroup_killed(path: str) -> bool:
             return int(f.read()) > 0
     except (OSError, ValueError):
         return False
+
+
+def remove_stale_cgroups(parent: str) -> None:
+    """Remove the cgroups of workers that were killed mid-execution (their worker is gone)."""
+    for path in glob.glob(os.path.join(parent, CGROUP_PREFIX + "*")):
+        worker = os.path.basename(path)[len(CGROUP_PREFIX) :].split("-", 1)[0]
+        try:
+            os.kill(int(worker), 0)
+            continue  # a live worker's, possibly just created and still empty
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
 
 
 def remove_cgroup(path: str) -> None:
@@ -538,6 +555,8 @@ def supervise(request: dict, config: dict) -> dict:
         out_of_memory = memory_cgroup_killed(request["cgroup"])
     cpu_s = usage.ru_utime + usage.ru_stime
     result = classify(status, report, token, killed_for, cpu_s, request["limits"], out_of_memory)
+    if request.get("cgroup"):
+        result["cgroup"] = request["cgroup"]  # for the worker to remove
     result["output"] = tail.decode("utf-8", "replace")
     result["duration_s"] = round(time.monotonic() - started, 6)
     return result
@@ -709,10 +728,8 @@ def set_up(config: dict) -> dict:
     config["user_namespace"] = achieved["user_namespace"]
     config["blocked"] = blocked_paths(interpreter_paths()) if config["uid"] is not None else {}
     config["cgroup_parent"] = own_memory_cgroup() if config["uid"] is not None else None
-    if config["cgroup_parent"]:  # left behind by workers that were killed mid-execution
-        for stale in glob.glob(os.path.join(config["cgroup_parent"], CGROUP_PREFIX + "*")):
-            with contextlib.suppress(OSError):
-                os.rmdir(stale)
+    if config["cgroup_parent"]:
+        remove_stale_cgroups(config["cgroup_parent"])
     if config["isolate"]:
         achieved.update(probe_isolation(config))
     if config["uid"] is not None and config["blocked"] and not achieved["mount_namespace"]:
@@ -767,12 +784,12 @@ def main() -> None:
                 data += chunk
         os.close(reply_r)
         os.waitpid(pid, 0)
-        if config["memory_cgroup"]:
-            remove_cgroup(os.path.join(config["cgroup_parent"], f"{CGROUP_PREFIX}{pid}"))
         try:
             result = json.loads(data)
         except ValueError:
             result = {"status": "error", "reason": "sandbox supervisor died without a result"}
+        if result.get("cgroup"):
+            remove_cgroup(result.pop("cgroup"))
         result["id"] = request.get("id")
         write_message(out, result)
 

@@ -23,6 +23,7 @@ sandbox and overrides ``verify_many`` to run executions in parallel.
 from __future__ import annotations
 
 import re
+import threading
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,12 +68,14 @@ class CodeTask(Task):
         self.workers = workers
         self._sandbox = sandbox
         self._owns_sandbox = sandbox is None
+        self._sandbox_lock = threading.Lock()  # verifiers may be called from several threads
 
     @property
     def sandbox(self) -> Sandbox:
-        if self._sandbox is None:
-            self._sandbox = Sandbox(workers=self.workers, limits=self.limits)
-        return self._sandbox
+        with self._sandbox_lock:
+            if self._sandbox is None:
+                self._sandbox = Sandbox(workers=self.workers, limits=self.limits)
+            return self._sandbox
 
     @abstractmethod
     def program(self, answer: str, problem: Problem) -> Program:
