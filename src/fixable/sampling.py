@@ -347,6 +347,7 @@ def sample(
     part: tuple[int, int] = (0, 1),
     config: dict | None = None,
     progress: ProgressCallback | None = None,
+    executor: Any = None,
 ) -> SampleReport:
     """Sample ``n`` rollouts per problem per intervention into ``run_dir``, skipping keys
     already there.
@@ -359,6 +360,9 @@ def sample(
         part: ``(index, count)``: sample only the problems of this worker's share.
         config: the resolved run configuration, recorded in the manifest.
         progress: called with a ``Progress`` before the first batch and after each.
+        executor: samples the missing keys (``fixable.executors``: a ``RayExecutor``
+            spreads them over actors; ``backend`` must then come from its ``backend()``);
+            None samples them here.
     """
     if phase not in (PROBE, RESCUE):
         raise ConfigError(f"phase must be 'probe' or 'rescue' (sweep runs both), got {phase!r}")
@@ -439,7 +443,7 @@ def sample(
     )
 
     started = time.monotonic()
-    sample_planned(
+    (sample_planned if executor is None else executor.sample_planned)(
         backend,
         task,
         todo,
@@ -776,10 +780,12 @@ def sample_from_config(
     *,
     progress: ProgressCallback | None = None,
     backend_factory: Callable[[str], Backend] | None = None,
+    executor: Any = None,
 ) -> list:
     """Run a ``fixable.config.RunConfig``: the ``fixable sample`` command in Python.
 
     Returns one report per model (a SampleReport, or a SweepReport for phase "sweep").
+    An ``executor`` (``fixable.executors``) builds each model's backend and samples.
     """
     from fixable.registry import backends
 
@@ -796,10 +802,14 @@ def sample_from_config(
         worker=config.worker,
         config=config.to_dict(),
     )
+    if executor is not None:
+        options["executor"] = executor
     reports = []
     for model in config.models:
         if backend_factory is not None:
             backend = backend_factory(model)
+        elif executor is not None:
+            backend = executor.backend(config.backend, model, config.backend_options)
         else:
             backend = backends.create(config.backend, model, **config.backend_options)
         try:

@@ -168,6 +168,22 @@ def _describe(report) -> str:
     metavar="RUN.toml",
     help="Run file (TOML) or a run's manifest.json to reproduce; options override it.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    metavar="ADDRESS",
+    help="Sample on Ray actors: auto (a running cluster, else a local one), local, or "
+    "HOST:PORT / ray://HOST:10001 (see docs/ray.md).",
+)
+@click.option(
+    "--ray-option",
+    "-R",
+    "ray_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Ray executor option, e.g. -R actors=2 -R num_cpus=0.5 -R num_gpus=1 (repeatable).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def command(
     models,
@@ -191,6 +207,8 @@ def command(
     part,
     out,
     run_file,
+    ray_address,
+    ray_options,
     quiet,
 ):
     """Sample rollouts into a run directory; re-running the same command resumes it.
@@ -228,11 +246,17 @@ def command(
         part=part,
         out=out,
     )
+    from fixable.executors import make_executor
+
+    executor = make_executor(ray_address, _parse_options(ray_options, "--ray-option"))
     bars = _Bars(enabled=not quiet)
     try:
-        reports = sample_from_config(config, progress=bars)
+        reports = sample_from_config(config, progress=bars, executor=executor)
     finally:
         bars.close()
+        executor.close()
+    if getattr(executor, "losses", None):
+        click.echo(executor.summary(), err=True)
     for report in reports:
         if hasattr(report, "probe"):  # a sweep
             click.echo(_describe(report.probe))
