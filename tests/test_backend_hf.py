@@ -31,10 +31,10 @@ def export(checkpoint: Path, out: Path) -> Path:
     return out
 
 
-def build_models(root: Path) -> dict[str, Path]:
+def build_models(root: Path, n_embd: int = 32) -> dict[str, Path]:
     """A tiny random llama policy, a reference and an intermediate checkpoint, each as an
-    organism checkpoint and as an exported Hugging Face directory."""
-    cfg = ModelConfig(family="llama", n_layer=3, n_head=2, n_embd=32, block_size=96)
+    organism checkpoint and as an exported Hugging Face directory (2 heads of n_embd/2)."""
+    cfg = ModelConfig(family="llama", n_layer=3, n_head=2, n_embd=n_embd, block_size=96)
     paths = {}
     for name, seed in (("policy", 0), ("reference", 1), ("step", 2)):
         torch.manual_seed(seed)

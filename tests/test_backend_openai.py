@@ -269,10 +269,13 @@ def test_topk_entropy_is_exact_on_the_full_list_and_a_lower_bound_otherwise():
         logp = torch.log_softmax(torch.randn(40, dtype=torch.float64) * 2, -1)
         full = float(-(logp.exp() * logp).sum())
         assert topk_entropy(logp.tolist()) == pytest.approx(full, abs=1e-6)
+        ranked = torch.sort(logp, descending=True).values.tolist()
         for k in (1, 5, 20):
-            estimate = topk_entropy(torch.topk(logp, k).values.tolist())
+            estimate = topk_entropy(ranked[:k])
             assert estimate <= full + 1e-9
             assert estimate > 0
+            # a sampled token far down the ranking, listed beside the top k (as servers do)
+            assert topk_entropy(ranked[:k], others=[ranked[35]]) <= full + 1e-9
 
 
 def test_tempered_logprob_exact_on_full_list():
@@ -287,6 +290,8 @@ def test_tempered_logprob_exact_on_full_list():
     top = torch.topk(logp, 5).values.tolist()
     assert tempered_logprob(top[0], top, 0.5) < 0
     assert math.isfinite(tempered_logprob(top[-1], top, 1.5))
+    low = float(torch.sort(logp).values[0])  # the least probable token, sampled at T=1.5
+    assert math.isfinite(tempered_logprob(low, top, 1.5, others=[low]))
 
 
 def test_a_forwarded_intervention_the_server_ignores_is_an_error(server):

@@ -27,7 +27,8 @@ ENGINE = {"enforce_eager": True, "max_model_len": 96}
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    return build_models(tmp_path_factory.mktemp("vllm-models"))
+    # vLLM's CPU attention kernels need a head size it supports (32, 64, …; not 16)
+    return build_models(tmp_path_factory.mktemp("vllm-models"), n_embd=64)
 
 
 @pytest.fixture(scope="module")

@@ -59,47 +59,56 @@ _TOKEN_ID = re.compile(r"^token_id:(-?\d+)$")
 # Top-k estimates, shared with the vllm backend.
 
 
-def topk_entropy(top_logprobs: Sequence[float]) -> float:
+def topk_entropy(top_logprobs: Sequence[float], others: Sequence[float] = ()) -> float:
     """Entropy (nats) of a next-token distribution known only through its top-k log-probs.
 
-    The probability the top-k list leaves out, ``m = 1 - sum(p_i)``, is a *tail bucket*.
-    Every token in the tail is at most as probable as the least probable listed token, so
-    the tail's own entropy is at least ``-m log(min(m, p_min))``. The estimate adds that
-    bound to the listed tokens' terms: it is a lower bound on the full entropy, exact when
-    the list covers the whole vocabulary.
+    ``top_logprobs`` are the k most probable tokens' log-probs; ``others`` those of further
+    known tokens outside them (the sampled token, when it is not in the top k). The
+    probability no listed token takes, ``m = 1 - sum(p_i)``, is a *tail bucket*. Every tail
+    token is at most as probable as the k-th most probable token, ``p_k``, so the tail's
+    own entropy is at least ``-m log(min(m, p_k))``. The estimate adds that bound to the
+    listed tokens' terms: a lower bound on the full entropy, exact when the list covers
+    the whole vocabulary.
     """
-    probs = [math.exp(lp) for lp in top_logprobs if lp is not None and lp > -math.inf]
+    top = [math.exp(lp) for lp in top_logprobs if lp is not None and lp > -math.inf]
+    extra = [math.exp(lp) for lp in others if lp is not None and lp > -math.inf]
+    probs = top + extra
     if not probs:
         return float("nan")
     listed = -sum(p * math.log(p) for p in probs if p > 0)
     tail = 1.0 - sum(probs)
     if tail <= 1e-6:  # a float32 list sums to 1 only within rounding: no tail to speak of
         return listed
-    return listed - tail * math.log(min(tail, min(probs)))
+    ceiling = min(top) if top else 1.0  # no top-k list: a tail token is bounded by m only
+    return listed - tail * math.log(min(tail, ceiling))
 
 
 def tempered_logprob(
-    sampled_logprob: float, top_logprobs: Sequence[float], temperature: float
+    sampled_logprob: float,
+    top_logprobs: Sequence[float],
+    temperature: float,
+    others: Sequence[float] = (),
 ) -> float:
     """log q(y) for ``q ∝ p^(1/T)`` from the T=1 log-prob of ``y`` and the step's top-k list.
 
-    ``top_logprobs`` holds one entry per distinct listed token (the sampled one included).
-    The normaliser ``sum_v p_v^(1/T)`` is summed exactly over the listed tokens; the tail
-    bucket's mass ``m`` is counted as if spread over tokens as probable as the least probable
-    listed one (``m * p_min^(1/T - 1)``). Exact at T=1; otherwise an estimate, flagged as
-    such by the callers (``Generation.meta["logprobs_kind"] = "topk"``).
+    ``top_logprobs`` and ``others`` as in ``topk_entropy`` (the sampled token in one of
+    them). The normaliser ``sum_v p_v^(1/T)`` is summed exactly over the listed tokens; the
+    tail bucket's mass ``m`` is counted as if spread over tokens as probable as the k-th
+    most probable one (``m * p_k^(1/T - 1)``). Exact at T=1; otherwise an estimate, flagged
+    as such by the callers (``Generation.meta["logprobs_kind"] = "topk"``).
     """
     if temperature == 1.0:
         return sampled_logprob
-    tops = sorted(lp for lp in top_logprobs if lp is not None and lp > -math.inf)
-    if not tops:
+    top = [lp for lp in top_logprobs if lp is not None and lp > -math.inf]
+    listed = top + [lp for lp in others if lp is not None and lp > -math.inf]
+    if not listed:
         return sampled_logprob / temperature
     inv = 1.0 / temperature
-    listed = [lp * inv for lp in tops]
-    tail = max(0.0, 1.0 - sum(math.exp(lp) for lp in tops))
-    terms = list(listed)
+    terms = [lp * inv for lp in listed]
+    tail = max(0.0, 1.0 - sum(math.exp(lp) for lp in listed))
     if tail > 1e-6:
-        terms.append(math.log(tail) + (inv - 1.0) * tops[0])
+        level = min(top) if top else math.log(tail)
+        terms.append(math.log(tail) + (inv - 1.0) * level)
     peak = max(terms)
     log_normaliser = peak + math.log(sum(math.exp(t - peak) for t in terms))
     return sampled_logprob * inv - log_normaliser
@@ -604,7 +613,7 @@ class OpenAIBackend:
         ids = token_ids_from_strings([s.token for s in steps]) if self.extensions else None
         policy_lps = [s.logprob for s in steps]
         listed = [_listed(s) for s in steps]
-        entropies = [topk_entropy(lps) for lps in listed]
+        entropies = [topk_entropy(top, others) for top, others in listed]
         entropy_kind = "topk"
         served = choice.get("entropies")
         if (
@@ -622,8 +631,8 @@ class OpenAIBackend:
             logprobs_kind = "exact"
         else:
             logprobs = [
-                tempered_logprob(s.logprob, lps, temperature)
-                for s, lps in zip(steps, listed, strict=True)
+                tempered_logprob(s.logprob, top, temperature, others)
+                for s, (top, others) in zip(steps, listed, strict=True)
             ]
             logprobs_kind = "exact" if temperature == 1.0 else "topk"
         server_reason = choice.get("finish_reason")
@@ -740,11 +749,10 @@ class OpenAIBackend:
         return self._prompt_ids[key]
 
 
-def _listed(step: _Step) -> list[float]:
-    """The log-probs of the distinct tokens a step names: its top-k plus the sampled one."""
-    listed = dict(step.top)
-    listed.setdefault(step.token, step.logprob)
-    return list(listed.values())
+def _listed(step: _Step) -> tuple[list[float], list[float]]:
+    """(top-k log-probs, [the sampled token's] when it is not among them) of one step."""
+    top = dict(step.top)
+    return list(top.values()), ([] if step.token in top else [step.logprob])
 
 
 def _echo_steps(data: dict) -> list[_Step]:

@@ -250,11 +250,18 @@ class VLLMBackend:
             )
         policy, entropies, logprobs = [], [], []
         for token, step in zip(ids, steps, strict=True):
-            listed = {int(k): float(v.logprob) for k, v in step.items()}
-            chosen = listed[token]
+            # the dict holds the top-k (rank <= k) and the sampled token, whatever its rank
+            top = [
+                float(v.logprob)
+                for v in step.values()
+                if v.rank is not None and v.rank <= self.top_logprobs
+            ]
+            chosen = float(step[token].logprob)
+            in_top = step[token].rank is not None and step[token].rank <= self.top_logprobs
+            others = [] if in_top else [chosen]
             policy.append(chosen)
-            entropies.append(topk_entropy(list(listed.values())))
-            logprobs.append(tempered_logprob(chosen, list(listed.values()), temperature))
+            entropies.append(topk_entropy(top, others))
+            logprobs.append(tempered_logprob(chosen, top, temperature, others))
         reason = completion.finish_reason
         finish, error = ("length", "") if reason == "length" else ("stop", "")
         if reason not in ("stop", "length"):
