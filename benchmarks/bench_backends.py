@@ -46,18 +46,27 @@ def build_model(root: Path, n_layer: int, n_embd: int, seed: int = 0) -> tuple[P
     return checkpoint, root / "hf"
 
 
-def timed_pair(first, second, repeats: int) -> tuple[float, float]:
+CPU_RATIOS: dict[str, float] = {}  # name -> ratio of process CPU time, beside the wall ratio
+
+
+def timed_pair(first, second, repeats: int, name: str = "") -> tuple[float, float]:
     """Median wall times of two functions run alternately (after one warm-up each), so that
-    load from other processes falls on both alike."""
+    load from other processes falls on both alike. The ratio of their median process CPU
+    times (all threads of this process, the in-process server's included) is kept in
+    ``CPU_RATIOS[name]``: on a shared machine it is steadier than wall time."""
     first()
     second()
-    a, b = [], []
+    wall: tuple[list[float], list[float]] = ([], [])
+    cpu: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        for fn, times in ((first, a), (second, b)):
-            start = time.perf_counter()
+        for k, fn in enumerate((first, second)):
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(a), statistics.median(b)
+            wall[k].append(time.perf_counter() - start)
+            cpu[k].append(time.process_time() - start_cpu)
+    if name:
+        CPU_RATIOS[name] = statistics.median(cpu[0]) / statistics.median(cpu[1])
+    return statistics.median(wall[0]), statistics.median(wall[1])
 
 
 def bench_hf_vs_generate(
@@ -95,7 +104,7 @@ def bench_hf_vs_generate(
                 pad_token_id=tok.pad_token_id,
             )
 
-    t_ours, t_theirs = timed_pair(ours, theirs, repeats)
+    t_ours, t_theirs = timed_pair(ours, theirs, repeats, name=f"hf-{rows}")
     out = {
         "ours_s": t_ours,
         "generate_s": t_theirs,
@@ -173,7 +182,9 @@ def bench_serve_overhead(
                 if failed:
                     raise RuntimeError(f"{len(failed)} requests failed: {failed[0]}")
 
-            direct_s, served_s = timed_pair(call_direct, call_served, repeats)
+            direct_s, served_s = timed_pair(call_served, call_direct, repeats, name=f"serve-{top}")[
+                ::-1
+            ]
             client.close()
             out[f"direct_top{top}_s"], out[f"served_top{top}_s"] = direct_s, served_s
             out[f"ratio_top{top}"] = served_s / direct_s
@@ -216,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"[hf loop vs generate] {rows:3d} rows x {r['tokens'] // rows} tokens: "
                 f"ours {r['ours_s']:.3f}s (with log-probs + entropies), generate "
-                f"{r['generate_s']:.3f}s -> ratio {r['ratio']:.2f}x (target <= 1.2x)"
+                f"{r['generate_s']:.3f}s -> ratio {r['ratio']:.2f}x (target <= 1.2x); "
+                f"CPU-time ratio {CPU_RATIOS[f'hf-{rows}']:.2f}x"
             )
             if "same_as_cpu" in r:
                 print(
@@ -245,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             f"[openai via fixable serve vs direct {r['served']}] {r['rollouts']} rollouts: "
             f"logprobs only: served {r['served_top0_s']:.3f}s vs direct {r['direct_top0_s']:.3f}s "
             f"-> {r['ratio_top0']:.2f}x; top-5 log-probs: served {r['served_top5_s']:.3f}s vs "
-            f"direct {r['direct_top5_s']:.3f}s -> {r['ratio_top5']:.2f}x"
+            f"direct {r['direct_top5_s']:.3f}s -> {r['ratio_top5']:.2f}x; CPU-time ratios "
+            f"{CPU_RATIOS['serve-0']:.2f}x and {CPU_RATIOS['serve-5']:.2f}x"
         )
     return 0
 
