@@ -456,6 +456,7 @@ def run_demo(
     checkpoints: Callable[[str], Mapping[str, Path]] | None = None,
     report: bool = True,
     command: str | None = None,
+    threads: int | None = 1,
     progress: Callable[[DemoEvent], None] | None = None,
 ) -> DemoResult:
     """Probe, rescue sweep, analysis (with transfer) and report, resumable by key.
@@ -468,17 +469,42 @@ def run_demo(
         checkpoints: model → its intermediate checkpoints (default: the zoo's).
         report: write report.html, figures and summary.json at the end.
         command: the command line recorded in the manifest (for the report's provenance).
+        threads: torch threads while the demo runs (None: leave torch's setting). The zoo
+            models are 64 wide: one thread is fastest, and several threads on a busy
+            machine are many times slower (docs/demo.md has the measurement). Results
+            do not depend on it.
         progress: called with a ``DemoEvent`` as the demo goes.
     """
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        return _run_demo(
+            config,
+            Path(out),
+            backend_factory,
+            model_info,
+            checkpoints,
+            report,
+            command,
+            progress or (lambda event: None),
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_demo(
+    config, out, backend_factory, model_info, checkpoints, report, command, emit
+) -> DemoResult:
     from fixable.analysis.pipeline import analyze, load_runs, write_analysis
     from fixable.backends.base import check_capabilities
     from fixable.sampling import sweep
     from fixable.store import Run
 
-    emit = progress or (lambda event: None)
     seconds: dict[str, float] = {}
     started = time.monotonic()
-    out = Path(out)
     models = demo_models(config)
     task = _build_task(config)
     # with min_failures, problems are drawn up to max_problems and probed a prefix at a time
