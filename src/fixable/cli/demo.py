@@ -81,9 +81,16 @@ class _Bars:
 @click.option("--model", "-m", "models", multiple=True, help="Study only these zoo models.")
 @click.option("--problems", "-n", type=int, default=None, help="Problems probed per model.")
 @click.option("--seed", type=int, default=None, help="Run seed.")
+@click.option(
+    "--threads",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Torch threads (one is fastest for the tiny zoo models; results do not depend on it).",
+)
 @click.option("--no-report", is_flag=True, help="Stop after analysis.json.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def command(out, quick, config_file, models, problems, seed, no_report, quiet):
+def command(out, quick, config_file, models, problems, seed, threads, no_report, quiet):
     """Probe, rescue sweep, analysis and report on the shipped zoo, resumable.
 
     Interrupt it at any time: running the same command again continues where it stopped.
@@ -111,7 +118,14 @@ def command(out, quick, config_file, models, problems, seed, no_report, quiet):
     out = out or ("runs/quick" if quick else "runs/demo")
     bars = _Bars(enabled=not quiet)
     try:
-        result = run_demo(config, out, report=not no_report, command=command_line(), progress=bars)
+        result = run_demo(
+            config,
+            out,
+            report=not no_report,
+            command=command_line(),
+            threads=threads,
+            progress=bars,
+        )
     finally:
         bars.close()
     n_failures = sum(result.failures.values())
