@@ -333,3 +333,10 @@ def test_bad_settings_are_refused_with_the_allowed_range(kwargs, message):
 def test_seed_count_must_match():
     with pytest.raises(ValueError, match="one seed per prompt"):
         decode(tiny_model(), make_prompts(2), [1])
+
+
+def test_a_gpt_reference_bounds_the_positions_of_a_mixed_rollout():
+    model, ref = tiny_model("llama"), tiny_model("gpt", seed=3, block_size=40)
+    prompt = make_prompts(1, lengths=(30,))[0]
+    result = decode(model, [prompt], [1], max_new_tokens=50, eos_id=99, reference=ref, alpha=0.5)
+    assert len(result.token_ids[0]) == 10 and result.finish_reasons == ["length"]

@@ -185,11 +185,12 @@ def _validate(
             raise ValueError(f"prompt {i} is empty; prompts start with <bos>")
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise ValueError(f"prompt {i} has token ids outside [0, {vocab - 1}]")
-        if model.cfg.family == "gpt" and len(prompt) >= model.cfg.block_size:
-            raise ValueError(
-                f"prompt {i} has {len(prompt)} tokens; a gpt-family model with "
-                f"block_size {model.cfg.block_size} needs fewer"
-            )
+        for m in (model, reference if alpha > 0 else None):
+            if m is not None and m.cfg.family == "gpt" and len(prompt) >= m.cfg.block_size:
+                raise ValueError(
+                    f"prompt {i} has {len(prompt)} tokens; a gpt-family model with "
+                    f"block_size {m.cfg.block_size} needs fewer"
+                )
 
 
 class _Stream:
@@ -353,9 +354,10 @@ def _decode_chunk(
     row_mask = key_mask[fan]
     seed_t = torch.tensor([_to_int64(x) for x in row_seeds], dtype=torch.int64, device=device)
     # GPT-family positions are learned up to block_size: a row stops there ("length")
+    last_position = _last_position(model, s.reference)
     limit = row_len.new_full((B,), N)
-    if model.cfg.family == "gpt":
-        limit = torch.clamp(model.cfg.block_size - row_len, max=N)
+    if last_position is not None:
+        limit = torch.clamp(last_position + 1 - row_len, max=N)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     done[n_real:] = True  # filler rows are never recorded
     records: list[tuple[torch.Tensor, ...]] = []
@@ -414,12 +416,21 @@ def _decode_chunk(
                 reference.select(keep)
             B = len(keep)
         position = row_len + t
-        if model.cfg.family == "gpt":  # finished filler rows may run past the last position
-            position = position.clamp(max=model.cfg.block_size - 1)
+        if last_position is not None:  # finished filler rows may run past the last position
+            position = position.clamp(max=last_position)
         logits, early = policy.step(token, position, row_mask)
         if reference is not None:
             ref_logits, _ = reference.step(token, position, row_mask)
     _collect(records, stopped, n_real, out, out_rows)
+
+
+def _last_position(model: OrganismLM, reference: OrganismLM | None) -> int | None:
+    """The last position every model in play can embed (GPT-family models learn positions
+    up to their block_size), or None when there is no such limit."""
+    sizes = [
+        m.cfg.block_size for m in (model, reference) if m is not None and m.cfg.family == "gpt"
+    ]
+    return min(sizes) - 1 if sizes else None
 
 
 def _to_int64(seed: int) -> int:
