@@ -165,7 +165,7 @@ def bench_serve_overhead(
 
     out = {"served": which, "rollouts": len(requests)}
     served = [ServedModel("policy", direct, token_level(direct))]
-    with BackgroundServer(served, batch_window_ms=5) as url:
+    with BackgroundServer(served, batch_window_ms=20) as url:
         for top in (0, 5):
             client = OpenAIBackend(
                 "policy",

@@ -10,8 +10,9 @@ Sampling goes through the backend's own ``generate``, so a request's tokens are 
 as the backend's for the same seed. A request with ``seed`` samples its first choice with
 exactly that seed (choice i > 0 with a seed derived from it); without one the server draws
 a seed and reports it. Requests that arrive within a few milliseconds of one another are
-decoded in one batch: batch-invariant seeds make that safe, and it is what makes many
-concurrent clients cheap.
+decoded in one batch (the batch keeps collecting while requests arrive less than the
+window apart, up to 20 windows): batch-invariant seeds make that safe, and it is what
+makes many concurrent clients cheap.
 
 Extensions (ignored by other clients): ``return_tokens_as_token_ids`` (tokens read
 ``"token_id:N"``, as in vLLM), ``intervention`` (a label such as ``"mix(alpha=0.5)"``,
@@ -119,12 +120,27 @@ class OrganismTokens:
     def next_token_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[Any]:
         import torch
 
-        out = []
+        device = _device_of(self.model)
+        out: list[Any] = [None] * len(sequences)
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         with torch.inference_mode():
-            for seq in sequences:
-                idx = torch.tensor([list(seq)], dtype=torch.long, device=_device_of(self.model))
-                logits = self.model(idx)[0, :-1].float()
-                out.append(torch.log_softmax(logits, dim=-1).cpu())
+            for start in range(0, len(order), 64):  # left-padded batches of similar lengths
+                chunk = order[start : start + 64]
+                width = max(len(sequences[i]) for i in chunk)
+                idx = torch.zeros(len(chunk), width, dtype=torch.long)
+                key_mask = torch.zeros(len(chunk), width, dtype=torch.bool)
+                for row, i in enumerate(chunk):
+                    n = len(sequences[i])
+                    idx[row, width - n :] = torch.tensor(list(sequences[i]), dtype=torch.long)
+                    key_mask[row, width - n :] = True
+                positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
+                logits = self.model(
+                    idx.to(device), positions=positions.to(device), key_mask=key_mask.to(device)
+                )
+                logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+                for row, i in enumerate(chunk):
+                    n = len(sequences[i])
+                    out[i] = logprobs[row, width - n : width - 1]
         return out
 
     def chat_prompt(self, messages: list[dict]) -> str:
@@ -162,6 +178,7 @@ class Batcher:
     ):
         self.backend, self.executor = backend, executor
         self.window_s, self.max_rows = window_s, max_rows
+        self.max_wait_s = max(0.05, 20 * window_s)
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.task: asyncio.Task | None = None
 
@@ -185,10 +202,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             jobs = [await self.queue.get()]
-            deadline = loop.time() + self.window_s
+            # keep collecting while requests keep coming (each gap shorter than the window),
+            # up to a cap: a burst of clients then lands in one batch, not in a trickle of
+            # tiny ones while the first runs
+            cap = loop.time() + self.max_wait_s
             rows = len(jobs[0].requests)
             while rows < self.max_rows:
-                timeout = deadline - loop.time()
+                timeout = min(self.window_s, cap - loop.time())
                 if timeout <= 0:
                     break
                 try:
