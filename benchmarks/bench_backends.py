@@ -251,10 +251,11 @@ def main(argv: list[str] | None = None) -> int:
             samples=2 if q else 8,
             new_tokens=16 if q else 64,
             repeats=1 if q else 3,
-            concurrency=8,
+            concurrency=64,
         )
         print(
-            f"[openai via fixable serve vs direct {r['served']}] {r['rollouts']} rollouts: "
+            f"[openai via fixable serve vs direct {r['served']}] {r['rollouts']} rollouts, "
+            f"64 in flight: "
             f"logprobs only: served {r['served_top0_s']:.3f}s vs direct {r['direct_top0_s']:.3f}s "
             f"-> {r['ratio_top0']:.2f}x; top-5 log-probs: served {r['served_top5_s']:.3f}s vs "
             f"direct {r['direct_top5_s']:.3f}s -> {r['ratio_top5']:.2f}x; CPU-time ratios "
