@@ -22,7 +22,7 @@ import pytest
 
 from fixable import schema
 from fixable.cli.main import main
-from fixable.errors import ConfigError, FixableError
+from fixable.errors import ConfigError, FixableError, UnknownNameError
 from fixable.executors import (
     LocalExecutor,
     RayExecutor,
@@ -113,8 +113,10 @@ def test_make_executor_needs_ray_for_ray_options():
         make_executor(None, {"actors": 2})
     with pytest.raises(ConfigError, match="actors must be at least 1, got 0"):
         RayExecutor("auto", actors=0)
-    with pytest.raises(ConfigError, match="max_attempts"):
-        RayExecutor("auto", max_attempts=0)
+    with pytest.raises(ConfigError, match="num_cpus must be a number, got 'half'"):
+        make_executor("auto", {"num_cpus": "half"})
+    with pytest.raises(UnknownNameError, match="Did you mean: actors"):
+        make_executor("auto", {"actor": 2})
 
 
 def test_a_retried_chunk_skips_keys_a_lost_actor_wrote(tmp_path, tiny_model):

@@ -102,7 +102,29 @@ def make_executor(ray: str | None, options: dict | None = None) -> Executor:
                 "add --ray auto (or an address)"
             )
         return LocalExecutor()
+    import inspect
+
+    known = [n for n in inspect.signature(RayExecutor).parameters if n != "address"]
+    for name in options or {}:
+        if name not in known:
+            raise errors.UnknownNameError("ray option", name, known)
     return RayExecutor(ray, **(options or {}))
+
+
+def _number(name: str, value: Any, kind: type, minimum: float) -> Any:
+    """``value`` as ``kind`` (int or float), at least ``minimum``; else a ConfigError."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = kind(value)
+        if kind is int and number != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        word = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {word}, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum:g}, got {value!r}")
+    return number
 
 
 # --------------------------------------------------------------------------- units and chunks
@@ -382,29 +404,26 @@ class RayExecutor:
         runtime_env: dict | None = None,
         start_timeout_s: float = 600.0,
     ):
-        if actors is not None and (isinstance(actors, bool) or int(actors) < 1):
-            raise ConfigError(f"actors must be at least 1, got {actors!r}")
-        if float(num_cpus) < 0 or float(num_gpus) < 0:
-            raise ConfigError(
-                f"num_cpus and num_gpus must be >= 0, got num_cpus={num_cpus}, num_gpus={num_gpus}"
-            )
-        if chunk_size is not None and int(chunk_size) < 1:
-            raise ConfigError(f"chunk_size must be at least 1, got {chunk_size!r}")
-        if max_actor_failures is not None and int(max_actor_failures) < 0:
-            raise ConfigError(f"max_actor_failures must be >= 0, got {max_actor_failures!r}")
-        if int(max_attempts) < 1:
-            raise ConfigError(f"max_attempts must be at least 1, got {max_attempts!r}")
         if not isinstance(address, str) or not address:
             raise ConfigError(f"ray address must be 'auto', 'local' or HOST:PORT, got {address!r}")
         self.address = address
-        self.actors = None if actors is None else int(actors)
-        self.num_cpus, self.num_gpus = float(num_cpus), float(num_gpus)
-        self.chunk_size = None if chunk_size is None else int(chunk_size)
-        self.max_actor_failures = None if max_actor_failures is None else int(max_actor_failures)
-        self.max_attempts = int(max_attempts)
+        self.actors = None if actors is None else _number("actors", actors, int, 1)
+        self.num_cpus = _number("num_cpus", num_cpus, float, 0)
+        self.num_gpus = _number("num_gpus", num_gpus, float, 0)
+        self.chunk_size = None if chunk_size is None else _number("chunk_size", chunk_size, int, 1)
+        self.max_actor_failures = (
+            None
+            if max_actor_failures is None
+            else _number("max_actor_failures", max_actor_failures, int, 0)
+        )
+        self.max_attempts = _number("max_attempts", max_attempts, int, 1)
+        if runtime_env is not None and not isinstance(runtime_env, dict):
+            raise ConfigError(
+                f'runtime_env must be a JSON object (e.g. {{"pip": ["fixable"]}}), got {runtime_env!r}'
+            )
         self.temp_dir = temp_dir
         self.runtime_env = runtime_env
-        self.start_timeout_s = float(start_timeout_s)
+        self.start_timeout_s = _number("start_timeout_s", start_timeout_s, float, 1)
         self.losses: list[ActorLoss] = []  # every actor lost, for the report
         self.startup_s = 0.0  # cluster connection and first actors up (fixed cost)
         self._started_ray = False
@@ -430,7 +449,12 @@ class RayExecutor:
         elif self.address == "auto":
             try:
                 ray.init(address="auto", **common)
-            except ConnectionError:
+            except ConnectionError as e:
+                if os.environ.get("RAY_ADDRESS"):  # asked for that cluster, not any
+                    raise ConfigError(
+                        f"cannot connect to the Ray cluster RAY_ADDRESS="
+                        f"{os.environ['RAY_ADDRESS']} names ({e})"
+                    ) from None
                 log.info("no running Ray cluster found: starting a local one")
                 ray.init(address="local", **local, **common)
                 self._started_ray = True
