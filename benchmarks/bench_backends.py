@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default=None, help="batch sizes, e.g. 1,16,64")
     parser.add_argument("--tokens", type=int, default=None, help="new tokens (default 96)")
     parser.add_argument("--skip-serve", action="store_true", help="only the hf part")
+    parser.add_argument("--skip-hf", action="store_true", help="only the serve part")
     args = parser.parse_args(argv)
     import torch
 
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, hf_dir = build_model(Path(tmp), **sizes)
-        for rows in rows_list:
+        for rows in [] if args.skip_hf else rows_list:
             r = bench_hf_vs_generate(
                 hf_dir,
                 rows=rows,

@@ -592,9 +592,9 @@ def _choice(
         n_prompt = len(prompt_ids)
         if full is not None:
             gen_rows = full[n_prompt - 1 : n_prompt - 1 + len(gen_ids)]
-            logprobs = [float(gen_rows[t, tok]) for t, tok in enumerate(gen_ids)]
+            logprobs = _picked(gen_rows, gen_ids)
             if params.top_logprobs > 0:
-                top_lists = [_top(row, params.top_logprobs, token_str) for row in gen_rows]
+                top_lists = _top(gen_rows, params.top_logprobs, token_str)
         else:
             logprobs = [float(x) for x in (gen.policy_logprobs or [])]
     if chat:
@@ -625,16 +625,14 @@ def _choice(
                 [dict(t) for t in top_lists] if top_lists else [None] * len(gen_ids)
             )
             if params.echo:
-                prompt_rows = full  # rows 0..n_prompt-2 predict prompt tokens 1..n_prompt-1
-                echo_lps: list[float | None] = [None] + [
-                    float(prompt_rows[t - 1, prompt_ids[t]]) for t in range(1, len(prompt_ids))
-                ]
-                echo_tops: list[dict | None] = [None] + [
-                    dict(_top(prompt_rows[t - 1], params.top_logprobs, token_str))
+                # rows 0..n_prompt-2 of the teacher-forced pass predict prompt tokens 1..
+                prompt_rows = full[: len(prompt_ids) - 1]
+                echo_lps: list[float | None] = [None, *_picked(prompt_rows, prompt_ids[1:])]
+                echo_tops: list[dict | None] = [None] + (
+                    [dict(t) for t in _top(prompt_rows, params.top_logprobs, token_str)]
                     if params.top_logprobs
-                    else None
-                    for t in range(1, len(prompt_ids))
-                ]
+                    else [None] * (len(prompt_ids) - 1)
+                )
                 out_tokens = [token_str(t) for t in prompt_ids] + out_tokens
                 token_lps = echo_lps + token_lps
                 tops = echo_tops + tops
@@ -662,11 +660,27 @@ def _choice(
     return choice
 
 
-def _top(row, k: int, token_str) -> list[tuple[str, float]]:
+def _picked(rows, ids: Sequence[int]) -> list[float]:
+    """rows[t, ids[t]] for every t, in one gather."""
     import torch
 
-    values, ids = torch.topk(row, min(k, row.shape[-1]))
-    return [(token_str(int(i)), float(v)) for v, i in zip(values, ids, strict=True)]
+    if len(ids) == 0:
+        return []
+    index = torch.tensor(list(ids), dtype=torch.long)[:, None]
+    return rows[: len(ids)].gather(-1, index)[:, 0].tolist()
+
+
+def _top(rows, k: int, token_str) -> list[list[tuple[str, float]]]:
+    """The k most probable tokens of every row, in one topk call."""
+    import torch
+
+    if rows.shape[0] == 0:
+        return []
+    values, ids = torch.topk(rows, min(k, rows.shape[-1]), dim=-1)
+    return [
+        [(token_str(i), v) for v, i in zip(vs, is_, strict=True)]
+        for vs, is_ in zip(values.tolist(), ids.tolist(), strict=True)
+    ]
 
 
 def _offsets(pieces: list[str]) -> list[int]:
