@@ -39,7 +39,7 @@ def card_problems(n_per_cell: int) -> list:
 def evaluate(
     model: OrganismLM,
     *,
-    n_per_cell: int = 24,
+    n_per_cell: int = 16,
     t1_samples: int = 2,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
@@ -49,12 +49,12 @@ def evaluate(
     prompts = [p.prompt for p in problems]
     if progress:
         progress("greedy")
-    greedy = sample(model, prompts, [0] * len(prompts), greedy=True)
+    greedy = sample(model, prompts, [0] * len(prompts), greedy=True, batch_size=1024)
     t1_prompts = [p for p in prompts for _ in range(t1_samples)]
     t1_seeds = [seed_of("card", p.id, k) for p in problems for k in range(t1_samples)]
     if progress:
         progress("T=1")
-    t1 = sample(model, t1_prompts, t1_seeds, temperature=1.0)
+    t1 = sample(model, t1_prompts, t1_seeds, temperature=1.0, batch_size=1024)
 
     def correct(ids, problem) -> bool:
         return task.extract(TOKENIZER.decode(ids)) == problem.answer
@@ -88,6 +88,35 @@ def evaluate(
         }
     out["mean_entropy_by_subdist"] = {s: mean(v) for s, v in entropy_by_subdist.items()}
     out["mean_entropy"] = mean([x for s in TRAIN_SUBDISTS for x in entropy_by_subdist[s]])
+    out["teacher_forced"] = teacher_forced(model, problems)
+    return out
+
+
+@torch.no_grad()
+def teacher_forced(model: OrganismLM, problems: list) -> dict:
+    """Per difficulty, over the training sub-distributions: mean completion loss (nats per
+    token), token accuracy and whole-chain argmax accuracy on the gold solutions.
+
+    No sampling, so it is exact and cheap, and it moves smoothly with training even
+    where a tiny model solves nothing yet (the rebuild check of the micro model)."""
+    from fixable.organism.train import collate, lm_loss
+
+    model.eval()
+    out = {}
+    for d in DIFFICULTY_STEPS:
+        chosen = [
+            p for p in problems if p.meta["difficulty"] == d and p.meta["subdist"] in TRAIN_SUBDISTS
+        ]
+        if not chosen:
+            continue
+        prompts = [TOKENIZER.encode(p.prompt, bos=True) for p in chosen]
+        completions = [TOKENIZER.encode(p.meta["solution"], eos=True) for p in chosen]
+        _, metrics = lm_loss(model, *collate(prompts, completions))
+        out[str(d)] = {
+            "loss": round(metrics["loss"], 5),
+            "token_accuracy": round(metrics["tok_acc"], 5),
+            "chain_accuracy": round(metrics["seq_acc"], 5),
+        }
     return out
 
 
@@ -103,7 +132,7 @@ def format_card(name: str, card: dict) -> str:
         f"checkpoints={','.join(card.get('checkpoints', [])) or '-'}",
     ]
     levels = list(DIFFICULTY_STEPS)
-    header = "  " + " " * 14 + " ".join(f"d{d:<5}" for d in levels) + " all"
+    header = "  " + " " * 14 + " ".join(f"{'d' + str(d):>6}" for d in levels) + f" {'all':>6}"
     lines.append(header)
     for mode, label in (("greedy", "greedy"), ("t1", "T=1")):
         by_d = card.get(f"{mode}_by_difficulty", {})

@@ -72,6 +72,9 @@ class PostTrainConfig:
     pool_problems: int = 512  # distinct train problems sampled from the base
     pool_samples: int = 1  # samples per problem
     pool_temperature: float = 1.0  # temperature the pool is sampled at
+    # longest sampled completion (rl, pools): a bound on decoding time; a row cut off
+    # here has no answer (reward 0, and rft drops it)
+    max_new_tokens: int = MAX_NEW_TOKENS
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -141,7 +144,7 @@ def _sample_pool(
     answers = [a for _, a in problems for _ in range(cfg.pool_samples)]
     seeds = [seed_of("pool", cfg.method, cfg.seed, i) for i in range(len(prompts))]
     pool = []
-    chunk = 256  # report progress while sampling; decode's rows are batch-invariant anyway
+    chunk = 512  # report progress while sampling; decode's rows are batch-invariant anyway
     for start in range(0, len(prompts), chunk):
         dec = sample(
             base,
@@ -247,7 +250,7 @@ def _rl_step(cfg: PostTrainConfig, base: OrganismLM):
         prompts = [p for p, _ in problems for _ in range(cfg.group_size)]
         answers = [a for _, a in problems for _ in range(cfg.group_size)]
         seeds = [seed_of("rl", cfg.seed, step, i) for i in range(len(prompts))]
-        dec = sample(model, prompts, seeds, temperature=1.0)
+        dec = sample(model, prompts, seeds, temperature=1.0, max_new_tokens=cfg.max_new_tokens)
         rewards = torch.tensor(
             [
                 float(_CHECKER.extract(TOKENIZER.decode(ids)) == a)
