@@ -164,19 +164,33 @@ def _device_of(model) -> Any:
 
 @dataclass
 class _Job:
-    requests: list[GenerationRequest]
+    requests: list[GenerationRequest]  # one per row
     intervention: Intervention
+    sample: bool  # False: nothing to generate (max_tokens=0), rows come back empty
+    prefixes: list[list[int]] | None  # per row, prompt ids for the teacher-forced pass
     future: asyncio.Future = field(repr=False)
 
 
+def _empty_generation() -> Generation:
+    return Generation(
+        text="", token_ids=[], logprobs=[], entropies=[], policy_logprobs=[], finish_reason="length"
+    )
+
+
 class Batcher:
-    """Collects generation jobs for ``window_s`` and runs each intervention's share as one
-    ``backend.generate`` call on the model thread."""
+    """Collects jobs for a few milliseconds, then runs each intervention's rows as one
+    ``backend.generate`` call and every row that needs full distributions (top-k
+    log-probs, echo) as one teacher-forced pass, all on the model thread."""
 
     def __init__(
-        self, backend: Backend, executor: ThreadPoolExecutor, window_s: float, max_rows: int
+        self,
+        backend: Backend,
+        tokens: TokenLevel,
+        executor: ThreadPoolExecutor,
+        window_s: float,
+        max_rows: int,
     ):
-        self.backend, self.executor = backend, executor
+        self.backend, self.tokens, self.executor = backend, tokens, executor
         self.window_s, self.max_rows = window_s, max_rows
         self.max_wait_s = max(0.05, 20 * window_s)
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
@@ -192,10 +206,17 @@ class Batcher:
                 await self.task
 
     async def submit(
-        self, requests: list[GenerationRequest], intervention: Intervention
-    ) -> list[Generation]:
+        self,
+        requests: list[GenerationRequest],
+        intervention: Intervention,
+        *,
+        sample: bool = True,
+        prefixes: list[list[int]] | None = None,
+    ) -> tuple[list[Generation], list[Any]]:
+        """(generations, teacher-forced rows) of ``requests``; rows are None where no
+        ``prefixes`` were given."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Job(requests, intervention, future))
+        await self.queue.put(_Job(requests, intervention, sample, prefixes, future))
         return await future
 
     async def _loop(self) -> None:
@@ -217,30 +238,51 @@ class Batcher:
                     break
                 jobs.append(job)
                 rows += len(job.requests)
-            by_setting: dict[str, list[_Job]] = {}
-            for job in jobs:
-                by_setting.setdefault(job.intervention.label, []).append(job)
-            for group in by_setting.values():
-                await self._run(group)
+            try:
+                await self._run(jobs)
+            except Exception as e:  # answer every waiting client rather than hang them
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(e)
 
-    async def _run(self, group: list[_Job]) -> None:
-        requests = [r for job in group for r in job.requests]
+    async def _run(self, jobs: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
-        try:
+        generations: dict[int, list[Generation]] = {}
+        by_setting: dict[str, list[int]] = {}
+        for j, job in enumerate(jobs):
+            if job.sample:
+                by_setting.setdefault(job.intervention.label, []).append(j)
+            else:
+                generations[j] = [_empty_generation() for _ in job.requests]
+        for members in by_setting.values():
+            requests = [r for j in members for r in jobs[j].requests]
             results = await loop.run_in_executor(
-                self.executor, self.backend.generate, requests, group[0].intervention
+                self.executor, self.backend.generate, requests, jobs[members[0]].intervention
             )
-        except Exception as e:  # answer every waiting client rather than hang them
-            for job in group:
-                if not job.future.done():
-                    job.future.set_exception(e)
-            return
-        start = 0
-        for job in group:
-            n = len(job.requests)
+            start = 0
+            for j in members:
+                n = len(jobs[j].requests)
+                generations[j] = results[start : start + n]
+                start += n
+        # one teacher-forced pass over every row that asked for full distributions
+        wanted = [
+            (j, k)
+            for j, job in enumerate(jobs)
+            if job.prefixes is not None
+            for k in range(len(job.requests))
+        ]
+        rows: dict[tuple[int, int], Any] = {}
+        if wanted:
+            sequences = [jobs[j].prefixes[k] + list(generations[j][k].token_ids) for j, k in wanted]
+            full = await loop.run_in_executor(
+                self.executor, self.tokens.next_token_logprobs, sequences
+            )
+            rows = dict(zip(wanted, full, strict=True))
+        for j, job in enumerate(jobs):
             if not job.future.done():
-                job.future.set_result(results[start : start + n])
-            start += n
+                job.future.set_result(
+                    (generations[j], [rows.get((j, k)) for k in range(len(job.requests))])
+                )
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,7 +320,9 @@ def create_app(
 
     async def lifespan(app):
         for m in models:
-            batchers[m.id] = Batcher(m.backend, executor, batch_window_ms / 1000, max_batch_rows)
+            batchers[m.id] = Batcher(
+                m.backend, m.tokens, executor, batch_window_ms / 1000, max_batch_rows
+            )
             batchers[m.id].start()
         yield
         for b in batchers.values():
@@ -324,7 +368,7 @@ def create_app(
             return error("request body must be a JSON object")
         try:
             served = _pick_model(body, by_id, models[0])
-            response = await _complete(body, served, batchers[served.id], executor, chat)
+            response = await _complete(body, served, batchers[served.id], chat)
         except _BadRequest as e:
             return error(e.message, e.status, e.param)
         except FixableError as e:
@@ -490,9 +534,7 @@ def _ids_text(tokens: TokenLevel, ids: list[int]) -> str:
     return tokens.decode_ids(ids)
 
 
-async def _complete(
-    body: dict, served: ServedModel, batcher: Batcher, executor: ThreadPoolExecutor, chat: bool
-):
+async def _complete(body: dict, served: ServedModel, batcher: Batcher, chat: bool):
     params = _params(body, chat)
     prompts = _prompts(body, served, chat)
     backend = served.backend
@@ -500,7 +542,6 @@ async def _complete(
         check_capabilities(backend, [params.intervention])
     except CapabilityError as e:
         raise _BadRequest(str(e), "intervention") from None
-    loop = asyncio.get_running_loop()
     created = int(time.time())
     requests: list[GenerationRequest] = []
     for text, ids in prompts:
@@ -519,28 +560,12 @@ async def _complete(
                     stop=params.stop,
                 )
             )
-    if params.max_tokens > 0:
-        generations = await batcher.submit(requests, params.intervention)
-    else:
-        generations = [
-            Generation(
-                text="",
-                token_ids=[],
-                logprobs=[],
-                entropies=[],
-                policy_logprobs=[],
-                finish_reason="length",
-            )
-            for _ in requests
-        ]
     # teacher-forced distributions, only where the answer needs alternatives or echo
     need_full = params.top_logprobs is not None and (params.top_logprobs > 0 or params.echo)
-    full: list[Any] = [None] * len(requests)
-    if need_full:
-        sequences = [
-            prompts[k // params.n][1] + list(g.token_ids) for k, g in enumerate(generations)
-        ]
-        full = await loop.run_in_executor(executor, served.tokens.next_token_logprobs, sequences)
+    prefixes = [prompts[k // params.n][1] for k in range(len(requests))] if need_full else None
+    generations, full = await batcher.submit(
+        requests, params.intervention, sample=params.max_tokens > 0, prefixes=prefixes
+    )
     choices = []
     completion_tokens = 0
     for k, gen in enumerate(generations):
