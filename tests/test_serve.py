@@ -276,3 +276,53 @@ def test_teacher_forced_parity_through_the_served_organism(organism_server, hf_b
             for s, d, h in zip(served, direct, hf, strict=True):
                 assert s == pytest.approx(d, abs=1e-4)
                 assert h == pytest.approx(d, abs=1e-4)
+
+
+def test_the_serve_command_answers_on_loopback(models):
+    """`fixable serve` as a user runs it: a subprocess on 127.0.0.1, stopped by SIGINT."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:  # a free port (the tiny race with other tests is harmless)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fixable.cli.main",
+            "serve",
+            str(models["policy"]),
+            "-B",
+            "reference=none",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "server did not start in 60 s"
+            time.sleep(0.2)
+        body = {"prompt": PROMPTS[0], "max_tokens": 6, "seed": 3, "logprobs": 1}
+        choice = httpx.post(f"{url}/v1/completions", json=body, timeout=30).json()["choices"][0]
+        assert len(choice["logprobs"]["tokens"]) == 6 or choice["finish_reason"] == "stop"
+        models_listed = httpx.get(f"{url}/v1/models").json()["data"]
+        assert models_listed[0]["id"] == str(models["policy"])
+        assert models_listed[0]["backend"] == "organism"
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
