@@ -23,8 +23,6 @@ import difflib
 import json
 import logging
 import math
-import shlex
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -612,11 +610,6 @@ def _build_task(config: DemoConfig):
         return get_task(config.task, **config.task_options)
     except TypeError as e:
         raise ConfigError(f"task_options for {config.task!r}: {e}") from None
-
-
-def command_line() -> str:
-    """The command line of this process, quoted, for the manifest."""
-    return " ".join(shlex.quote(a) for a in ["fixable", *sys.argv[1:]])
 
 
 # --------------------------------------------------------------------------- headline table

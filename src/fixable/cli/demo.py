@@ -62,6 +62,23 @@ class _Bars:
             self.key = None
 
 
+def _command(out, quick, config_file, models, problems, seed) -> str:
+    """The command that does this run again (what the manifest and the report show)."""
+    import shlex
+
+    words = ["fixable", "demo"] + (["--quick"] if quick else [])
+    if config_file:
+        words += ["--config", config_file]
+    for model in models:
+        words += ["--model", model]
+    if problems is not None:
+        words += ["--problems", str(problems)]
+    if seed is not None:
+        words += ["--seed", str(seed)]
+    words += ["--out", str(out)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 @click.command("demo")
 @click.option(
     "--out",
@@ -100,7 +117,7 @@ def command(out, quick, config_file, models, problems, seed, threads, no_report,
     fixable demo --quick             # the same pipeline, smaller
     fixable demo --config studies/full.toml --out runs/full   # the paper-scale study
     """
-    from fixable.demo import DEMO, QUICK, command_line, format_headline, load_config, run_demo
+    from fixable.demo import DEMO, QUICK, format_headline, load_config, run_demo
     from fixable.errors import ConfigError
 
     if quick and config_file:
@@ -122,7 +139,7 @@ def command(out, quick, config_file, models, problems, seed, threads, no_report,
             config,
             out,
             report=not no_report,
-            command=command_line(),
+            command=_command(out, quick, config_file, models, problems, seed),
             threads=threads,
             progress=bars,
         )
