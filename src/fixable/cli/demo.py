@@ -28,6 +28,16 @@ class _Bars:
         if event.stage == "sample" and event.sampling is not None:
             p = event.sampling
             key = (event.model, p.phase, p.total)
+            if p.total == 0:  # everything already in the run: a line, not an empty bar
+                if self.key != key:
+                    self.close()
+                    self.key = key
+                    click.echo(
+                        f"[{event.index}/{event.n_models}] {event.model} {p.phase}: all "
+                        f"{p.skipped} rollouts already in the run",
+                        err=True,
+                    )
+                return
             if self.key != key:
                 self._open(
                     key,
@@ -49,9 +59,11 @@ class _Bars:
         elif event.stage in ("analysis", "report"):
             if self.key != event.stage:
                 self._open(
-                    event.stage, desc=event.stage, bar_format="{desc}: {postfix} [{elapsed}]"
+                    event.stage,
+                    bar_format="{desc} [{elapsed}]",
+                    desc=f"{event.stage}: {event.detail}",
                 )
-            self.bar.set_postfix_str(event.detail)
+            self.bar.set_description_str(f"{event.stage}: {event.detail}")
         elif event.stage == "done":
             self.close()
 
