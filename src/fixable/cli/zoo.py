@@ -14,11 +14,12 @@ def command() -> None:
 
 @command.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the cards as JSON.")
+@click.option("--markdown", is_flag=True, help="Print one table row per model (Markdown).")
 @click.option("--micro", is_flag=True, help="Also list the rebuild-check micro model.")
-def list_command(as_json: bool, micro: bool) -> None:
+def list_command(as_json: bool, markdown: bool, micro: bool) -> None:
     """Print a model card per zoo model."""
     from fixable.organism import zoo
-    from fixable.organism.cards import format_card
+    from fixable.organism.cards import format_card, markdown_table
 
     names = zoo.list_models(include_micro=micro)
     if not names:
@@ -32,6 +33,9 @@ def list_command(as_json: bool, micro: bool) -> None:
             cards[name] = None  # still training: weights of a checkpoint but no card yet
     if as_json:
         click.echo(json.dumps(cards, indent=1, sort_keys=True))
+        return
+    if markdown:
+        click.echo(markdown_table({n: c for n, c in cards.items() if c is not None}))
         return
     for name, model_card in cards.items():
         if model_card is None:

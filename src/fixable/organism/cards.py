@@ -155,6 +155,32 @@ def format_card(name: str, card: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(cards: dict[str, dict]) -> str:
+    """One row per model: greedy accuracy per difficulty (training sub-distributions), T=1
+    accuracy on d1-d4, greedy accuracy per sub-distribution, mean token entropy."""
+    levels = list(DIFFICULTY_STEPS)
+    head = (
+        ["model", "params"]
+        + [f"greedy d{d}" for d in levels]
+        + ["T=1 d1-4"]
+        + [f"greedy {s}" for s in SUBDISTS]
+        + ["entropy"]
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, card in cards.items():
+        by_d, t1 = card["greedy_by_difficulty"], card["t1_by_difficulty"]
+        t1_short = sum(t1[str(d)] for d in levels[:4]) / 4
+        row = (
+            [name, f"{card['params']:,}"]
+            + [f"{100 * by_d[str(d)]:.0f}" for d in levels]
+            + [f"{100 * t1_short:.0f}"]
+            + [f"{100 * card['greedy_by_subdist'][s]:.0f}" for s in SUBDISTS]
+            + [f"{card['mean_entropy']:.3f}"]
+        )
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def _pct(x) -> str:
     if x is None or x != x:
         return "  -   "
