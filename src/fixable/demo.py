@@ -57,7 +57,7 @@ class DemoConfig:
     seeds: tuple[int, ...] = (0,)  # which training seeds of each method (when models is empty)
     task: str = "chains"  # registry name of the task
     task_options: dict = field(default_factory=dict)  # passed to the task's constructor
-    problems: int = 120  # problems probed per model (the first round when min_failures is set)
+    problems: int = 160  # problems probed per model (the first round when min_failures is set)
     min_failures: int | None = None  # probe more problems until each model has this many failures
     max_problems: int | None = None  # ... but never more than this many problems per model
     problem_seed: int = 0  # which problems a generated task draws
@@ -180,9 +180,9 @@ def _count(name: str, value: Any, low: int) -> int:
 # sampling per model on two CPU cores. QUICK is the same pipeline at a smaller scale.
 DEMO = DemoConfig()
 QUICK = DemoConfig(
-    problems=40,
+    problems=48,
     k=6,
-    r=6,
+    r=8,
     interventions=("retry", "temperature(T=0.3)", "temperature(T=1.3)", "mix(alpha=0.5)"),
     analysis={"n_boot": 200, "n_seeds": 3, "stability_boot": 10},
 )
