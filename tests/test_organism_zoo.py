@@ -90,7 +90,7 @@ def test_every_recipe_is_named_and_seeded():
     assert len(names) == 18 == len(set(names))
     for method in ("sft", "rl", "distill", "rft"):
         a, b = zoo.posttrain_recipe(method, 0), zoo.posttrain_recipe(method, 1)
-        assert (a.seed, b.seed) == (0, 1) and len(a.checkpoint_steps) == 2
+        assert (a.seed, b.seed) == (0, 1) and 2 <= len(a.checkpoint_steps) <= 3
     assert zoo.posttrain_recipe("sft", 0).subdists == ("move",)
 
 
