@@ -179,7 +179,8 @@ def label_failures(
     if not bounded.empty:
         best_idx = bounded.groupby(FAILURE_KEY)["rate"].idxmax()
         best = bounded.loc[best_idx.to_numpy()].set_index(FAILURE_KEY)
-        out["best_setting"] = best["setting"].reindex(out.index)
+        # when nothing rescued anything, no setting is "best" (idxmax would name the first)
+        out["best_setting"] = best["setting"].where(best["rate"] > 0).reindex(out.index)
         out["best_rate"] = best["rate"].reindex(out.index)
         out["n_best"] = best["n"].reindex(out.index)
         out["best_low"] = bounded.groupby(FAILURE_KEY)["low"].max().reindex(out.index)
