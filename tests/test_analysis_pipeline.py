@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
 
@@ -129,8 +130,10 @@ def test_same_seed_same_figures(run_dir):
     assert a == b
 
 
-def test_missing_stages_say_why(run_dir):
-    probes = Run(run_dir).rollouts(where="phase = 'probe' AND model LIKE 'gpt-%'")
+def test_missing_stages_say_why():
+    # models of one's own (no zoo card, no --model-info), probes only
+    table, _ = planted_rollouts(["acme-a", "acme-b"], n_failures=10, r=4, seed=13)
+    probes = table.filter(pc.equal(table["phase"], "probe"))
     res = analyze(probes, config=AnalysisConfig(n_boot=50, n_seeds=1, stability_boot=3)).result
     assert "rescue" in res["skipped"]["routing"]
     assert "method" in res["skipped"]["topography"]
