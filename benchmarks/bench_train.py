@@ -2,9 +2,9 @@
 
 For each family (the zoo's architecture, ``fixable.organism.zoo.model_config``) it times
 optimizer steps of the real pretraining step (mixed difficulties, right-padded to the
-batch's longest sequence, AdamW) and, as the baseline measured in the same run, the same
-batches padded to the model's full ``block_size`` (what a loop with fixed-shape batches
-does). It prints tokens/s (all positions processed), completion tokens/s (the positions
+batch's longest sequence, AdamW) and, as the baseline measured in the same run (steps
+interleaved), the same batches padded to the model's full ``block_size`` (what a loop with
+fixed-shape batches does). It prints tokens/s (all positions processed), completion tokens/s (the positions
 that carry loss) and the ratio to the baseline. With ``--rl`` it also times GRPO steps
 (sampling dominates those).
 
@@ -20,7 +20,10 @@ import time
 import torch
 
 
-def time_steps(family: str, steps: int, pad_to_block: bool) -> tuple[float, int, int]:
+def time_steps(family: str, steps: int) -> dict[str, tuple[float, int, int]]:
+    """Seconds, positions and loss positions of ``steps`` optimizer steps, for batches padded
+    to their longest row ("ours") and to the full context ("baseline"). The two alternate
+    step by step on two identical models, so that a change in machine load hits both."""
     from fixable.organism import zoo
     from fixable.organism.model import OrganismLM
     from fixable.organism.train import (
@@ -32,11 +35,11 @@ def time_steps(family: str, steps: int, pad_to_block: bool) -> tuple[float, int,
     )
 
     recipe = zoo.pretrain_recipe(family)
-    torch.manual_seed(0)
-    model = OrganismLM(recipe.model)
-    opt = make_optimizer(model, recipe.optim)
-    tokens = loss_tokens = 0
-    elapsed = 0.0
+    runs = {}
+    for kind in ("ours", "baseline"):
+        torch.manual_seed(0)
+        model = OrganismLM(recipe.model)
+        runs[kind] = [model, make_optimizer(model, recipe.optim), 0.0, 0, 0]
     for step in range(steps + 2):  # two warm-up steps, not timed
         rng = random.Random(f"bench-{step}")
         prompts, completions = [], []
@@ -46,23 +49,22 @@ def time_steps(family: str, steps: int, pad_to_block: bool) -> tuple[float, int,
             )
             prompts.append(TOKENIZER.encode(prompt, bos=True))
             completions.append(TOKENIZER.encode(solution, eos=True))
-        inputs, targets, mask = collate(prompts, completions)
-        if pad_to_block:
-            width = recipe.model.block_size - 1
-            grow = width - inputs.shape[1]
-            inputs = torch.nn.functional.pad(inputs, (0, grow))
-            targets = torch.nn.functional.pad(targets, (0, grow))
-            mask = torch.nn.functional.pad(mask, (0, grow))
-        t0 = time.perf_counter()
-        loss, _ = lm_loss(model, inputs, targets, mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step >= 2:
-            elapsed += time.perf_counter() - t0
-            tokens += inputs.numel()
-            loss_tokens += int(mask.sum())
-    return elapsed, tokens, loss_tokens
+        batch = collate(prompts, completions)
+        grow = recipe.model.block_size - 1 - batch[0].shape[1]
+        padded = tuple(torch.nn.functional.pad(t, (0, grow)) for t in batch)
+        for kind, (inputs, targets, mask) in (("ours", batch), ("baseline", padded)):
+            run = runs[kind]
+            model, opt = run[0], run[1]
+            t0 = time.perf_counter()
+            loss, _ = lm_loss(model, inputs, targets, mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step >= 2:
+                run[2] += time.perf_counter() - t0
+                run[3] += inputs.numel()
+                run[4] += int(mask.sum())
+    return {kind: tuple(run[2:]) for kind, run in runs.items()}
 
 
 def time_rl(family: str, steps: int) -> tuple[float, int]:
@@ -107,8 +109,9 @@ def main() -> None:
 
     for family in ("gpt", "llama"):
         params = OrganismLM(zoo.model_config(family)).num_parameters()
-        elapsed, tokens, loss_tokens = time_steps(family, args.steps, pad_to_block=False)
-        base_elapsed, _, base_loss_tokens = time_steps(family, args.steps, pad_to_block=True)
+        timed = time_steps(family, args.steps)
+        elapsed, tokens, loss_tokens = timed["ours"]
+        base_elapsed, _, base_loss_tokens = timed["baseline"]
         # compare useful work: completion tokens (the same batches) per second
         ours = loss_tokens / elapsed
         baseline = base_loss_tokens / base_elapsed
