@@ -342,7 +342,7 @@ def build(
         model_card["build_seconds"] = round(time.time() - t0, 1)
         model_card["train_seconds"] = round(train_seconds, 1)
         _write_json(root / entry.name / "card.json", model_card)
-        _record_build(root, entry.name, model_card, device)
+        _record_build(root, entry.name, model_card, device, lock_dir=work)
         built.append(entry.name)
         if on_done:
             on_done(entry.name, model_card)
@@ -393,22 +393,23 @@ def _ship(entry: ZooEntry, run_dir: Path, root: Path, n_per_cell: int, device: s
     }
 
 
-def _record_build(root: Path, name: str, model_card: dict, device: str) -> None:
+def _record_build(root: Path, name: str, model_card: dict, device: str, lock_dir: Path) -> None:
+    import fcntl
+
     path = root / "BUILD.json"
-    record = json.loads(path.read_text()) if path.exists() else {"models": {}}
-    record["models"][name] = {
-        "build_seconds": model_card["build_seconds"],
-        "train_seconds": model_card["train_seconds"],
-    }
-    record.update(
-        {
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    # one build process per family may run at once: serialise the read-modify-write
+    with open(lock_dir / "zoo-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = json.loads(path.read_text()) if path.exists() else {"models": {}}
+        record["models"][name] = {
+            "build_seconds": model_card["build_seconds"],
+            "train_seconds": model_card["train_seconds"],
             "device": device,
-            "torch": torch.__version__,
-            "machine": platform.machine(),
             "threads": torch.get_num_threads(),
         }
-    )
-    _write_json(path, record)
+        record.update({"torch": torch.__version__, "machine": platform.machine()})
+        _write_json(path, record)
 
 
 def _write_json(path: Path, obj: dict) -> None:
