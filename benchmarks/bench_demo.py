@@ -48,6 +48,7 @@ def run_stats(out: Path) -> dict:
         "SELECT count(*) AS rollouts, sum(n_tokens) AS tokens, sum(cost_tokens) AS cost "
         "FROM rollouts"
     ).to_pylist()[0]
+    counts = {k: int(v or 0) for k, v in counts.items()}  # duckdb sums are Decimals
     return {**counts, "seconds": run.manifest.get("demo", {}).get("seconds", {})}
 
 

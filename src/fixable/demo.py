@@ -57,13 +57,13 @@ class DemoConfig:
     seeds: tuple[int, ...] = (0,)  # which training seeds of each method (when models is empty)
     task: str = "chains"  # registry name of the task
     task_options: dict = field(default_factory=dict)  # passed to the task's constructor
-    problems: int = 160  # problems probed per model (the first round when min_failures is set)
+    problems: int = 240  # problems probed per model (the first round when min_failures is set)
     min_failures: int | None = None  # probe more problems until each model has this many failures
     max_problems: int | None = None  # ... but never more than this many problems per model
     problem_seed: int = 0  # which problems a generated task draws
     split: str = "test"  # the task split problems come from (never the training split)
     k: int = 8  # probe rollouts per problem
-    r: int = 16  # rescue rollouts per failed problem and setting
+    r: int = 24  # rescue rollouts per failed problem and setting
     interventions: tuple[str, ...] = DEFAULT_INTERVENTIONS  # the rescue grid
     seed: int = 0  # run seed: every rollout's seed derives from it and the rollout's key
     max_tokens: int = 160  # longest completion, in tokens
@@ -180,10 +180,16 @@ def _count(name: str, value: Any, low: int) -> int:
 # sampling per model on two CPU cores. QUICK is the same pipeline at a smaller scale.
 DEMO = DemoConfig()
 QUICK = DemoConfig(
-    problems=48,
-    k=6,
+    problems=64,
+    k=8,
     r=8,
-    interventions=("retry", "temperature(T=0.3)", "temperature(T=1.3)", "mix(alpha=0.5)"),
+    interventions=(
+        "retry",
+        "temperature(T=0.3)",
+        "temperature(T=1.3)",
+        "mix(alpha=0.5)",
+        "checkpoint(c=first)",
+    ),
     analysis={"n_boot": 200, "n_seeds": 3, "stability_boot": 10},
 )
 PRESETS = {"demo": DEMO, "quick": QUICK}
