@@ -170,8 +170,8 @@ def draw_regime_map(result: dict, failures: pd.DataFrame | None) -> Figure:
     )
     fig = Figure(figsize=(5.2 * len(others), 4.4), layout="constrained")
     axes = fig.subplots(1, len(others), squeeze=False)[0]
-    x = _jitter(failures["answer_dispersion"].to_numpy(float), 0.012)
-    size = 14 if len(failures) < 400 else (7 if len(failures) < 2000 else 4)
+    x = _jitter(failures["answer_dispersion"].to_numpy(float), 0.025)
+    size = 16 if len(failures) < 400 else (9 if len(failures) < 2000 else 5)
     draw_order = ordered(
         labels.unique(),
         ("unlabelled", "structural", "resamplable", "steerable-weak", "steerable-hard"),
@@ -179,36 +179,41 @@ def draw_regime_map(result: dict, failures: pd.DataFrame | None) -> Figure:
     for ax, feature in zip(axes, others, strict=True):
         y = failures[feature].to_numpy(float)
         for name in draw_order:
+            # failures nothing fixes are the background; the others are drawn on top
+            background = name in ("structural", "unlabelled")
             for is_uncertain in (True, False):
                 mask = (labels.to_numpy() == name) & (uncertain == is_uncertain)
                 if not mask.any():
                     continue
                 color = REGIME_COLORS.get(name, "#999999")
-                if is_uncertain:  # hollow: the label's interval straddles a threshold
+                if is_uncertain:  # faint: the label's interval straddles a threshold
+                    alpha = 0.25 if background else 0.45
+                    ax.scatter(x[mask], y[mask], s=size, color=color, alpha=alpha, linewidths=0)
+                else:
                     ax.scatter(
                         x[mask],
                         y[mask],
-                        s=size,
-                        facecolors="none",
-                        edgecolors=color,
-                        linewidths=0.6,
-                        alpha=0.7,
+                        s=size * 1.6,
+                        color=color,
+                        alpha=0.95,
+                        edgecolors="#222222",
+                        linewidths=0.4,
                     )
-                else:
-                    ax.scatter(x[mask], y[mask], s=size, color=color, alpha=0.75, linewidths=0)
         ax.set_xlabel(FEATURE_NAMES["answer_dispersion"])
         ax.set_ylabel(FEATURE_NAMES[feature])
         ax.grid(axis="x", color="#EFEFEF")
-        ax.set_xlim(-0.04, 1.04)
+        ax.set_xlim(-0.05, 1.05)
     _regime_legend(axes[-1], labels, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="label (n)")
     if uncertain.any():
-        axes[0].text(
-            0.0,
-            -0.16,
-            "hollow: uncertain label (interval straddles a threshold)",
-            transform=axes[0].transAxes,
+        # a figure-level note: inside an axes it would push the panels apart
+        fig.text(
+            0.01,
+            -0.01,
+            f"faint: uncertain label, its interval straddles a threshold ({int(uncertain.sum())} of "
+            f"{len(uncertain)}); outlined: certain",
             fontsize=8,
             color="#666666",
+            va="top",
         )
     return fig
 
