@@ -350,6 +350,7 @@ def models_table(result: dict) -> str:
             *[f"{_dot(REGIME_COLORS[r])}{r}" for r in REGIME_ORDER],
         ],
         rows,
+        text_columns=(0, 1, 2),
     )
 
 
@@ -449,6 +450,7 @@ def routing_table(result: dict) -> str:
             ],
             rows,
             classes=classes,
+            text_columns=(0, 1),
         )
         + f'<p class="legend">Budget: {routing.get("budget_samples", 0):g} {esc(routing.get("budget_unit", ""))}. '
         f"The router sent failures to: {share_line or '–'}. Router: <code>{esc(routing.get('router', ''))}</code>.</p>"
@@ -544,41 +546,35 @@ def transfer_table(result: dict) -> str:
         acc = _get(p, "classifier", "accuracy") or {}
         bf = _get(p, "best_fixed", "rescue") or {}
         rt = _get(p, "router_thresholds", "rescue") or {}
-        clusters = p.get("clusters") or {}
         setting = _get(p, "best_fixed", "setting")
-        setting = ", ".join(setting) if isinstance(setting, list) else (setting or "–")
+        # in family, best fixed is cross-fitted: one choice per half of the problems
+        settings = list(dict.fromkeys(setting)) if isinstance(setting, list) else [setting or "–"]
+        where = "in family" if p.get("in_family") else "across"
         rows.append(
             [
-                f"{esc(p['source'])} → {esc(p['target'])}",
-                "yes" if p.get("in_family") else "no",
+                f"{esc(p['source'])} → {esc(p['target'])} <small>({where})</small>",
                 esc(p.get("n_target", "")),
-                pct(acc.get("value")),
-                ci(acc.get("low"), acc.get("high")),
+                f"{pct(acc.get('value'))} {ci(acc.get('low'), acc.get('high'))}",
                 pct(_get(p, "classifier", "majority_share")),
-                fixed(clusters.get("nmi"), 2),
-                esc(setting),
-                pct(bf.get("value")),
-                ci(bf.get("low"), bf.get("high")),
-                pct(rt.get("value")),
-                ci(rt.get("low"), rt.get("high")),
+                fixed(_get(p, "clusters", "nmi"), 2),
+                esc(", ".join(map(str, settings))),
+                f"{pct(bf.get('value'))} {ci(bf.get('low'), bf.get('high'))}",
+                f"{pct(rt.get('value'))} {ci(rt.get('low'), rt.get('high'))}",
             ]
         )
     return table(
         [
             "fitted → evaluated",
-            "in family",
             "n",
-            "method accuracy",
-            "95 % CI",
+            "method accuracy (95 % CI)",
             "majority",
             "cluster NMI",
-            "best fixed (chosen on source)",
-            "its rescue",
-            "95 % CI",
-            "router rescue",
-            "95 % CI",
+            "best fixed, chosen on the source",
+            "its rescue (95 % CI)",
+            "router rescue (95 % CI)",
         ],
         rows,
+        text_columns=(0, 5),
     )
 
 
@@ -625,7 +621,7 @@ def provenance(result: dict, manifest: dict | None, run_label: str) -> str:
         revision = git.get("revision") or git.get("commit") or git.get("sha") or ""
         dirty = " (uncommitted changes)" if git.get("dirty") else ""
         items.append(
-            f"<li>sampled in {len(invocations)} invocation(s); last: <code>{esc(' '.join(last.get('argv') or []))}</code>"
+            f"<li>sampled in {len(invocations)} invocation(s); last: <code>{esc(_argv(last.get('argv')))}</code>"
             f"{' at ' + esc(last.get('started')) if last.get('started') else ''}</li>"
         )
         if revision:
@@ -654,6 +650,14 @@ def provenance(result: dict, manifest: dict | None, run_label: str) -> str:
         if notes
         else ""
     )
+
+
+def _argv(argv) -> str:
+    """A recorded command line, its program by name rather than by install path."""
+    words = [str(w) for w in (argv or [])]
+    if words:
+        words[0] = words[0].rsplit("/", 1)[-1]
+    return " ".join(words)
 
 
 def _compact(config: dict) -> str:
