@@ -23,7 +23,9 @@ class UnknownNameError(FixableError, KeyError):
     def __str__(self) -> str:
         close = difflib.get_close_matches(self.name, self.known, n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        return f"Unknown {self.kind} {self.name!r}.{hint} Known: {', '.join(self.known) or '(none)'}."
+        return (
+            f"Unknown {self.kind} {self.name!r}.{hint} Known: {', '.join(self.known) or '(none)'}."
+        )
 
 
 class ConfigError(FixableError, ValueError):

@@ -19,9 +19,19 @@ from fixable.errors import ConfigError, UnknownNameError
 KINDS: dict[str, tuple[str | None, type | None, tuple[float, float] | None, str]] = {
     "retry": (None, None, None, "more samples from the policy at the default config"),
     "temperature": ("T", float, (0.05, 2.0), "sample at another temperature"),
-    "mix": ("alpha", float, (0.0, 1.0), "p ∝ p_policy^(1-alpha) · p_reference^alpha, token by token"),
+    "mix": (
+        "alpha",
+        float,
+        (0.0, 1.0),
+        "p ∝ p_policy^(1-alpha) · p_reference^alpha, token by token",
+    ),
     "checkpoint": ("c", str, None, "sample an earlier checkpoint of the same training run"),
-    "dola": ("layer", int, (0, 64), "contrast final-layer log-probs with an early-exit layer (DoLa)"),
+    "dola": (
+        "layer",
+        int,
+        (0, 64),
+        "contrast final-layer log-probs with an early-exit layer (DoLa)",
+    ),
 }
 _TYPE_WORDS = {float: "a number", int: "an integer", str: "a name"}
 # forward passes per generated token: mixing runs two models in lockstep
@@ -72,8 +82,11 @@ class Intervention:
     def label(self) -> str:
         if self.param_name is None:
             return self.kind
-        return f"{self.kind}({self.param_name}={self.value:g})" if isinstance(
-            self.value, float) else f"{self.kind}({self.param_name}={self.value})"
+        return (
+            f"{self.kind}({self.param_name}={self.value:g})"
+            if isinstance(self.value, float)
+            else f"{self.kind}({self.param_name}={self.value})"
+        )
 
     @property
     def params_json(self) -> str:
@@ -115,7 +128,9 @@ def parse_grid(specs: str | list[str]) -> list[Intervention]:
         spec = spec.strip()
         if ":" in spec:
             kind, values = spec.split(":", 1)
-            grid.extend(Intervention(kind.strip(), v.strip()) for v in values.split(",") if v.strip())
+            grid.extend(
+                Intervention(kind.strip(), v.strip()) for v in values.split(",") if v.strip()
+            )
         else:
             grid.append(parse_intervention(spec))
     seen: set[str] = set()

@@ -35,8 +35,14 @@ ROLLOUTS = pa.schema(
         ("logprobs", pa.list_(pa.float32())),  # per token, under the sampling distribution
         ("entropies", pa.list_(pa.float32())),  # per token, of the policy's next-token distribution
         ("entropy_kind", pa.string()),  # "full" (whole vocabulary) or "topk" (estimate, flagged)
-        ("policy_logprobs", pa.list_(pa.float32())),  # per token under the policy at T=1 (teacher-forced)
-        ("ref_logprobs", pa.list_(pa.float32())),  # per token under the reference, null if not scored
+        (
+            "policy_logprobs",
+            pa.list_(pa.float32()),
+        ),  # per token under the policy at T=1 (teacher-forced)
+        (
+            "ref_logprobs",
+            pa.list_(pa.float32()),
+        ),  # per token under the reference, null if not scored
         ("n_tokens", pa.int32()),
         ("cost_tokens", pa.float32()),  # budget charged: n_tokens × forward passes per token
         ("time_s", pa.float32()),  # this rollout's share of its batch's wall time (timing)

@@ -71,8 +71,9 @@ class Backend(Protocol):
         ...
 
 
-def check_capabilities(backend: Backend, interventions: Sequence[Intervention],
-                       needs: Sequence[str] = ()) -> None:
+def check_capabilities(
+    backend: Backend, interventions: Sequence[Intervention], needs: Sequence[str] = ()
+) -> None:
     """Refuse, before any sampling, an intervention or need the backend cannot serve."""
     from fixable.registry import backends
 

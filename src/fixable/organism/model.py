@@ -76,7 +76,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 class KVCache:
     """Preallocated keys and values of every layer for a batch; ``length`` slots are filled."""
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype=torch.float32, device="cpu"):
+    def __init__(
+        self, cfg: ModelConfig, batch: int, max_len: int, dtype=torch.float32, device="cpu"
+    ):
         shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -145,8 +147,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        Norm = (lambda d: nn.LayerNorm(d, eps=cfg.norm_eps)) if cfg.family == "gpt" else (
-            lambda d: RMSNorm(d, cfg.norm_eps)
+        Norm = (
+            (lambda d: nn.LayerNorm(d, eps=cfg.norm_eps))
+            if cfg.family == "gpt"
+            else (lambda d: RMSNorm(d, cfg.norm_eps))
         )
         self.input_layernorm = Norm(cfg.n_embd)
         self.self_attn = Attention(cfg)
@@ -171,7 +175,8 @@ class OrganismLM(nn.Module):
         else:
             self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
             inv_freq = 1.0 / (
-                cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
+                cfg.rope_theta
+                ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
             )
             self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
@@ -246,15 +251,22 @@ class OrganismLM(nn.Module):
         return (logits, hidden) if output_hidden else logits
 
 
-def save_checkpoint(model: OrganismLM, directory: str | Path, meta: dict | None = None,
-                    dtype: torch.dtype = torch.float32) -> Path:
+def save_checkpoint(
+    model: OrganismLM,
+    directory: str | Path,
+    meta: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (which rebuilds the model) to ``directory``."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()
-             if not (model.cfg.tie_embeddings and k == "lm_head.weight")}
+    state = {
+        k: v.detach().to(dtype).contiguous()
+        for k, v in model.state_dict().items()
+        if not (model.cfg.tie_embeddings and k == "lm_head.weight")
+    }
     save_file(state, str(directory / "model.safetensors"))
     config = {"format": "fixable-organism/1", "model": asdict(model.cfg), "meta": meta or {}}
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -272,6 +284,8 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[Organis
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (model.cfg.tie_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
-        raise ValueError(f"checkpoint {directory} does not match its config: "
-                         f"missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"checkpoint {directory} does not match its config: "
+            f"missing {missing}, unexpected {unexpected}"
+        )
     return model.to(device).eval(), config.get("meta", {})

@@ -19,7 +19,9 @@ class Task(ABC):
     name: str = ""
 
     @abstractmethod
-    def problems(self, n: int | None = None, *, seed: int = 0, split: str = "test") -> list[Problem]:
+    def problems(
+        self, n: int | None = None, *, seed: int = 0, split: str = "test"
+    ) -> list[Problem]:
         """Up to ``n`` problems (all when None) of ``split``, deterministic in ``seed``."""
 
     @abstractmethod

@@ -162,7 +162,9 @@ class ChainsTask(Task):
         if not 0 <= self.distractors <= 8:
             raise ConfigError(f"chains distractors must be in [0, 8], got {distractors!r}")
 
-    def problems(self, n: int | None = None, *, seed: int = 0, split: str = "test") -> list[Problem]:
+    def problems(
+        self, n: int | None = None, *, seed: int = 0, split: str = "test"
+    ) -> list[Problem]:
         if split not in ("train", "test"):
             raise ConfigError(f"chains split must be 'train' or 'test', got {split!r}")
         if n is None:
@@ -205,7 +207,9 @@ class ChainsTask(Task):
         verdict = super().verify(text, problem)
         expected = problem.meta["solution"].split("#")[0].split(" ")
         written = text.split("#")[0].split(" ")
-        steps_ok = sum(a == b for a, b in zip(written, expected))
+        steps_ok = sum(
+            a == b for a, b in zip(written, expected, strict=False)
+        )  # may differ in length
         chain_ok = verdict.correct and written == expected
         extra = {"chain_correct": chain_ok, "steps_correct": steps_ok}
         return Verdict(verdict.answer, verdict.correct, verdict.status, verdict.reason, extra)
