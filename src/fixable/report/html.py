@@ -153,8 +153,8 @@ def headline_box(result: dict) -> str:
         retry = _get(sh, "lift", "retry") or {}
         lines = [
             f"95 % CI {ci(lift['low'], lift['high'], pts)} points · n = {sh['n']} failures",
-            f"over best fixed intervention at budget {routing.get('budget_samples', 0):g} samples; "
-            f"over retry {pts(retry.get('value'))}",
+            f"over the best fixed intervention{_best_fixed(routing)} at budget "
+            f"{routing.get('budget_samples', 0):g} samples; over retry {pts(retry.get('value'))}",
         ]
         cards.append(
             _card(
@@ -262,6 +262,12 @@ def headline_box(result: dict) -> str:
             )
         )
     return f'<section class="headline" id="headline">{"".join(cards)}</section>'
+
+
+def _best_fixed(routing: dict) -> str:
+    """`` (checkpoint(c=first))``: the setting(s) the best-fixed baseline chose, if recorded."""
+    chosen = list(dict.fromkeys(map(str, routing.get("best_fixed_choices") or [])))
+    return f" ({esc(', '.join(chosen))})" if chosen else ""
 
 
 # --------------------------------------------------------------------------- figures
