@@ -44,6 +44,19 @@ logger = logging.getLogger(__name__)
 FEATURES = ("answer_dispersion", "trajectory_uncertainty", "reference_drift")
 ABLATIONS = ("modal_answer_share", "fork_entropy", "length_normalised_nll")
 FAILURE_KEY = ["model", "problem_id"]
+# The columns of a failure-feature table after its (model, problem) key, in order; the
+# empty table and the computed one share them.
+_FEATURE_COLUMNS = (
+    "task",
+    "n_probes",
+    *FEATURES,
+    *ABLATIONS,
+    "reference_drift_available",
+    "entropy_kind",
+    "n_distinct_answers",
+    "no_answer_share",
+    "mean_tokens",
+)
 _NO_ANSWER = "\x00no answer"  # its own category; cannot collide with an extracted answer
 _NEEDED = (
     "model",
@@ -239,33 +252,11 @@ def failure_features(
         logger.info(
             "%d failures have no reference log-probs: reference drift unavailable", n_no_drift
         )
-    columns = [
-        "task",
-        "n_probes",
-        *FEATURES,
-        *ABLATIONS,
-        "reference_drift_available",
-        "entropy_kind",
-        "n_distinct_answers",
-        "no_answer_share",
-        "mean_tokens",
-    ]
-    return out[columns].reset_index()
+    return out[list(_FEATURE_COLUMNS)].reset_index()
 
 
 def _empty_features() -> pd.DataFrame:
-    columns = [
-        *FAILURE_KEY,
-        "task",
-        "n_probes",
-        *FEATURES,
-        *ABLATIONS,
-        "reference_drift_available",
-        "entropy_kind",
-        "n_distinct_answers",
-        "no_answer_share",
-        "mean_tokens",
-    ]
+    columns = [*FAILURE_KEY, *_FEATURE_COLUMNS]
     return pd.DataFrame(
         {
             c: pd.Series(
