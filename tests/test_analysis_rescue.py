@@ -68,30 +68,17 @@ def test_the_budget_is_a_hard_cap():
 
 
 def test_same_seed_same_rescue_and_seeds_follow_the_sampling_scheme():
-    a = rescue(
-        _problem("cold"),
-        SignatureBackend(),
-        AnswerTask(),
-        budget_tokens=800,
-        router=_router(),
-        seed=5,
-    )
-    b = rescue(
-        _problem("cold"),
-        SignatureBackend(),
-        AnswerTask(),
-        budget_tokens=800,
-        router=_router(),
-        seed=5,
-    )
-    c = rescue(
-        _problem("cold"),
-        SignatureBackend(),
-        AnswerTask(),
-        budget_tokens=800,
-        router=_router(),
-        seed=6,
-    )
+    def cold_rescue(seed):
+        return rescue(
+            _problem("cold"),
+            SignatureBackend(),
+            AnswerTask(),
+            budget_tokens=800,
+            router=_router(),
+            seed=seed,
+        )
+
+    a, b, c = cold_rescue(5), cold_rescue(5), cold_rescue(6)
     assert a.to_dict() == b.to_dict()
     assert a.trace[0].seeds != c.trace[0].seeds
     key = f"fake-policy/{_problem('cold').id}"
