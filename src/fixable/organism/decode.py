@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from fixable.noise import gumbel_argmax
-from fixable.organism.model import KVCache, OrganismLM
+from fixable.organism.model import KVCache, OrganismLM, rotate_half
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +283,8 @@ def _forward(
         v = attn.v_proj(h).view(B, T, H, D).transpose(1, 2)
         if rope is not None:
             cos, sin = rope
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
         cache.k[i, :, :, start:S] = k
         cache.v[i, :, :, start:S] = v
         scores = torch.matmul(q, cache.k[i, :, :, :S].transpose(-1, -2)) * scale + bias
@@ -295,11 +295,6 @@ def _forward(
             early = model.head(x)
     cache.length = S
     return model.head(x), early
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
 
 
 def _sampling_logprobs(policy_logp, ref_logp, early_logp, s: _Settings) -> torch.Tensor:
