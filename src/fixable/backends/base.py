@@ -71,6 +71,23 @@ class Backend(Protocol):
         ...
 
 
+def group_same_calls(requests: Sequence[GenerationRequest], size: int) -> list[list[int]]:
+    """Indices of ``requests`` in runs of at most ``size`` consecutive identical calls
+    (same prompt, max_tokens and stop), so an engine can draw them as one n-sample request."""
+    groups: list[list[int]] = []
+    for i, req in enumerate(requests):
+        last = groups[-1] if groups else None
+        if last is not None and len(last) < size and _same_call(requests[last[0]], req):
+            last.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _same_call(a: GenerationRequest, b: GenerationRequest) -> bool:
+    return a.prompt == b.prompt and a.max_tokens == b.max_tokens and a.stop == b.stop
+
+
 def check_capabilities(
     backend: Backend, interventions: Sequence[Intervention], needs: Sequence[str] = ()
 ) -> None:

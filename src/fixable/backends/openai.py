@@ -44,6 +44,7 @@ from fixable.backends.base import (
     TEMPERATURE,
     Generation,
     GenerationRequest,
+    group_same_calls,
 )
 from fixable.errors import CapabilityError, ConfigError, UnknownNameError
 from fixable.interventions import Intervention
@@ -460,7 +461,7 @@ class OpenAIBackend:
             )
         model = self._served_model(intervention)
         temperature = self._temperature(intervention)
-        groups = self._group(requests)
+        groups = group_same_calls(requests, self.samples_per_request)
         results: list[Generation | None] = [None] * len(requests)
 
         def run(group: list[int]) -> None:
@@ -482,20 +483,6 @@ class OpenAIBackend:
                         if results[i] is None:
                             results[i] = _failed(f"internal error: {type(e).__name__}: {e}", 0, 0.0)
         return [r if r is not None else _failed("no result", 0, 0.0) for r in results]
-
-    def _group(self, requests: Sequence[GenerationRequest]) -> list[list[int]]:
-        groups: list[list[int]] = []
-        for i, req in enumerate(requests):
-            last = groups[-1] if groups else None
-            if (
-                last is not None
-                and len(last) < self.samples_per_request
-                and _same_call(requests[last[0]], req)
-            ):
-                last.append(i)
-            else:
-                groups.append([i])
-        return groups
 
     def _body(
         self,
@@ -760,10 +747,6 @@ def _echo_steps(data: dict) -> list[_Step]:
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise _Malformed("no choices in echo response")
     return _completion_steps(choices[0])
-
-
-def _same_call(a: GenerationRequest, b: GenerationRequest) -> bool:
-    return a.prompt == b.prompt and a.max_tokens == b.max_tokens and a.stop == b.stop
 
 
 def _failed(reason: str, attempts: int, time_s: float, seed: int | None = None) -> Generation:

@@ -44,6 +44,7 @@ from fixable.backends.base import (
     Generation,
     GenerationRequest,
     check_capabilities,
+    group_same_calls,
 )
 from fixable.backends.openai import tempered_logprob, topk_entropy
 from fixable.errors import CapabilityError, ConfigError, UnknownNameError
@@ -206,7 +207,7 @@ class VLLMBackend:
             temperature = float(intervention.value)
         elif intervention.kind == CHECKPOINT:
             llm = self._checkpoint_engine(str(intervention.value))
-        groups = _group(requests, self.samples_per_request)
+        groups = group_same_calls(requests, self.samples_per_request)
         prompt_ids = [self.encode_prompt(requests[g[0]].prompt) for g in groups]
         params = [self._sampling_params(requests[g[0]], len(g), temperature) for g in groups]
         start = time.perf_counter()
@@ -312,18 +313,3 @@ class VLLMBackend:
             start = len(prompt_ids[i])
             result[i] = [float(steps[t][sequence[t]].logprob) for t in range(start, len(sequence))]
         return result
-
-
-def _group(requests: Sequence[GenerationRequest], size: int) -> list[list[int]]:
-    groups: list[list[int]] = []
-    for i, req in enumerate(requests):
-        last = groups[-1] if groups else None
-        if last is not None and len(last) < size and _same_call(requests[last[0]], req):
-            last.append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
-def _same_call(a: GenerationRequest, b: GenerationRequest) -> bool:
-    return a.prompt == b.prompt and a.max_tokens == b.max_tokens and a.stop == b.stop
