@@ -47,7 +47,7 @@ from fixable.sampling import (
     SampleReport,
     sample_planned,
 )
-from fixable.store import QUARANTINE, Run, default_worker
+from fixable.store import QUARANTINE, Run, default_worker, sql_string
 from fixable.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -259,16 +259,12 @@ class SamplingActor:
             close()
 
 
-def _q(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def _unit_filter(model: str, chunk: Sequence[Planned]) -> str:
     head = chunk[0]
-    ids = ", ".join(sorted({_q(p.problem.id) for p in chunk}))
+    ids = ", ".join(sorted({sql_string(p.problem.id) for p in chunk}))
     return (
-        f"model = {_q(model)} AND phase = {_q(head.phase)} AND "
-        f"setting = {_q(head.intervention.label)} AND problem_id IN ({ids})"
+        f"model = {sql_string(model)} AND phase = {sql_string(head.phase)} AND "
+        f"setting = {sql_string(head.intervention.label)} AND problem_id IN ({ids})"
     )
 
 
@@ -762,7 +758,7 @@ def remove_redundant_copies(run: Run) -> list[Path]:
 
     key = ", ".join(schema.KEY)
     content = [c for c in schema.ROLLOUTS.names if c not in schema.NON_CONTENT]
-    files = ", ".join(_q(str(p)) for p in run.shard_paths("rollouts"))
+    files = ", ".join(sql_string(str(p)) for p in run.shard_paths("rollouts"))
     digest = f"md5(CAST(struct_pack({', '.join(content)}) AS VARCHAR))"
     con = duckdb.connect()
     try:
@@ -771,7 +767,7 @@ def remove_redundant_copies(run: Run) -> list[Path]:
         involved = con.sql(
             f"SELECT DISTINCT filename FROM {source} JOIN duplicate_keys USING ({key})"
         ).fetchall()
-        names = ", ".join(_q(row[0]) for row in involved)
+        names = ", ".join(sql_string(row[0]) for row in involved)
         rows = con.sql(
             f"SELECT filename, {key}, {digest} AS digest FROM {source} WHERE filename IN ({names})"
         ).fetchall()

@@ -31,7 +31,13 @@ from typing import Any
 from fixable.backends.base import SCORE, SEEDED, Backend, GenerationRequest, check_capabilities
 from fixable.errors import CapabilityError, ConfigError, StoreError
 from fixable.interventions import RETRY, Intervention
-from fixable.store import DEFAULT_FLUSH_EVERY, QuarantinedShard, Run, default_worker
+from fixable.store import (
+    DEFAULT_FLUSH_EVERY,
+    QuarantinedShard,
+    Run,
+    default_worker,
+    sql_string,
+)
 from fixable.tasks.base import Task
 from fixable.types import Problem, rollout_seed
 
@@ -423,7 +429,7 @@ def sample(
     # aside and its keys sampled again below, and the user is told so.
     run.check(full=True)
     report.quarantined = run.quarantined[already_quarantined:]
-    present = run.keys(f"model = {_q(model)} AND phase = {_q(phase)}")
+    present = run.keys(f"model = {sql_string(model)} AND phase = {sql_string(phase)}")
     planned = plan(model, problems, phase, interventions, n, run_seed)
     todo = [p for p in planned if p.key(model) not in present]
     report.planned, report.skipped = len(planned), len(planned) - len(todo)
@@ -529,10 +535,6 @@ def sample_planned(
                 report.reference_scored += row["ref_logprobs"] is not None
             tick()
     return report
-
-
-def _q(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _batches(todo: Sequence[Planned], size: int):
@@ -674,7 +676,7 @@ def _sample_batch(
 
 def probe_outcomes(run: Run, model: str, *, k: int | None = None) -> dict[str, dict]:
     """Per problem: probe rollouts, correct ones and failed requests (first ``k`` samples)."""
-    where = f"model = {_q(model)} AND phase = 'probe' AND setting = 'retry'"
+    where = f"model = {sql_string(model)} AND phase = 'probe' AND setting = 'retry'"
     if k is not None:
         where += f" AND sample_index < {int(k)}"
     table = run.query(
@@ -715,7 +717,7 @@ def rescue_budget(run: Run, model: str) -> dict[str, dict]:
     table = run.query(
         "SELECT setting, count(DISTINCT problem_id) AS problems, count(*) AS rollouts, "
         "sum(n_tokens) AS tokens, sum(cost_tokens) AS cost_tokens FROM rollouts "
-        f"WHERE model = {_q(model)} AND phase = 'rescue' GROUP BY setting ORDER BY setting"
+        f"WHERE model = {sql_string(model)} AND phase = 'rescue' GROUP BY setting ORDER BY setting"
     )
     return {
         r.pop("setting"): {k: (float(v) if k == "cost_tokens" else int(v)) for k, v in r.items()}

@@ -195,7 +195,8 @@ def _fingerprint(path: Path) -> tuple[str, int, int]:
     return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
-def _sql_str(value: str) -> str:
+def sql_string(value: str) -> str:
+    """``value`` as a quoted SQL string literal (single quotes doubled)."""
     return "'" + str(value).replace("'", "''") + "'"
 
 
@@ -485,7 +486,7 @@ class Run:
         for table, table_schema in TABLES.items():
             shards = self.shard_paths(table)
             if shards:
-                files = ", ".join(_sql_str(str(s)) for s in shards)
+                files = ", ".join(sql_string(str(s)) for s in shards)
                 source = f"read_parquet([{files}])"
             else:
                 con.register(f"_empty_{table}", table_schema.empty_table())
@@ -542,7 +543,7 @@ class Run:
             raise StoreError(f"format must be one of {', '.join(formats)}, got {fmt!r}")
         path = Path(path)
         with self.reading() as con:
-            con.execute(f"COPY ({sql}) TO {_sql_str(str(path))} ({formats[fmt]})")
+            con.execute(f"COPY ({sql}) TO {sql_string(str(path))} ({formats[fmt]})")
         return path
 
     def batches(self, sql: str, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
