@@ -185,25 +185,3 @@ def _pct(x) -> str:
     if x is None or x != x:
         return "  -   "
     return f"{100 * x:5.1f}%"
-
-
-@torch.no_grad()
-def teacher_forced_accuracy(
-    model: OrganismLM, n_per_cell: int = 32, difficulty: int = 1, subdists=TRAIN_SUBDISTS
-) -> float:
-    """Share of test problems whose whole gold completion is the argmax at every step.
-
-    No sampling: a lower bound on greedy accuracy, cheap enough for a quick test."""
-    from fixable.organism.train import collate, lm_loss
-
-    problems = []
-    for s in subdists:
-        problems += ChainsTask(subdists=[s], difficulties=[difficulty]).problems(
-            n_per_cell, seed=CARD_SEED, split="test"
-        )
-    prompts = [TOKENIZER.encode(p.prompt, bos=True) for p in problems]
-    completions = [TOKENIZER.encode(p.meta["solution"], eos=True) for p in problems]
-    inputs, targets, mask = collate(prompts, completions)
-    model.eval()
-    _, metrics = lm_loss(model, inputs, targets, mask)
-    return metrics["seq_acc"]

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fixable.organism.model import ModelConfig, OrganismLM, load_checkpoint, save_checkpoint
+from fixable.organism.model import ModelConfig, OrganismLM, save_checkpoint
 from fixable.organism.tokenizer import CharTokenizer
 from fixable.tasks.chains import DIFFICULTY_STEPS, TRAIN_SUBDISTS, random_chain, split_of
 
@@ -136,11 +136,10 @@ def collate(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int
 
 def completion_logprobs(model: OrganismLM, inputs: torch.Tensor, targets: torch.Tensor):
     """Per-position ``(log p(target), entropy)`` of the next-token distribution, (B, T) each."""
-    logits = model(inputs).float()
-    logp = F.log_softmax(logits, dim=-1)
+    logp = F.log_softmax(model(inputs).float(), dim=-1)
     token_logp = logp.gather(-1, targets[..., None])[..., 0]
     entropy = -(logp.exp() * logp).sum(-1)
-    return token_logp, entropy, logits
+    return token_logp, entropy
 
 
 def model_device(model: OrganismLM) -> torch.device:
@@ -156,22 +155,17 @@ def ship_checkpoint(model: OrganismLM, directory: Path, meta: dict) -> Path:
     return save_checkpoint(model, directory, meta, dtype=SHIP_DTYPE)
 
 
-def lm_loss(model: OrganismLM, inputs, targets, mask, weights: torch.Tensor | None = None):
+def lm_loss(model: OrganismLM, inputs, targets, mask):
     """Mean cross-entropy over completion tokens, plus teacher-forced metrics.
 
-    ``weights`` (B,) rescales whole rows (used by none of the shipped recipes but kept for
-    RL-style weighting experiments). Returns ``(loss, metrics)`` where ``seq_acc`` is the
-    share of rows whose every completion token is the argmax: a lower bound on greedy
-    accuracy that costs no sampling.
+    Returns ``(loss, metrics)`` where ``seq_acc`` is the share of rows whose every
+    completion token is the argmax: a lower bound on greedy accuracy that costs no sampling.
     """
     device = model_device(model)
     inputs, targets, mask = inputs.to(device), targets.to(device), mask.to(device)
     logits = model(inputs).float()
     nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    m = mask.float()
-    if weights is not None:
-        m = m * weights[:, None]
-    loss = (nll * m).sum() / mask.float().sum().clamp(min=1)
+    loss = (nll * mask.float()).sum() / mask.float().sum().clamp(min=1)
     with torch.no_grad():
         hit = (logits.argmax(-1) == targets) | ~mask
         seq_acc = hit.all(-1).float().mean().item()
@@ -299,11 +293,6 @@ def pretrain(
         meta={**recipe, **(meta or {})},
         progress=progress,
     )
-
-
-def load_final(run_dir: str | Path) -> tuple[OrganismLM, dict]:
-    """The finished model of a run directory (fp32, eval mode)."""
-    return load_checkpoint(Path(run_dir) / "final")
 
 
 def _jsonable(obj):
