@@ -78,6 +78,20 @@ def _pts(x, digits: int = 1) -> str:
     return "n/a" if x is None else f"{x * 100:+.{digits}f} points"
 
 
+def _label_cells(ax, shades: np.ndarray, text: Callable[[int, int], str]) -> None:
+    """Write text(i, j) on each finite cell of a 0..1 heatmap, white on the dark cells."""
+    for i, j in zip(*np.nonzero(np.isfinite(shades)), strict=True):
+        ax.text(
+            j,
+            i,
+            text(i, j),
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if shades[i, j] > 0.55 else "#222222",
+        )
+
+
 def _get(d, *path, default=None):
     for key in path:
         if not isinstance(d, dict) or key not in d or d[key] is None:
@@ -288,18 +302,7 @@ def draw_rescue_matrix(result: dict, failures: pd.DataFrame | None) -> Figure:
     heat.grid(False)
     heat.set_title("per failure", fontsize=9.5, fontweight="normal")
     table.imshow(means, aspect="auto", cmap=RATE_CMAP, vmin=0, vmax=1)
-    for i in range(means.shape[0]):
-        for j in range(means.shape[1]):
-            if np.isfinite(means[i, j]):
-                table.text(
-                    j,
-                    i,
-                    f"{means[i, j]:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if means[i, j] > 0.55 else "#222222",
-                )
+    _label_cells(table, means, lambda i, j: f"{means[i, j]:.2f}")
     n_per = pd.Series(sorted_labels).value_counts()
     table.set_yticks(range(len(present)), [f"{n}\n(n={n_per.get(n, 0)})" for n in present])
     for tick, name in zip(table.get_yticklabels(), present, strict=True):
@@ -412,17 +415,7 @@ def draw_topography_confusion(result: dict, failures: pd.DataFrame | None) -> Fi
     fig = Figure(figsize=(1.3 * len(labels) + 2.6, 1.1 * len(labels) + 1.6), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(shares, cmap=SHARE_CMAP, vmin=0, vmax=1)
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(
-                j,
-                i,
-                f"{shares[i, j] * 100:.0f} %\n({int(counts[i, j])})",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if shares[i, j] > 0.55 else "#222222",
-            )
+    _label_cells(ax, shares, lambda i, j: f"{shares[i, j] * 100:.0f} %\n({int(counts[i, j])})")
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
