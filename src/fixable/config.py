@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from fixable.errors import ConfigError, FixableError
-from fixable.interventions import RETRY, Intervention, parse_grid
+from fixable.interventions import Intervention, parse_grid
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -167,10 +167,6 @@ class RunConfig:
     def grid(self) -> list[Intervention]:
         """The rescue grid as Intervention objects."""
         return parse_grid(list(self.interventions))
-
-    @property
-    def probe_intervention(self) -> Intervention:
-        return RETRY
 
     def build_task(self):
         """The configured task object (its constructor validates the task options)."""
