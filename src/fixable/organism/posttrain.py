@@ -36,6 +36,7 @@ from fixable.organism.train import (
     _jsonable,
     collate,
     completion_logprobs,
+    gold_batch_loss,
     lm_loss,
     model_device,
     run_training,
@@ -216,15 +217,7 @@ def posttrain(
 def _sft_step(cfg: PostTrainConfig):
     def step_fn(model: OrganismLM, step: int):
         rng = random.Random(f"sft-{cfg.seed}-{step}")
-        prompts, completions = [], []
-        for _ in range(cfg.batch_size):
-            prompt, solution, _, _ = sample_chain_example(rng, cfg.subdists, cfg.difficulty_weights)
-            prompts.append(TOKENIZER.encode(prompt, bos=True))
-            completions.append(TOKENIZER.encode(solution, eos=True))
-        inputs, targets, mask = collate(prompts, completions)
-        loss, metrics = lm_loss(model, inputs, targets, mask)
-        metrics["tokens"] = inputs.numel()
-        return loss, metrics
+        return gold_batch_loss(model, rng, cfg.batch_size, cfg.subdists, cfg.difficulty_weights)
 
     return step_fn
 

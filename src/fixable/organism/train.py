@@ -173,6 +173,29 @@ def lm_loss(model: OrganismLM, inputs, targets, mask):
     return loss, {"loss": loss.item(), "seq_acc": seq_acc, "tok_acc": tok_acc}
 
 
+def gold_batch_loss(
+    model: OrganismLM,
+    rng: random.Random,
+    batch_size: int,
+    subdists: Sequence[str],
+    difficulty_weights: dict[int, float],
+    distractor_rate: float = 0.0,
+) -> tuple[torch.Tensor, dict]:
+    """``lm_loss`` on a batch of gold train-split solutions drawn with ``rng`` (pretraining
+    and SFT share it); metrics include the batch's ``tokens``."""
+    prompts, completions = [], []
+    for _ in range(batch_size):
+        prompt, solution, _, _ = sample_chain_example(
+            rng, subdists, difficulty_weights, distractor_rate
+        )
+        prompts.append(TOKENIZER.encode(prompt, bos=True))
+        completions.append(TOKENIZER.encode(solution, eos=True))
+    inputs, targets, mask = collate(prompts, completions)
+    loss, metrics = lm_loss(model, inputs, targets, mask)
+    metrics["tokens"] = inputs.numel()
+    return loss, metrics
+
+
 # --- the loop -------------------------------------------------------------------------
 
 
@@ -269,17 +292,9 @@ def pretrain(
 
     def step_fn(model: OrganismLM, step: int):
         rng = random.Random(f"pretrain-{cfg.seed}-{step}")
-        prompts, completions = [], []
-        for _ in range(cfg.batch_size):
-            prompt, solution, _, _ = sample_chain_example(
-                rng, cfg.subdists, cfg.difficulty_weights, cfg.distractor_rate
-            )
-            prompts.append(TOKENIZER.encode(prompt, bos=True))
-            completions.append(TOKENIZER.encode(solution, eos=True))
-        inputs, targets, mask = collate(prompts, completions)
-        loss, metrics = lm_loss(model, inputs, targets, mask)
-        metrics["tokens"] = inputs.numel()
-        return loss, metrics
+        return gold_batch_loss(
+            model, rng, cfg.batch_size, cfg.subdists, cfg.difficulty_weights, cfg.distractor_rate
+        )
 
     recipe = {"method": "pretrain", "pretrain": _jsonable(asdict(cfg))}
     return run_training(
