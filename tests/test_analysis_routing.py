@@ -39,7 +39,8 @@ SETTINGS = [
 def test_choose_settings_picks_each_branch_by_definition():
     chosen = choose_settings(SETTINGS)
     assert chosen == {
-        "toward_reference": "mix(alpha=0.5)",
+        # the earliest checkpoint: one forward pass per token, where mix pays two
+        "toward_reference": "checkpoint(c=step-200)",
         "retry": "retry",
         "temperature_up": "temperature(T=1.3)",
         "temperature_down": "temperature(T=0.3)",
@@ -50,6 +51,8 @@ def test_choose_settings_picks_each_branch_by_definition():
     assert only_ckpt["toward_reference"] == "checkpoint(c=step-200)"  # the earliest
     assert only_ckpt["temperature_down"] == "dola(layer=1)"
     assert only_ckpt["temperature_up"] is None
+    no_ckpt = choose_settings([s for s in SETTINGS if not s.startswith("checkpoint")])
+    assert no_ckpt["toward_reference"] == "mix(alpha=0.5)"  # the alpha closest to 0.5
 
 
 def test_the_rule_follows_its_decision_list():
@@ -71,7 +74,7 @@ def test_the_rule_follows_its_decision_list():
         "temperature_down",
     ]
     assert list(decided["setting"]) == [
-        "mix(alpha=0.5)",
+        "checkpoint(c=step-200)",
         "retry",
         "temperature(T=1.3)",
         "temperature(T=0.3)",
@@ -102,6 +105,33 @@ def test_median_thresholds_come_from_features_only():
     assert fitted.thresholds_for(features)["reference_drift"] == 0.0
     with pytest.raises(ConfigError, match="unknown features"):
         SignatureRouter(thresholds={"entropy": 1.0}).fit(features)
+
+
+def test_pooled_thresholds_send_a_drifted_model_back_toward_its_reference():
+    # model "far" drifted on every failure, model "near" on none: medians over all failures
+    # send all of "far" and none of "near" to the drift branch; per-model medians split each
+    features = pd.DataFrame(
+        {
+            "model": ["far"] * 4 + ["near"] * 4,
+            "reference_drift": [2.0, 2.1, 2.2, 2.3, 0.0, 0.1, 0.2, 0.3],
+            "answer_dispersion": [0.5] * 8,
+            "trajectory_uncertainty": [0.1, 0.2, 0.3, 0.4] * 2,
+        }
+    )
+    toward = "checkpoint(c=step-200)"
+    pooled = route_failures(SignatureRouter(), features, SETTINGS)
+    assert list(pooled[:4] == toward) == [True] * 4
+    assert not (pooled[4:] == toward).any()
+    per_model = route_failures(SignatureRouter(), features, SETTINGS, by="model")
+    assert (per_model[:4] == toward).sum() == 2 and (per_model[4:] == toward).sum() == 2
+
+
+def test_route_by_is_checked():
+    from fixable.analysis.pipeline import AnalysisConfig
+
+    assert AnalysisConfig(route_by="model").route_by == "model"
+    with pytest.raises(ConfigError, match="route_by"):
+        AnalysisConfig(route_by="family")
 
 
 def test_routing_ignores_rescue_outcomes():

@@ -78,6 +78,8 @@ class AnalysisConfig:
     stability_boot: int = 30  # bootstrap refits for cluster stability
     max_regimes: int = 6  # largest k tried by the clusterers
     require_full_entropy: bool = False  # top-k entropies make trajectory uncertainty unavailable
+    # the router's median thresholds: over all failures together (None) or per "model"
+    route_by: str | None = None
     random_state: int = 0
     # BLAS/OpenMP threads while analysing: the tables are small (hundreds of rows), where
     # thread start-up and contention cost more than they give (a GMM fit took 2.4 s with
@@ -90,6 +92,10 @@ class AnalysisConfig:
         for name in ("n_boot", "n_seeds", "n_splits", "stability_boot", "max_regimes"):
             if getattr(self, name) < (2 if name == "n_splits" else 1):
                 raise ConfigError(f"{name} must be a positive count, got {getattr(self, name)!r}")
+        if self.route_by not in (None, "model"):
+            raise ConfigError(
+                f"route_by must be None (thresholds over all failures) or 'model', got {self.route_by!r}"
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -343,7 +349,7 @@ def _analyze(
             .reset_index()
         )
         router = router if router is not None else SignatureRouter()
-        routed = route_failures(router, rows, settings, by="model")
+        routed = route_failures(router, rows, settings, by=config.route_by)
         budget = config.budget if config.budget is not None else max(1, data["R"]["min"] // 2)
         routing = evaluate_routing(
             outcomes,
@@ -357,13 +363,12 @@ def _analyze(
         per_failure = routing.pop("per_failure")
         routing["router"] = repr(router)
         if isinstance(router, SignatureRouter):
-            decided = pd.concat(
-                [router.decide(part, settings) for _, part in rows.groupby("model", sort=False)]
-            )
+            parts = rows.groupby(config.route_by, sort=False) if config.route_by else [("all", rows)]
+            decided = pd.concat([router.decide(part, settings) for _, part in parts])
             rows = rows.assign(route_branch=decided.loc[rows.index, "branch"].to_numpy())
-            routing["thresholds_per_model"] = {
-                m: router.thresholds_for(part) for m, part in rows.groupby("model")
-            }
+            parts = rows.groupby(config.route_by) if config.route_by else [("all", rows)]
+            routing["route_by"] = config.route_by or "all failures"
+            routing["thresholds"] = {g: router.thresholds_for(part) for g, part in parts}
         routing["n_failures_evaluated"] = int(len(outcomes))
         routing["paper"] = {"routing_lift_steerable_hard": PAPER["routing_lift_steerable_hard"]}
         routed_cols = per_failure.rename(

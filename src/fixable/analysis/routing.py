@@ -6,8 +6,10 @@ thresholds are the medians of the features over the failures being routed (or co
 the user states, or medians of an earlier set of failures via ``fit``), never fitted to
 rescue outcomes:
 
-1. ``reference_drift`` above its threshold → ``mix`` (the α closest to 0.5), else the
-   earliest ``checkpoint``; skipped when drift is unavailable (no reference);
+1. ``reference_drift`` above its threshold → back toward the reference: the earliest
+   ``checkpoint`` (one forward pass per token, so a compute-matched budget buys twice the
+   draws of a ``mix``), else ``mix`` (the α closest to 0.5); skipped when drift is
+   unavailable (no reference);
 2. else ``answer_dispersion`` above its threshold → ``retry``;
 3. else ``trajectory_uncertainty`` below its threshold → temperature *up* (largest T > 1);
 4. else → temperature *down* (smallest T < 1), else ``dola``.
@@ -84,7 +86,7 @@ def choose_settings(settings: Sequence[str]) -> dict[str, str | None]:
     cold = sorted(t for t in temps if t[0] < 1.0)
     dolas = sorted(s for s, p in parsed if p and p.kind == "dola")
     return {
-        "toward_reference": mixes[0][2] if mixes else (checkpoints[0][1] if checkpoints else None),
+        "toward_reference": checkpoints[0][1] if checkpoints else (mixes[0][2] if mixes else None),
         "retry": RETRY if RETRY in settings else None,
         "temperature_up": hot[-1][1] if hot else None,
         "temperature_down": cold[0][1] if cold else (dolas[0] if dolas else None),
@@ -161,10 +163,14 @@ class SignatureRouter(BaseEstimator):
 
 
 def route_failures(
-    router: Router, features: pd.DataFrame, settings: Sequence[str], *, by: str | None = "model"
+    router: Router, features: pd.DataFrame, settings: Sequence[str], *, by: str | None = None
 ) -> np.ndarray:
-    """Route every failure; with ``by``, each model's failures are routed on their own
-    (features such as drift are on each model's own scale, so medians are per model)."""
+    """Route every failure. With ``by=None`` (the analysis' default) the thresholds are
+    medians over all failures together: the three features are on scales shared by every
+    model (nats per token, normalised entropy), and a model whose failures drift far from
+    its reference should send more of them back toward it. With ``by="model"`` each
+    model's failures are routed on their own, which sends half of every model's failures
+    to each side of every threshold by construction."""
     if by is None or by not in features:
         routed = router.route(features, settings)
     else:

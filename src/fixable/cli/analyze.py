@@ -57,9 +57,24 @@ STAGES = ("features", "labels", "regimes", "routing", "topography", "transfer")
     is_flag=True,
     help="Treat top-k entropy estimates as unavailable instead of flagged.",
 )
+@click.option(
+    "--route-per-model",
+    is_flag=True,
+    help="Router thresholds = medians of each model's own failures (default: of all failures).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 def command(
-    runs, out, model_info, budget, thresholds, seed, n_boot, n_seeds, require_full_entropy, quiet
+    runs,
+    out,
+    model_info,
+    budget,
+    thresholds,
+    seed,
+    n_boot,
+    n_seeds,
+    require_full_entropy,
+    route_per_model,
+    quiet,
 ):
     """Analyse RUN(s): features, labels, regimes, routing, topography, transfer."""
     from fixable.analysis.labels import LabelThresholds
@@ -85,6 +100,7 @@ def command(
         n_boot=n_boot,
         n_seeds=n_seeds,
         require_full_entropy=require_full_entropy,
+        route_by="model" if route_per_model else None,
         random_state=seed,
     )
     table, sources = load_runs(runs)
