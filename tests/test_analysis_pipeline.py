@@ -13,9 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from analysis_fakes import SignatureBackend
-from fixable.analysis.pipeline import AnalysisConfig, analyze
+from fixable.analysis.pipeline import AnalysisConfig, analyze, load_runs
 from fixable.analysis.synthetic import planted_rollouts
 from fixable.cli.main import cli
+from fixable.errors import ConfigError
 from fixable.registry import backends
 from fixable.store import Run
 
@@ -140,6 +141,13 @@ def test_missing_stages_say_why():
     assert "two model families" in res["skipped"]["transfer"]
     assert res["labels"] is None and res["routing"] is None
     assert res["regimes"]["gmm"]["n_regimes"] >= 1
+
+
+def test_analyze_selects_models_by_pattern(run_dir):
+    table, _ = load_runs([run_dir], models=["gpt-*", "llama-rl-s0"])
+    assert set(table.column("model").to_pylist()) == {"gpt-sft-s0", "gpt-rl-s0", "llama-rl-s0"}
+    with pytest.raises(ConfigError, match="no model of the runs matches"):
+        load_runs([run_dir], models=["*-s9"])
 
 
 def test_analyze_without_failures_names_the_fix(tmp_path):

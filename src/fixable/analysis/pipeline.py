@@ -10,6 +10,7 @@ family, no method metadata) is reported as skipped with the reason, never faked.
 from __future__ import annotations
 
 import datetime as _dt
+import fnmatch
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fixable import schema
 from fixable.analysis.labels import (
@@ -113,8 +115,11 @@ class Analysis:
     tables: dict[str, pd.DataFrame]
 
 
-def load_runs(paths: Sequence[str | Path]) -> tuple[pa.Table, list[dict]]:
-    """The rollouts of every run (with a ``run`` column naming it) and their provenance."""
+def load_runs(
+    paths: Sequence[str | Path], models: Sequence[str] | None = None
+) -> tuple[pa.Table, list[dict]]:
+    """The rollouts of every run (with a ``run`` column naming it) and their provenance;
+    with ``models`` (names or shell-style patterns such as ``"*-s1"``), only those models'."""
     from fixable.store import Run
 
     tables, sources = [], []
@@ -149,6 +154,16 @@ def load_runs(paths: Sequence[str | Path]) -> tuple[pa.Table, list[dict]]:
     if not tables:
         raise ConfigError("no runs given; write `fixable analyze RUN [RUN ...]`")
     table = pa.concat_tables(tables)
+    if models:
+        present = sorted(set(table.column("model").unique().to_pylist()))
+        chosen = [m for m in present if any(fnmatch.fnmatchcase(m, p) for p in models)]
+        if not chosen:
+            raise ConfigError(
+                f"no model of the runs matches {', '.join(models)}; they hold: {', '.join(present)}"
+            )
+        table = table.filter(pc.is_in(table.column("model"), pa.array(chosen)))
+        for source in sources:
+            source["models"] = [m for m in source["models"] if m in chosen]
     # the same rollout (key and seed) in two runs would count twice; runs of other seeds
     # hold other samples of the same keys and are pooled
     keys = table.select([*schema.KEY, "seed", "run"]).to_pandas()
@@ -363,7 +378,9 @@ def _analyze(
         per_failure = routing.pop("per_failure")
         routing["router"] = repr(router)
         if isinstance(router, SignatureRouter):
-            parts = rows.groupby(config.route_by, sort=False) if config.route_by else [("all", rows)]
+            parts = (
+                rows.groupby(config.route_by, sort=False) if config.route_by else [("all", rows)]
+            )
             decided = pd.concat([router.decide(part, settings) for _, part in parts])
             rows = rows.assign(route_branch=decided.loc[rows.index, "branch"].to_numpy())
             parts = rows.groupby(config.route_by) if config.route_by else [("all", rows)]

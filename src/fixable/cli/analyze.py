@@ -58,6 +58,13 @@ STAGES = ("features", "labels", "regimes", "routing", "topography", "transfer")
     help="Treat top-k entropy estimates as unavailable instead of flagged.",
 )
 @click.option(
+    "--model",
+    "-m",
+    "models",
+    multiple=True,
+    help="Analyse only these models (names or patterns such as '*-s1'; repeat for more).",
+)
+@click.option(
     "--route-per-model",
     is_flag=True,
     help="Router thresholds = medians of each model's own failures (default: of all failures).",
@@ -73,6 +80,7 @@ def command(
     n_boot,
     n_seeds,
     require_full_entropy,
+    models,
     route_per_model,
     quiet,
 ):
@@ -103,7 +111,7 @@ def command(
         route_by="model" if route_per_model else None,
         random_state=seed,
     )
-    table, sources = load_runs(runs)
+    table, sources = load_runs(runs, models=models or None)
     if table.num_rows == 0:
         raise ConfigError(
             f"{', '.join(runs)}: no rollouts; sample first with `fixable sample ... --out RUN`"

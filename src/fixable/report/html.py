@@ -443,6 +443,14 @@ def routing_table(result: dict) -> str:
     share_line = ", ".join(
         f"{esc(s)} {pct(v, 0)}" for s, v in sorted(shares.items(), key=lambda kv: -kv[1])
     )
+    thresholds = routing.get("thresholds") or {}
+    threshold_line = "; ".join(
+        ("" if group == "all" else f"{esc(group)}: ")
+        + ", ".join(f"{esc(f)} {fixed(v)}" for f, v in values.items() if v == v)
+        for group, values in thresholds.items()
+    )
+    if threshold_line:
+        threshold_line = f" Median thresholds ({esc(routing.get('route_by', 'all failures'))}): {threshold_line}."
     return (
         table(
             [
@@ -459,7 +467,7 @@ def routing_table(result: dict) -> str:
             text_columns=(0, 1),
         )
         + f'<p class="legend">Budget: {routing.get("budget_samples", 0):g} {esc(routing.get("budget_unit", ""))}. '
-        f"The router sent failures to: {share_line or '–'}. Router: <code>{esc(routing.get('router', ''))}</code>.</p>"
+        f"The router sent failures to: {share_line or '–'}. Router: <code>{esc(routing.get('router', ''))}</code>.{threshold_line}</p>"
     )
 
 
