@@ -51,6 +51,10 @@ def test_choose_settings_picks_each_branch_by_definition():
     assert only_ckpt["toward_reference"] == "checkpoint(c=step-200)"  # the earliest
     assert only_ckpt["temperature_down"] == "dola(layer=1)"
     assert only_ckpt["temperature_up"] is None
+    named = choose_settings(
+        ["retry", "checkpoint(c=step-10)", "checkpoint(c=last)", "checkpoint(c=first)"]
+    )
+    assert named["toward_reference"] == "checkpoint(c=first)"
     no_ckpt = choose_settings([s for s in SETTINGS if not s.startswith("checkpoint")])
     assert no_ckpt["toward_reference"] == "mix(alpha=0.5)"  # the alpha closest to 0.5
 

@@ -70,6 +70,9 @@ def _param(setting: str):
 
 
 def _checkpoint_order(value: str) -> tuple:
+    """Earliest first: ``first``, then step numbers ascending, then ``last`` and other names."""
+    if str(value) == "first":
+        return (float("-inf"), "")
     digits = re.findall(r"\d+", str(value))
     return (int(digits[-1]) if digits else float("inf"), str(value))
 
