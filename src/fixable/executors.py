@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ from fixable.sampling import (
     SampleReport,
     sample_planned,
 )
-from fixable.store import QUARANTINE, Run, default_worker, sql_string
+from fixable.store import DEFAULT_FLUSH_EVERY, QUARANTINE, Run, default_worker, sql_string
 from fixable.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -617,7 +616,7 @@ class RayExecutor:
         report: SampleReport | None = None,
         max_tokens: int = 160,
         batch_size: int = 256,
-        flush_every: int = 2048,
+        flush_every: int = DEFAULT_FLUSH_EVERY,
         score_reference: bool = True,
         worker: str | None = None,
         progress: ProgressCallback | None = None,
@@ -791,26 +790,13 @@ def remove_redundant_copies(run: Run) -> list[Path]:
         )
         if not redundant:
             continue
-        target = _move_aside(run, Path(shard), keys)
-        moved.append(target)
+        why = (
+            f"a redundant copy: each of its {len(keys)} rollouts is also in another shard of "
+            "the run with identical content (written by a worker after it was given up); "
+            "nothing is missing"
+        )
+        moved.append(run.quarantine(Path(shard), why, len(keys), corrupt=False).moved_to)
         for k in keys:
             holders[k].remove(shard)
         del by_shard[shard]
     return moved
-
-
-def _move_aside(run: Run, shard: Path, keys: dict) -> Path:
-    directory = run.path / QUARANTINE
-    directory.mkdir(exist_ok=True)
-    target = directory / f"rollouts-{shard.name}"
-    if target.exists():
-        target = directory / f"rollouts-{shard.stem}-{uuid.uuid4().hex[:6]}{shard.suffix}"
-    os.replace(shard, target)
-    target.with_name(target.name + ".why.txt").write_text(
-        f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\nfrom: {shard}\n"
-        f"reason: a redundant copy: each of its {len(keys)} rollouts is also in another shard "
-        "of the run with identical content (written by a worker after it was given up); "
-        "nothing is missing\n"
-    )
-    log.info("moved redundant shard %s to %s", shard, target)
-    return target

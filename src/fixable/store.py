@@ -361,7 +361,7 @@ class Run:
                     try:
                         version = _shard_version(pq.read_schema(shard).metadata)
                     except (OSError, pa.ArrowException) as e:
-                        self._quarantine(shard, f"unreadable footer: {e}", None)
+                        self.quarantine(shard, f"unreadable footer: {e}", None)
                         continue
                     if version < target:
                         self._migrate_shard(table, shard, version)
@@ -381,14 +381,14 @@ class Run:
         try:
             table = pq.read_table(shard)
         except (OSError, pa.ArrowException) as e:
-            self._quarantine(shard, f"unreadable while migrating: {e}", None)
+            self.quarantine(shard, f"unreadable while migrating: {e}", None)
             return False
         try:
             for migration in MIGRATIONS:
                 if migration.version > version:
                     table = getattr(migration, table_name)(table)
         except StoreError as e:
-            self._quarantine(shard, f"cannot migrate from schema {version}: {e}", table.num_rows)
+            self.quarantine(shard, f"cannot migrate from schema {version}: {e}", table.num_rows)
             return False
         write_shard(table.replace_schema_metadata(None), shard)
         log.info("%s migrated from schema %d to %d", shard, version, _target_version())
@@ -431,7 +431,7 @@ class Run:
                         continue
                     mismatch = _schema_mismatch(parquet.schema_arrow, expected)
                     if mismatch:
-                        moved.append(self._quarantine(shard, mismatch, n_rows))
+                        moved.append(self.quarantine(shard, mismatch, n_rows))
                         continue
                     if full:
                         for i in range(parquet.num_row_groups):
@@ -440,11 +440,16 @@ class Run:
                 except StoreError:
                     raise
                 except (OSError, pa.ArrowException, ValueError) as e:
-                    moved.append(self._quarantine(shard, _short(e), n_rows))
+                    moved.append(self.quarantine(shard, _short(e), n_rows))
         self.quarantined.extend(moved)
         return moved
 
-    def _quarantine(self, shard: Path, reason: str, n_rows: int | None) -> QuarantinedShard:
+    def quarantine(
+        self, shard: Path, reason: str, n_rows: int | None, *, corrupt: bool = True
+    ) -> QuarantinedShard:
+        """Move ``shard`` out of the run into ``quarantine/`` with a ``.why.txt`` beside it
+        (never overwriting an earlier one). ``corrupt=False`` for a readable shard moved
+        aside for another reason (a redundant copy), logged at INFO instead of WARNING."""
         directory = self.path / QUARANTINE
         directory.mkdir(exist_ok=True)
         target = directory / f"{shard.parent.name}-{shard.name}"
@@ -455,7 +460,10 @@ class Run:
         target.with_name(target.name + ".why.txt").write_text(why)
         _fsync_dir(directory)
         entry = QuarantinedShard(shard, target, reason, n_rows)
-        log.warning("corrupt shard %s (%s) moved to %s", shard, reason, target)
+        if corrupt:
+            log.warning("corrupt shard %s (%s) moved to %s", shard, reason, target)
+        else:
+            log.info("shard %s moved to %s: %s", shard, target, reason)
         return entry
 
     def clean_temporaries(self) -> int:
