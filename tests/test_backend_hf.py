@@ -167,6 +167,22 @@ def test_per_request_limits_and_stop_strings(backend):
     assert stopped.finish_reason == "stop"
     assert stopped.text == base.text[:cut]
     assert stopped.token_ids == base.token_ids[: cut + 1]  # through the token that stopped it
+    # a stop string of several tokens, found late in a long text (the check decodes only a
+    # tail window, so the window must still see every token of the string)
+    long_base = backend.generate([GenerationRequest(PROMPTS[0], seed=5, max_tokens=120)], RETRY)[0]
+    stop = long_base.text[60:63]
+    first = long_base.text.index(stop)
+    multi = backend.generate(
+        [GenerationRequest(PROMPTS[0], seed=5, max_tokens=120, stop=(stop, "never-seen"))],
+        RETRY,
+    )[0]
+    assert multi.finish_reason == "stop"
+    assert multi.text == long_base.text[:first]
+    ids = multi.token_ids
+    assert ids == long_base.token_ids[: len(ids)]  # stopped at the token that completed it
+    decode = backend.tokenizer.decode
+    assert stop in decode(ids, skip_special_tokens=True)
+    assert stop not in decode(ids[:-1], skip_special_tokens=True)
 
 
 def test_capabilities_and_validation(backend, models):

@@ -560,7 +560,17 @@ class HFBackend:
         return gens
 
     def _cut_at_stop(self, row: int, tokens, texts, stops) -> bool:
-        """Whether row's text now contains a stop string; if so, remember it cut before it."""
+        """Whether row's text now contains a stop string; if so, remember it cut before it.
+
+        Called after every token, so it decodes only a tail window: a stop string of L
+        characters is at most 4L UTF-8 bytes, so its bytes lie in the last 4L tokens (every
+        non-special token is at least one byte); 8 tokens more keep a window that starts
+        inside a character or drops a leading space away from it. Only on a hit is the
+        whole text decoded, once, to cut it."""
+        window = 4 * max(len(s) for s in stops[row]) + 8
+        tail = self.tokenizer.decode(tokens[row][-window:], skip_special_tokens=True)
+        if not any(s in tail for s in stops[row]):
+            return False
         text = self.tokenizer.decode(tokens[row], skip_special_tokens=True)
         hits = [text.find(s) for s in stops[row] if s in text]
         if not hits:
