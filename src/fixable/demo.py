@@ -504,7 +504,7 @@ def _run_demo(
 ) -> DemoResult:
     from fixable.analysis.pipeline import analyze, load_runs, write_analysis
     from fixable.backends.base import check_capabilities
-    from fixable.sampling import RESCUE, failed_problems, sample
+    from fixable.sampling import rescue_failures
     from fixable.store import Run
 
     seconds: dict[str, float] = {}
@@ -542,31 +542,29 @@ def _run_demo(
                 backend, task, problems_all, run, config, model, forward, note
             )
             # the rescue half of fixable.sampling.sweep, over the failures of every round
-            failed = failed_problems(run, backend.model_name, [p.id for p in chosen], k=config.k)
-            note(f"rescue sweep: {len(failed)} failures x {len(grid)} settings x {config.r}")
-            failed_set = set(failed)
-            if failed:
-                sample(
-                    backend,
-                    task,
-                    [p for p in chosen if p.id in failed_set],
-                    run,
-                    phase=RESCUE,
-                    interventions=grid,
-                    n=config.r,
-                    run_seed=config.seed,
-                    progress=forward,
-                    max_tokens=config.max_tokens,
-                    batch_size=config.batch_size,
-                    config=config.to_dict(),
-                )
+            failed, _ = rescue_failures(
+                backend,
+                task,
+                chosen,
+                run,
+                k=config.k,
+                r=config.r,
+                interventions=grid,
+                run_seed=config.seed,
+                progress=forward,
+                on_failed=lambda ids, grid=grid: note(
+                    f"rescue sweep: {len(ids)} failures x {len(grid)} settings x {config.r}"
+                ),
+                max_tokens=config.max_tokens,
+                batch_size=config.batch_size,
+                config=config.to_dict(),
+            )
         finally:
             close = getattr(backend._backend, "close", None)
             if callable(close):
                 close()
         problems_per_model[backend.model_name] = len(chosen)
         failures[backend.model_name] = len(failed)
-        logger.info("%s: %d of %d problems failed the probe", model, len(failed), len(chosen))
     seconds["sampling"] = time.monotonic() - started
 
     t = time.monotonic()

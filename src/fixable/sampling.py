@@ -755,26 +755,63 @@ def sweep(
         progress=progress,
         **options,
     )
+    failed, rescue = rescue_failures(
+        backend,
+        task,
+        problems,
+        run,
+        k=k,
+        r=r,
+        interventions=interventions,
+        run_seed=run_seed,
+        progress=progress,
+        **options,
+    )
+    return SweepReport(probe, failed, rescue, rescue_budget(run, backend.model_name))
+
+
+def rescue_failures(
+    backend: Backend,
+    task: Task,
+    problems: Sequence[Problem],
+    run_dir: Run | str | Path,
+    *,
+    k: int = DEFAULT_K,
+    r: int = DEFAULT_R,
+    interventions: Sequence[Intervention] = (RETRY,),
+    run_seed: int = 0,
+    progress: ProgressCallback | None = None,
+    on_failed: Callable[[list[str]], None] | None = None,
+    **options: Any,
+) -> tuple[list[str], SampleReport | None]:
+    """The rescue half of a sweep: sample ``r`` rollouts per intervention setting for each
+    of ``problems`` whose ``k`` probe rollouts in the run all failed. Returns the failed
+    problem ids and the rescue's report (None when nothing failed); ``on_failed`` hears the
+    failed ids before sampling starts; ``options`` go to ``sample``."""
+    check_capabilities(backend, interventions)  # refused even when nothing failed
+    run = _open_run(run_dir)
     failed = failed_problems(run, backend.model_name, [p.id for p in problems], k=k)
     log.info(
         "%s: %d of %d problems failed the probe", backend.model_name, len(failed), len(problems)
     )
+    if on_failed is not None:
+        on_failed(failed)
+    if not failed:
+        return failed, None
     failed_set = set(failed)
-    rescue = None
-    if failed:
-        rescue = sample(
-            backend,
-            task,
-            [p for p in problems if p.id in failed_set],
-            run,
-            phase=RESCUE,
-            interventions=interventions,
-            n=r,
-            run_seed=run_seed,
-            progress=progress,
-            **options,
-        )
-    return SweepReport(probe, failed, rescue, rescue_budget(run, backend.model_name))
+    report = sample(
+        backend,
+        task,
+        [p for p in problems if p.id in failed_set],
+        run,
+        phase=RESCUE,
+        interventions=interventions,
+        n=r,
+        run_seed=run_seed,
+        progress=progress,
+        **options,
+    )
+    return failed, report
 
 
 def sample_from_config(
@@ -848,22 +885,22 @@ def sample_from_config(
                 )
             else:
                 mine = [p for p in problems if in_part(p.id, config.part)]
-                failed = set(
-                    failed_problems(run, backend.model_name, [p.id for p in mine], k=config.k)
+                _, rescue = rescue_failures(
+                    backend,
+                    task,
+                    mine,
+                    run,
+                    k=config.k,
+                    r=config.r,
+                    interventions=config.grid,
+                    run_seed=config.seed,
+                    progress=progress,
+                    **options,
                 )
                 reports.append(
-                    sample(
-                        backend,
-                        task,
-                        [p for p in mine if p.id in failed],
-                        run,
-                        phase=RESCUE,
-                        interventions=config.grid,
-                        n=config.r,
-                        run_seed=config.seed,
-                        progress=progress,
-                        **options,
-                    )
+                    rescue
+                    if rescue is not None
+                    else SampleReport(run=str(run.path), model=backend.model_name, phase=RESCUE)
                 )
         finally:
             close = getattr(backend, "close", None)
