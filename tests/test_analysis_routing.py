@@ -55,6 +55,9 @@ def test_choose_settings_picks_each_branch_by_definition():
         ["retry", "checkpoint(c=step-10)", "checkpoint(c=last)", "checkpoint(c=first)"]
     )
     assert named["toward_reference"] == "checkpoint(c=first)"
+    assert choose_settings(SETTINGS, "mix")["toward_reference"] == "mix(alpha=0.5)"
+    with pytest.raises(ConfigError, match="toward_reference"):
+        choose_settings(SETTINGS, "base")
     no_ckpt = choose_settings([s for s in SETTINGS if not s.startswith("checkpoint")])
     assert no_ckpt["toward_reference"] == "mix(alpha=0.5)"  # the alpha closest to 0.5
 

@@ -77,8 +77,19 @@ def _checkpoint_order(value: str) -> tuple:
     return (int(digits[-1]) if digits else float("inf"), str(value))
 
 
-def choose_settings(settings: Sequence[str]) -> dict[str, str | None]:
-    """The concrete setting behind each branch of the rule, from the available ``settings``."""
+TOWARD_REFERENCE = ("checkpoint", "mix")
+
+
+def choose_settings(
+    settings: Sequence[str], toward_reference: str = "checkpoint"
+) -> dict[str, str | None]:
+    """The concrete setting behind each branch of the rule, from the available ``settings``;
+    ``toward_reference`` names the kind the drift branch tries first (the other is its
+    fallback)."""
+    if toward_reference not in TOWARD_REFERENCE:
+        raise ConfigError(
+            f"toward_reference must be one of {', '.join(TOWARD_REFERENCE)}, got {toward_reference!r}"
+        )
     parsed = [(s, _param(s)) for s in settings]
     mixes = sorted((abs(p.value - 0.5), p.value, s) for s, p in parsed if p and p.kind == "mix")
     checkpoints = sorted(
@@ -89,11 +100,18 @@ def choose_settings(settings: Sequence[str]) -> dict[str, str | None]:
     cold = sorted(t for t in temps if t[0] < 1.0)
     dolas = sorted(s for s, p in parsed if p and p.kind == "dola")
     return {
-        "toward_reference": checkpoints[0][1] if checkpoints else (mixes[0][2] if mixes else None),
+        "toward_reference": _first(
+            [c[1] for c in checkpoints[:1]], [m[2] for m in mixes[:1]], toward_reference
+        ),
         "retry": RETRY if RETRY in settings else None,
         "temperature_up": hot[-1][1] if hot else None,
         "temperature_down": cold[0][1] if cold else (dolas[0] if dolas else None),
     }
+
+
+def _first(checkpoints: list[str], mixes: list[str], prefer: str) -> str | None:
+    order = checkpoints + mixes if prefer == "checkpoint" else mixes + checkpoints
+    return order[0] if order else None
 
 
 class SignatureRouter(BaseEstimator):
@@ -102,10 +120,16 @@ class SignatureRouter(BaseEstimator):
     Args:
         thresholds: ``"median"`` (medians over the failures being routed, or over the
             failures given to ``fit``) or a mapping feature → constant threshold.
+        toward_reference: which kind the drift branch tries first, ``"checkpoint"`` (the
+            default: one forward pass per token) or ``"mix"`` (the first version of the
+            rule); the other is its fallback.
     """
 
-    def __init__(self, thresholds: str | Mapping[str, float] = "median"):
+    def __init__(
+        self, thresholds: str | Mapping[str, float] = "median", toward_reference: str = "checkpoint"
+    ):
         self.thresholds = thresholds
+        self.toward_reference = toward_reference
 
     def fit(self, features: pd.DataFrame, y=None):
         """Fix the thresholds from ``features`` (medians) or the given constants — never
@@ -138,7 +162,7 @@ class SignatureRouter(BaseEstimator):
     def decide(self, features: pd.DataFrame, settings: Sequence[str]) -> pd.DataFrame:
         """Per failure: the setting, the branch of the rule that chose it, and the thresholds."""
         t = self.thresholds_for(features)
-        chosen = choose_settings(settings)
+        chosen = choose_settings(settings, self.toward_reference)
         n = len(features)
 
         def col(name):
