@@ -88,6 +88,9 @@ def test_summary_holds_every_estimate_of_the_analysis_with_its_interval(report):
     summary = json.loads(files.summary.read_text())
     expected = dict(iter_estimates(result))
     assert len(expected) > 50  # the analysis is rich; a broken walk would find few
+    # estimates inside lists count too (checked against the analysis, not the walk)
+    pair = result["transfer"]["pairs"][0]["classifier"]["accuracy"]
+    assert summary["estimates"]["transfer.pairs.0.classifier.accuracy"]["value"] == pair["value"]
     for path, node in expected.items():
         got = summary["estimates"][path]
         for key in ("value", "low", "high", "mean", "std"):

@@ -34,6 +34,9 @@ def iter_estimates(node, path: str = "") -> Iterator[tuple[str, dict]]:
             if key == "curves" and path.endswith("routing"):
                 continue
             yield from iter_estimates(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):  # e.g. transfer.pairs; lists of numbers yield nothing
+        for i, value in enumerate(node):
+            yield from iter_estimates(value, f"{path}.{i}")
 
 
 def _estimate(node: dict) -> dict:
