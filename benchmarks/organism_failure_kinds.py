@@ -20,9 +20,9 @@ import torch
 
 from fixable.organism import zoo
 from fixable.organism.decode import decode
-from fixable.organism.posttrain import seed_of
 from fixable.organism.train import TOKENIZER
 from fixable.tasks.chains import ChainsTask
+from fixable.types import seed_of
 
 SEED = 7
 

@@ -29,7 +29,6 @@ default ``raw_logprobs`` mode reports them. fastapi and uvicorn are imported onl
 # at runtime, and ``Request`` is imported lazily inside ``create_app``.
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
@@ -42,6 +41,7 @@ from typing import Any, Protocol
 from fixable.backends.base import Backend, Generation, GenerationRequest, check_capabilities
 from fixable.errors import CapabilityError, ConfigError, FixableError
 from fixable.interventions import RETRY, Intervention, parse_intervention
+from fixable.types import seed_of
 
 logger = logging.getLogger(__name__)
 
@@ -299,8 +299,7 @@ def choice_seed(seed: int, index: int) -> int:
     """Seed of choice ``index`` of a request with ``seed``: the seed itself for choice 0."""
     if index == 0:
         return seed
-    key = f"{seed}\x1fchoice\x1f{index}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+    return seed_of(seed, "choice", index)
 
 
 def create_app(

@@ -37,5 +37,11 @@ def rollout_seed(run_seed: int, problem_id: str, setting: str, sample_index: int
     Tokens sampled for a rollout depend only on this seed, never on the batch it ran in,
     so runs are reproducible under any batching, order, resume or worker assignment.
     """
-    key = f"{run_seed}\x1f{problem_id}\x1f{setting}\x1f{sample_index}".encode()
+    return seed_of(run_seed, problem_id, setting, sample_index)
+
+
+def seed_of(*parts) -> int:
+    """A 63-bit seed from any key: its parts joined by U+001F, hashed with BLAKE2b (same
+    key, same seed, on any machine)."""
+    key = "\x1f".join(map(str, parts)).encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1

@@ -17,9 +17,10 @@ from collections.abc import Callable
 import torch
 
 from fixable.organism.model import OrganismLM
-from fixable.organism.posttrain import sample, seed_of
+from fixable.organism.posttrain import sample
 from fixable.organism.train import TOKENIZER
 from fixable.tasks.chains import DIFFICULTY_STEPS, SUBDISTS, TRAIN_SUBDISTS, ChainsTask
+from fixable.types import seed_of
 
 log = logging.getLogger(__name__)
 

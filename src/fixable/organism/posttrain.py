@@ -18,7 +18,6 @@ run directory, so a resume does not redraw them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -43,6 +42,7 @@ from fixable.organism.train import (
     sample_chain_example,
 )
 from fixable.tasks.chains import TRAIN_SUBDISTS, ChainsTask
+from fixable.types import seed_of
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,6 @@ class PostTrainConfig:
             )
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
-
-
-def seed_of(*parts) -> int:
-    """A 63-bit sampling seed from any key (same key, same seed, on any machine)."""
-    key = "\x1f".join(map(str, parts)).encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
 def sample(
