@@ -121,22 +121,6 @@ class _Model:
         return self.lm.get_output_embeddings()(norm(hidden_state))
 
 
-def weights_sha256(source: str) -> str | None:
-    """sha256 over a local model directory's weight files (None for a Hub id)."""
-    import hashlib
-
-    directory = Path(source)
-    if not directory.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for path in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")):
-        digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def sampling_logprobs(
     policy_lp, temperature: float, ref_lp=None, alpha: float = 0.0, early_lp=None
 ):
@@ -272,12 +256,16 @@ class HFBackend:
         """What a run's manifest records to reproduce this backend's samples."""
         import transformers
 
+        from fixable.sampling import weights_sha256
+
         def model_id(m: _Model | None) -> dict | None:
             if m is None:
                 return None
             return {
                 "source": m.source,
-                "weights_sha256": weights_sha256(m.source),
+                # per-file hashes, remembered per process (the policy's were already
+                # taken by sampling.model_identity); None for a Hub id
+                "weights_sha256": weights_sha256(m.source) if Path(m.source).is_dir() else None,
                 "hub_revision": getattr(m.lm.config, "_commit_hash", None),
             }
 

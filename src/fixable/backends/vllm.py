@@ -137,12 +137,10 @@ class VLLMBackend:
         return self.source
 
     def identity(self) -> dict:
-        """What a run's manifest records to reproduce this backend's samples."""
-        from fixable.backends.hf import weights_sha256
-
+        """What a run's manifest records to reproduce this backend's samples (the
+        policy's per-file hashes are added by ``sampling.model_identity``)."""
         return {
             "source": self.source,
-            "weights_sha256": weights_sha256(self.source),
             "reference": self.reference_source,
             "checkpoints": dict(self.checkpoints),
             "vllm": getattr(self._vllm, "__version__", None),
