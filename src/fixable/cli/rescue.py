@@ -12,6 +12,7 @@ import json
 
 import click
 
+from fixable.cli.sample import _parse_options
 from fixable.errors import ConfigError
 
 
@@ -25,20 +26,6 @@ def _thresholds(text: str) -> dict[str, float]:
             out[key.strip()] = float(value)
         except ValueError:
             raise ConfigError(f"threshold {key.strip()} must be a number, got {value!r}") from None
-    return out
-
-
-def _options(pairs: tuple[str, ...]) -> dict:
-    """``KEY=VALUE`` pairs; a value is read as JSON when it parses, else as a string."""
-    out = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"-B/--backend-option takes KEY=VALUE, got {pair!r}")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw.strip()
     return out
 
 
@@ -151,7 +138,9 @@ def command(
     settings = (
         [i.label for i in parse_grid(interventions)] if interventions else list(DEFAULT_SETTINGS)
     )
-    engine = backends.create(backend, model, **_options(backend_options))
+    engine = backends.create(
+        backend, model, **(_parse_options(backend_options, "--backend-option") or {})
+    )
     if calibration:
         # the run stores rollouts under the backend's model identity, not the CLI spelling
         router = _calibrated(calibration, engine.model_name)
@@ -241,11 +230,9 @@ def _problem(task, problem_id, index, prompt, answer, split, n_problems, seed, P
 def _calibrated(run_dir: str, model: str):
     from fixable.analysis.routing import SignatureRouter
     from fixable.features import failure_features
-    from fixable.store import Run
+    from fixable.store import Run, sql_string
 
-    table = Run(run_dir).rollouts(
-        where=f"model = '{model.replace(chr(39), chr(39) * 2)}' AND phase = 'probe'"
-    )
+    table = Run(run_dir).rollouts(where=f"model = {sql_string(model)} AND phase = 'probe'")
     features = failure_features(table)
     if features.empty:
         raise ConfigError(
