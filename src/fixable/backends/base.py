@@ -88,14 +88,12 @@ def _same_call(a: GenerationRequest, b: GenerationRequest) -> bool:
     return a.prompt == b.prompt and a.max_tokens == b.max_tokens and a.stop == b.stop
 
 
-def check_capabilities(
-    backend: Backend, interventions: Sequence[Intervention], needs: Sequence[str] = ()
-) -> None:
-    """Refuse, before any sampling, an intervention or need the backend cannot serve."""
+def check_capabilities(backend: Backend, interventions: Sequence[Intervention]) -> None:
+    """Refuse, before any sampling, an intervention the backend cannot serve, naming the
+    backends that can."""
     from fixable.registry import backends
 
     missing = [i.kind for i in interventions if i.kind not in backend.capabilities]
-    missing += [n for n in needs if n not in backend.capabilities]
     if not missing:
         return
     able = []

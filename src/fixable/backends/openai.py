@@ -44,6 +44,7 @@ from fixable.backends.base import (
     TEMPERATURE,
     Generation,
     GenerationRequest,
+    check_capabilities,
     group_same_calls,
 )
 from fixable.errors import CapabilityError, ConfigError, UnknownNameError
@@ -341,7 +342,6 @@ class OpenAIBackend:
         send_seed: bool = True,
         extensions: bool = True,
         samples_per_request: int = 1,
-        default_temperature: float = 1.0,
         forward_interventions: bool = False,
     ):
         if api not in ("completions", "chat"):
@@ -366,7 +366,6 @@ class OpenAIBackend:
         self.send_seed = send_seed
         self.extensions = extensions
         self.samples_per_request = samples_per_request
-        self.default_temperature = default_temperature
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
         self.forward_interventions = forward_interventions
         caps = {RETRY, TEMPERATURE, CHECKPOINT}
@@ -447,18 +446,14 @@ class OpenAIBackend:
     def _temperature(self, intervention: Intervention) -> float:
         if intervention.kind == TEMPERATURE:
             return float(intervention.value)
-        return self.default_temperature
+        return 1.0  # every other setting samples the served model at its own distribution
 
     # -- sampling ------------------------------------------------------------------------
 
     def generate(
         self, requests: Sequence[GenerationRequest], intervention: Intervention
     ) -> list[Generation]:
-        if intervention.kind not in self.capabilities:
-            raise CapabilityError(
-                f"backend 'openai' cannot do {intervention.kind}; it serves "
-                f"{', '.join(sorted(k for k in self.capabilities if k != SCORE))}"
-            )
+        check_capabilities(self, [intervention])
         model = self._served_model(intervention)
         temperature = self._temperature(intervention)
         groups = group_same_calls(requests, self.samples_per_request)
