@@ -254,7 +254,7 @@ def _rl_step(cfg: PostTrainConfig, base: OrganismLM):
         device = model_device(model)
         inputs, targets, mask = inputs.to(device), targets.to(device), mask.to(device)
         advantage = advantage.to(device)
-        token_logp, _ = completion_logprobs(model, inputs, targets)
+        token_logp = completion_logprobs(model, inputs, targets)
         m = mask.float()
         n_tokens = m.sum().clamp(min=1)
         # one on-policy update per batch: the PPO ratio is 1, so the clipped objective
@@ -263,7 +263,7 @@ def _rl_step(cfg: PostTrainConfig, base: OrganismLM):
         metrics = {}
         if cfg.kl_coef > 0:
             with torch.no_grad():
-                ref_logp, _ = completion_logprobs(base, inputs, targets)
+                ref_logp = completion_logprobs(base, inputs, targets)
             log_ratio = ref_logp - token_logp
             kl = (log_ratio.exp() - log_ratio - 1) * m  # k3: unbiased, always >= 0
             kl_mean = kl.sum() / n_tokens

@@ -135,11 +135,9 @@ def collate(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int
 
 
 def completion_logprobs(model: OrganismLM, inputs: torch.Tensor, targets: torch.Tensor):
-    """Per-position ``(log p(target), entropy)`` of the next-token distribution, (B, T) each."""
+    """Per-position log p(target) under the next-token distribution, (B, T)."""
     logp = F.log_softmax(model(inputs).float(), dim=-1)
-    token_logp = logp.gather(-1, targets[..., None])[..., 0]
-    entropy = -(logp.exp() * logp).sum(-1)
-    return token_logp, entropy
+    return logp.gather(-1, targets[..., None])[..., 0]
 
 
 def model_device(model: OrganismLM) -> torch.device:
@@ -167,9 +165,9 @@ def lm_loss(model: OrganismLM, inputs, targets, mask):
     nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
     loss = (nll * mask.float()).sum() / mask.float().sum().clamp(min=1)
     with torch.no_grad():
-        hit = (logits.argmax(-1) == targets) | ~mask
-        seq_acc = hit.all(-1).float().mean().item()
-        tok_acc = ((logits.argmax(-1) == targets) & mask).sum().item() / max(1, mask.sum().item())
+        right = logits.argmax(-1) == targets
+        seq_acc = (right | ~mask).all(-1).float().mean().item()
+        tok_acc = (right & mask).sum().item() / max(1, mask.sum().item())
     return loss, {"loss": loss.item(), "seq_acc": seq_acc, "tok_acc": tok_acc}
 
 
