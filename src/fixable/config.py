@@ -208,9 +208,6 @@ class RunConfig:
             d["models"] = tuple(d["models"])
         return cls(**d)
 
-    def replace(self, **changes: Any) -> RunConfig:
-        return dataclasses.replace(self, **changes)
-
 
 def _parse_part(part: Any) -> tuple[int, int]:
     if isinstance(part, str):

@@ -192,7 +192,6 @@ QUICK = DemoConfig(
     ),
     analysis={"n_boot": 200, "n_seeds": 3, "stability_boot": 10},
 )
-PRESETS = {"demo": DEMO, "quick": QUICK}
 
 
 def load_config(source: str | Path) -> DemoConfig:

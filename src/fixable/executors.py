@@ -197,7 +197,6 @@ class SamplingActor:
             "model_name": backend.model_name,
             "identity": model_identity(backend) if with_identity else None,
             "worker": self.worker,
-            "pid": os.getpid(),
         }
 
     def sample_chunk(
@@ -291,7 +290,6 @@ class _Slot:
     actor: Any
     ready: bool = False
     worker: str = ""
-    pid: int | None = None
 
 
 @dataclass
@@ -420,7 +418,6 @@ class RayExecutor:
         self.runtime_env = runtime_env
         self.start_timeout_s = _number("start_timeout_s", start_timeout_s, float, 1)
         self.losses: list[ActorLoss] = []  # every actor lost, for the report
-        self.startup_s = 0.0  # cluster connection and first actors up (fixed cost)
         self._started_ray = False
         self._pools: list[_Pool] = []
         self._failures_left: dict[int, int] = {}  # id(pool) → replacements left
@@ -435,7 +432,6 @@ class RayExecutor:
             raise ConfigError(RAY_HINT) from None
         if ray.is_initialized():
             return ray
-        started = time.monotonic()
         local = dict(include_dashboard=False, _temp_dir=self.temp_dir)
         common = dict(runtime_env=self.runtime_env, logging_level=logging.WARNING)
         if self.address == "local":
@@ -461,7 +457,6 @@ class RayExecutor:
                     f"cannot connect to the Ray cluster at {self.address!r} ({e}); "
                     "start one with `ray start --head` or use --ray local"
                 ) from None
-        self.startup_s += time.monotonic() - started
         return ray
 
     def _pool_size(self, ray) -> int:
@@ -519,7 +514,6 @@ class RayExecutor:
         except BaseException:
             self._stop_pool(pool)
             raise
-        self.startup_s += time.monotonic() - started
         log.info(
             "Ray pool for %s: %d actor(s) asked, first up after %.1f s",
             model,
@@ -552,7 +546,7 @@ class RayExecutor:
             return None
         if "error" in description:
             _raise_remote(description["error"], f"building backend {pool.backend_name!r}")
-        slot.ready, slot.worker, slot.pid = True, description["worker"], description["pid"]
+        slot.ready, slot.worker = True, description["worker"]
         return slot
 
     def _lose(self, ray, pool: _Pool, slot: _Slot, reason: str, rollouts: int) -> None:

@@ -8,7 +8,6 @@ intervals come from. Everything is vectorised over numpy arrays.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -120,9 +119,6 @@ class Estimate:
             d[key] = None if v is None or not np.isfinite(v) else float(v)
         return d
 
-    def contains(self, x: float) -> bool:
-        return self.low <= x <= self.high
-
 
 def group_weights(groups, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """Bootstrap replicate weights, ``(n_boot, n_items)``: resample *groups* with replacement
@@ -165,31 +161,6 @@ def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[fl
         return float("nan"), float("nan")
     lo, hi = np.quantile(reps, [(1 - level) / 2, 0.5 + level / 2])
     return float(lo), float(hi)
-
-
-def bootstrap_estimate(
-    statistic: Callable[[np.ndarray], float],
-    groups,
-    *,
-    n_boot: int = 2000,
-    random_state=0,
-    level: float = 0.95,
-    unit: str = "problems",
-) -> Estimate:
-    """A statistic of weighted items with a grouped percentile-bootstrap interval.
-
-    ``statistic(weights)`` receives per-item weights (all ones for the point estimate)."""
-    groups = np.asarray(groups)
-    n = len(groups)
-    if n == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0, "none: no items")
-    value = float(statistic(np.ones(n)))
-    weights = group_weights(groups, n_boot, np.random.default_rng(random_state))
-    reps = np.array([statistic(w) for w in weights])
-    lo, hi = percentile_interval(reps, level)
-    return Estimate(
-        value, lo, hi, n, f"bootstrap-percentile {level:.0%} over {unit} ({n_boot} resamples)"
-    )
 
 
 def bootstrap_mean_estimate(

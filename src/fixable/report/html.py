@@ -619,7 +619,7 @@ def features_table(result: dict) -> str:
     )
 
 
-def provenance(result: dict, manifest: dict | None, run_label: str) -> str:
+def provenance(result: dict, manifest: dict | None) -> str:
     items = []
     for source in result.get("sources") or []:
         items.append(
@@ -733,7 +733,7 @@ def render_page(
             body += [f"<h3>{esc(title)}</h3>", block]
     body += [
         '<h2 id="provenance">Provenance</h2>',
-        provenance(result, manifest, run_label),
+        provenance(result, manifest),
         f"<footer>Written by fixable {esc(__version__)}. Self-contained: this page loads nothing from the "
         "network; every number has its interval in summary.json beside it.</footer>",
     ]

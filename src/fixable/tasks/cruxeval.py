@@ -33,7 +33,6 @@ from fixable.tasks.humaneval import CodeTask
 from fixable.tasks.loading import (
     Record,
     check_choice,
-    check_split,
     iter_shots,
     load_hf,
     read_jsonl,
@@ -192,7 +191,7 @@ class CRUXEvalTask(CodeTask):
     def problems(
         self, n: int | None = None, *, seed: int = 0, split: str = "test"
     ) -> list[Problem]:
-        check_split("cruxeval", split, self.splits)
+        check_choice("cruxeval", "split", split, self.splits)
         records = self.records()
         out = []
         for record in select(records, n, seed):

@@ -28,7 +28,6 @@ from fixable.tasks.base import Task
 from fixable.tasks.loading import (
     Record,
     check_choice,
-    check_split,
     iter_shots,
     load_hf,
     read_csv,
@@ -146,7 +145,7 @@ class GPQATask(Task):
     def problems(
         self, n: int | None = None, *, seed: int = 0, split: str = "test"
     ) -> list[Problem]:
-        check_split("gpqa", split, self.splits)
+        check_choice("gpqa", "split", split, self.splits)
         records = self.records()
         out = []
         for record in select(records, n, seed):

@@ -24,7 +24,6 @@ from fixable.tasks.base import Task
 from fixable.tasks.loading import (
     Record,
     check_choice,
-    check_split,
     iter_shots,
     load_hf,
     read_jsonl,
@@ -125,7 +124,7 @@ class GSM8KTask(Task):
         self._records: dict[str, list[Record]] = {}
 
     def records(self, split: str) -> list[Record]:
-        check_split("gsm8k", split, self.splits)
+        check_choice("gsm8k", "split", split, self.splits)
         if split not in self._records:
             if self.path is None:
                 self._records[split] = load_hf("openai/gsm8k", split, "main")

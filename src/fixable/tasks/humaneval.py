@@ -35,7 +35,6 @@ from fixable.tasks.base import Task
 from fixable.tasks.loading import (
     Record,
     check_choice,
-    check_split,
     load_hf,
     read_jsonl,
     resolve_file,
@@ -176,7 +175,7 @@ class HumanEvalTask(CodeTask):
     def problems(
         self, n: int | None = None, *, seed: int = 0, split: str = "test"
     ) -> list[Problem]:
-        check_split("humaneval", split, self.splits)
+        check_choice("humaneval", "split", split, self.splits)
         out = []
         for record in select(self.records(), n, seed):
             task_id = record.get("task_id")

@@ -113,19 +113,6 @@ def read_csv(path: str | Path, required: Sequence[str] = ()) -> list[Record]:
     return records
 
 
-def read_records(path: str | Path, required: Sequence[str] = ()) -> list[Record]:
-    """Records of a ``.jsonl``/``.jsonl.gz``/``.json`` lines file or a ``.csv`` file, by suffix."""
-    path = Path(path)
-    suffixes = "".join(path.suffixes[-2:])
-    if path.suffix == ".csv" or suffixes == ".csv.gz":
-        return read_csv(path, required)
-    records = read_jsonl(path)
-    for record in records:
-        for name in required:
-            record.get(name, object)
-    return records
-
-
 def resolve_file(path: str | Path, names: Sequence[str], what: str) -> Path:
     """``path`` itself when it is a file, else the first of ``names`` inside the directory."""
     path = Path(path).expanduser()
@@ -162,13 +149,6 @@ def select(items: list, n: int | None, seed: int) -> list:
         raise ConfigError(f"number of problems must be >= 0, got {n}")
     chosen = sorted(random.Random(f"select-{seed}").sample(range(len(items)), n))
     return [items[i] for i in chosen]
-
-
-def check_split(task: str, split: str, allowed: Sequence[str]) -> None:
-    if split not in allowed:
-        raise ConfigError(
-            f"{task} split must be one of {', '.join(map(repr, allowed))}, got {split!r}"
-        )
 
 
 def check_choice(task: str, name: str, value: str, allowed: Sequence[str]) -> None:

@@ -25,7 +25,6 @@ from fixable.tasks.base import Task
 from fixable.tasks.loading import (
     Record,
     check_choice,
-    check_split,
     iter_shots,
     load_hf,
     read_jsonl,
@@ -166,7 +165,7 @@ class MATH500Task(Task):
     def problems(
         self, n: int | None = None, *, seed: int = 0, split: str = "test"
     ) -> list[Problem]:
-        check_split("math500", split, self.splits)
+        check_choice("math500", "split", split, self.splits)
         exemplars = []
         if self.shots:
             exemplars = list(iter_shots(read_jsonl(self.shots_path), self.shots, seed))
