@@ -86,3 +86,10 @@ def test_rate_estimate_and_mean_std():
     e = rate_estimate(3, 10, "beta")
     assert e.value == 0.3 and e.n == 10 and "beta" in e.interval
     assert mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(np.sqrt(2)), "n": 2}
+
+
+def test_certifying_a_zero_rate_below_5_percent_takes_73_samples():
+    # the figure docs/analysis.md and labels.py quote: 0 of R is certainly < 0.05 from R = 73
+    from fixable.analysis.stats import wilson_interval
+
+    assert wilson_interval(0, 72)[1] > 0.05 > wilson_interval(0, 73)[1]

@@ -17,7 +17,7 @@ ignore that the runner-up could be the true best.
 
 Note on small R: 0 successes in R = 32 samples has a 95 % Wilson upper bound of 0.107, above
 the 0.05 retry threshold, so at R = 32 every non-resamplable label is ``uncertain`` at the
-95 % level: certifying ``r < 0.05`` takes about R >= 74 all-failed samples. The counts
+95 % level: certifying ``r < 0.05`` takes R >= 73 all-failed samples. The counts
 "without uncertain" are then small or empty; that is the data speaking, not a bug.
 """
 

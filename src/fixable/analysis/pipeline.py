@@ -316,11 +316,7 @@ def _analyze(
 
     progress("labels")
     matrix = rescue_matrix(table, config.thresholds)
-    labels = (
-        label_failures(matrix, config.thresholds)
-        if not matrix.empty
-        else pd.DataFrame(columns=FAILURE_KEY + ["label", "uncertain"])
-    )
+    labels = label_failures(matrix, config.thresholds)
     failures = features.merge(labels, on=FAILURE_KEY, how="left")
     if not matrix.empty:
         failures = failures.merge(rates_wide(matrix), on=FAILURE_KEY, how="left")
@@ -355,7 +351,7 @@ def _analyze(
             failures[f"regime_{method}"] = regimes[method].pop("assignments")
 
     progress("routing")
-    routing, per_failure = None, None
+    routing, per_failure, outcomes = None, None, None
     if settings and "retry" in settings:
         outcomes = Outcomes.from_matrix(matrix, settings, failures=failures)
         rows = (
@@ -432,14 +428,11 @@ def _analyze(
     progress("transfer")
     trans = None
     if features["family"].dropna().nunique() >= 2:
-        outcomes_all = None
-        if routing is not None:
-            outcomes_all = Outcomes.from_matrix(matrix, settings, failures=failures)
         trans = transfer(
             features.assign(method=methods),
             feature_cols=available,
             labels=failures["label"].to_numpy(),
-            outcomes=outcomes_all,
+            outcomes=outcomes,  # the routing's outcomes (None when routing did not run)
             budget=routing["budget_samples"] if routing else 16,
             clusterer=RegimeClusterer(
                 features=available, max_regimes=config.max_regimes, random_state=rs
