@@ -76,7 +76,7 @@ def test_headline_box_sets_our_numbers_beside_the_papers(report):
     headline = page[page.index('id="headline"') : page.index('id="figures"')]
     acc = result["topography"]["classifier"]["accuracy"]
     assert f"{acc['mean'] * 100:.1f} %" in headline
-    assert "84.3 %" in headline and "4.3 %" in headline  # the paper's topography
+    assert "84.3 % ± 4.3 %" in headline  # the paper's topography: mean and std together
     lift = result["routing"]["subsets"]["steerable-hard"]["lift"]["best_fixed"]
     assert f"{lift['value'] * 100:+.1f}" in headline
     assert "+12.2 points" in headline  # the paper's routing lift

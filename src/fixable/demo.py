@@ -33,9 +33,6 @@ from fixable.errors import ConfigError, FixableError, StoreError
 
 logger = logging.getLogger(__name__)
 
-# The paper's reference figures (its models, not ours), shown beside ours.
-PAPER_TOPOGRAPHY = (0.843, 0.043)
-PAPER_ROUTING_LIFT = 0.122
 # Settings sampled in the rescue sweep. ``checkpoint(c=first)`` is the earliest
 # intermediate checkpoint of each model's own post-training run (see _concrete).
 DEFAULT_INTERVENTIONS = (
@@ -622,7 +619,10 @@ def _build_task(config: DemoConfig):
 
 def headline_table(summary: dict) -> list[tuple[str, str, str]]:
     """(figure, ours with its interval, the paper's) rows for the end of the demo."""
+    from fixable.analysis.paper import PAPER, topography_text
+
     rows = {row["id"]: row for row in summary.get("headline", [])}
+    paper = summary.get("paper") or PAPER
 
     def pct(x):
         return "n/a" if x is None else f"{x * 100:.1f} %"
@@ -642,7 +642,7 @@ def headline_table(summary: dict) -> list[tuple[str, str, str]]:
         (
             "topography accuracy",
             ours,
-            f"{PAPER_TOPOGRAPHY[0] * 100:.1f} ± {PAPER_TOPOGRAPHY[1] * 100:.1f} % (+20 over majority)",
+            f"{topography_text(paper)} (+{paper['topography_accuracy']['over_majority'] * 100:.0f} over majority)",
         )
     )
     lift = rows.get("routing_lift_steerable_hard_vs_best_fixed") or {}
@@ -654,7 +654,7 @@ def headline_table(summary: dict) -> list[tuple[str, str, str]]:
         (
             "routing lift, steerable-hard (vs best fixed)",
             ours,
-            f"+{PAPER_ROUTING_LIFT * 100:.1f} points",
+            f"+{paper['routing_lift_steerable_hard'] * 100:.1f} points",
         )
     )
     retry = rows.get("routing_lift_steerable_hard_vs_retry") or {}

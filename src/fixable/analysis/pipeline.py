@@ -32,6 +32,7 @@ from fixable.analysis.labels import (
     rates_wide,
     rescue_matrix,
 )
+from fixable.analysis.paper import PAPER, topography_text
 from fixable.analysis.regimes import (
     RegimeClusterer,
     agreement,
@@ -56,13 +57,6 @@ from fixable.features import (
 logger = logging.getLogger(__name__)
 
 FORMAT, FORMAT_VERSION = "fixable-analysis", 1
-# The paper's figures (its models, not ours), shown beside ours; fractions, not percent.
-PAPER = {
-    "topography_accuracy": {"mean": 0.843, "std": 0.043, "over_majority": 0.20},
-    "routing_lift_steerable_hard": 0.122,
-    "note": "reference figures of the paper, measured on its models; the paper's routing lift is "
-    "compared here with our lift over each baseline",
-}
 METADATA_KEYS = ("family", "method", "seed")
 UNUSED_COLUMNS = ("token_ids", "logprobs")
 PER_TOKEN_COLUMNS = ("entropies", "policy_logprobs", "ref_logprobs")
@@ -745,7 +739,7 @@ def _summary_lines(result: dict) -> str:
         maj = result["topography"]["majority"]["accuracy"]
         lines.append(
             f"- topography accuracy: {acc['mean'] * 100:.1f} ± {acc['std'] * 100:.1f} % "
-            f"(majority {maj['mean'] * 100:.1f} %; paper: 84.3 ± 4.3 %)"
+            f"(majority {maj['mean'] * 100:.1f} %; paper: {topography_text()})"
         )
     for stage, why in result.get("skipped", {}).items():
         lines.append(f"- {stage} skipped: {why}")

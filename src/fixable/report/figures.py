@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from fixable.analysis.paper import topography_text
 from fixable.report.style import (
     FAMILY_MARKERS,
     FEATURE_NAMES,
@@ -441,7 +442,7 @@ def caption_topography_confusion(result: dict, failures: pd.DataFrame | None) ->
     if acc:
         detail = (
             f": {_pct(acc['mean'])} ± {_pct(acc['std'])} against {_pct(maj)} for the majority "
-            "class (paper, on its models: 84.3 ± 4.3 %)"
+            f"class (paper, on its models: {topography_text(result.get('paper'))})"
         )
     return (
         "Which post-training method produced a failure, predicted from its three features alone "

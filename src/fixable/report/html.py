@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from string import Template
 
+from fixable.analysis.paper import PAPER
 from fixable.report.style import (
     METHOD_COLORS,
     REGIME_COLORS,
@@ -104,12 +105,8 @@ def _card(
 
 def headline_box(result: dict) -> str:
     paper = result.get("paper") or {}
-    paper_topo = paper.get("topography_accuracy") or {
-        "mean": 0.843,
-        "std": 0.043,
-        "over_majority": 0.2,
-    }
-    paper_lift = paper.get("routing_lift_steerable_hard", 0.122)
+    paper_topo = paper.get("topography_accuracy") or PAPER["topography_accuracy"]
+    paper_lift = paper.get("routing_lift_steerable_hard", PAPER["routing_lift_steerable_hard"])
     skipped = result.get("skipped") or {}
     cards = []
 

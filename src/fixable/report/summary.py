@@ -15,11 +15,9 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Iterator
 
+from fixable.analysis.paper import PAPER
+
 FORMAT, FORMAT_VERSION = "fixable-summary", 1
-# The paper's figures (its models, not ours), as fractions; analysis.json carries the same
-# under "paper", which wins when present.
-PAPER_TOPOGRAPHY = {"mean": 0.843, "std": 0.043, "over_majority": 0.20}
-PAPER_ROUTING_LIFT = 0.122
 
 
 def iter_estimates(node, path: str = "") -> Iterator[tuple[str, dict]]:
@@ -47,8 +45,8 @@ def _estimate(node: dict) -> dict:
 def headline(result: dict) -> list[dict]:
     """The headline numbers, ours beside the paper's; absent stages are listed with why."""
     paper = result.get("paper") or {}
-    paper_topo = paper.get("topography_accuracy") or PAPER_TOPOGRAPHY
-    paper_lift = paper.get("routing_lift_steerable_hard", PAPER_ROUTING_LIFT)
+    paper_topo = paper.get("topography_accuracy") or PAPER["topography_accuracy"]
+    paper_lift = paper.get("routing_lift_steerable_hard", PAPER["routing_lift_steerable_hard"])
     skipped = result.get("skipped") or {}
     rows: list[dict] = []
 
@@ -216,11 +214,7 @@ def build_summary(
             "R": data.get("R"),
             "settings": data.get("settings"),
         },
-        "paper": result.get("paper")
-        or {
-            "topography_accuracy": PAPER_TOPOGRAPHY,
-            "routing_lift_steerable_hard": PAPER_ROUTING_LIFT,
-        },
+        "paper": result.get("paper") or PAPER,
         "headline": headline(result),
         "estimates": estimates,
         "curves": routing.get("curves"),
