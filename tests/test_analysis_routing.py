@@ -145,10 +145,15 @@ def test_routing_ignores_rescue_outcomes():
     table, _ = planted_rollouts(["gpt-rl-s0", "gpt-sft-s0"], n_failures=20, seed=4)
     features = failure_features(table)
     routed = route_failures(SignatureRouter(), features, list(SETTINGS[:4]) + ["mix(alpha=0.5)"])
-    # the router's only inputs are the features and the grid: the same features with any
-    # rescue outcomes give the same routes (there is no way to pass outcomes in)
+    # the router's only inputs are the features and the grid: the same features carrying
+    # (random) rescue outcomes and labels beside them give the same routes
+    rng = np.random.default_rng(0)
+    with_outcomes = features.assign(
+        **{f"rescue[{s}]": rng.random(len(features)) for s in SETTINGS[:4]},
+        label=rng.choice(["structural", "steerable-hard"], len(features)),
+    )
     again = route_failures(
-        SignatureRouter(), features.copy(), list(SETTINGS[:4]) + ["mix(alpha=0.5)"]
+        SignatureRouter(), with_outcomes, list(SETTINGS[:4]) + ["mix(alpha=0.5)"]
     )
     assert list(routed) == list(again)
 

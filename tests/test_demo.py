@@ -15,8 +15,8 @@ import pytest
 from fakes import FakeBackend
 from fixable.demo import DEMO, QUICK, DemoConfig, load_config, run_demo
 from fixable.errors import ConfigError, StoreError
-from fixable.report.summary import iter_estimates
-from fixable.schema import KEY, NON_CONTENT
+from fixable.report.summary import headline, iter_estimates
+from fixable.schema import NON_CONTENT
 from fixable.store import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_summary_holds_every_figure_of_the_analysis_with_its_interval(finished):
     result, _ = finished
     analysis = json.loads((result.run / "analysis.json").read_text())
     summary = json.loads((result.run / "summary.json").read_text())
-    assert summary == result.summary
+    assert result.summary["headline"] == headline(analysis)  # the demo's summary is this analysis'
     for path, node in iter_estimates(analysis):
         assert summary["estimates"][path].get("value") == node.get("value"), path
         if "low" in node:
@@ -133,7 +133,7 @@ def test_interrupted_demo_resumes_to_the_uninterrupted_result(finished, tmp_path
     assert content(resumed.run) == content(result.run)
     assert Run(resumed.run).duplicates().num_rows == 0
     assert len(Run(resumed.run).reload()["demo_history"]) == 2
-    assert len(KEY) == 5
+    assert len(Run(resumed.run).keys()) == len(content(result.run))  # every key once
 
 
 def test_resuming_with_another_configuration_is_refused(finished):

@@ -132,24 +132,18 @@ def small_post(method: str, **kw) -> PostTrainConfig:
 
 
 @pytest.mark.parametrize("method", ["sft", "rl", "distill"])
-def test_posttraining_moves_weights_and_leaves_base_alone(base, tmp_path, method):
+def test_posttraining_moves_weights_and_leaves_base_alone(base, tmp_path, method, monkeypatch):
     before = {k: v.clone() for k, v in base.state_dict().items()}
     extra = {"kl_coef": 0.1} if method == "rl" else {}
     if method == "rl":  # a random base never earns a reward: force one to see a gradient
         import fixable.organism.posttrain as pt
 
-        real = pt._CHECKER.extract
-        pt._CHECKER.extract = lambda text: "0000" if len(text) % 2 else None
-    try:
-        model = posttrain(base, small_post(method, **extra), tmp_path)
-    finally:
-        if method == "rl":
-            pt._CHECKER.extract = real
+        monkeypatch.setattr(pt._CHECKER, "extract", lambda text: "0000" if len(text) % 2 else None)
+    model = posttrain(base, small_post(method, **extra), tmp_path)
     for k, v in base.state_dict().items():
         assert torch.equal(v, before[k]), f"{method} changed the base's {k}"
-    if method != "rl":  # rl with random answers may cancel out; sft/distill must move
-        moved = any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
-        assert moved
+    moved = any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert moved, f"{method} left the weights where they were"
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-1", "step-2"]
     meta = json.loads((tmp_path / "final" / "config.json").read_text())["meta"]
     assert meta["method"] == method
