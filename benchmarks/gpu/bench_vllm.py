@@ -14,7 +14,7 @@ engine on it; nothing is downloaded. Then, on the same engine and the same reque
 Both sample the same tokens (checked), so the ratio is pure bookkeeping overhead. The
 same comparison is made for teacher-forced scoring (``prompt_logprobs``). Prints one
 line per measurement and a final ``RESULT`` line; exits 2 with a message when there is
-no GPU or no vLLM. Sized to finish in about 3 minutes on an H100 (engine start included).
+no GPU or no vLLM. Sized to finish in a few minutes on one H100 (not yet run there).
 
     pip install vllm            # CUDA build, on the GPU machine
     python benchmarks/gpu/bench_vllm.py [--rollouts 2048] [--tokens 128] [--top-logprobs 20]

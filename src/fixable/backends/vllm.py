@@ -4,9 +4,9 @@ What it maps onto vLLM:
 
 * sampling: one ``SamplingParams`` per request (``seed``, ``temperature``, ``max_tokens``,
   ``stop``, ``logprobs=k``); prompts go in as token ids so that scoring sees the very ids
-  sampling saw. Identical prompts share their KV blocks through prefix caching, so one
-  request per rollout (each with its own seed) costs little more than ``n`` samples of
-  one request; ``samples_per_request > 1`` groups them anyway (seeded per group).
+  sampling saw. Identical prompts share their KV blocks through prefix caching (how much
+  that saves against ``n`` samples of one request was not measured here);
+  ``samples_per_request > 1`` groups them anyway (seeded per group).
 * log-probs: vLLM reports the policy's *raw* log-probs (before temperature; the engine
   is built with ``logprobs_mode="raw_logprobs"``), which are the T=1 policy log-probs the
   store keeps. The entropy is estimated from the top-k list with a tail bucket

@@ -59,8 +59,8 @@ def model_config(family: str) -> ModelConfig:
     return ModelConfig(family=family, n_layer=4, n_embd=64, n_head=4, block_size=256)
 
 
-# pretraining steps per family: llama (rotary, SwiGLU) learns the task about twice as fast
-# as gpt, so it gets fewer steps; both bases then solve short chains and fail long ones
+# pretraining steps per family: llama (rotary, SwiGLU) learned the task faster than gpt in
+# the exploratory builds (docs/organism.md), so it gets fewer steps; both bases then solve short chains and fail long ones
 PRETRAIN_STEPS = {"gpt": 2000, "llama": 1400}
 
 
