@@ -78,8 +78,9 @@ class AnalysisConfig:
     route_by: str | None = None
     random_state: int = 0
     # BLAS/OpenMP threads while analysing: the tables are small (hundreds of rows), where
-    # thread start-up and contention cost more than they give (a GMM fit took 2.4 s with
-    # default threads on a loaded 2-core machine, 0.12 s with one); None leaves them as set
+    # thread start-up and contention cost more than they give (timed once by hand: a GMM
+    # fit took 2.4 s with default threads on a loaded 2-core machine, 0.12 s with one);
+    # None leaves them as set
     threads: int | None = 1
 
     def __post_init__(self):
@@ -121,7 +122,7 @@ def load_runs(
         run = Run(path)
         # the analysis reads per-token lists of probe rollouts only (features); rescue
         # rollouts are counted, so their lists stay in the store (on a 16-model study this
-        # cut peak memory from 1.5 GB to well under half)
+        # cut peak memory from 1.5 GB to well under half, measured once by hand)
         probe_columns = [c for c in schema.ROLLOUTS.names if c not in UNUSED_COLUMNS]
         rescue_columns = [c for c in probe_columns if c not in PER_TOKEN_COLUMNS]
         probes = run.rollouts(where="phase = 'probe'", columns=probe_columns)

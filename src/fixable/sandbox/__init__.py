@@ -3,7 +3,8 @@
 Code tasks (``humaneval``, ``cruxeval``) run every candidate here. Each execution gets:
 
 - a fresh process, forked from a small pre-started worker interpreter (one per parallel
-  slot), so starting costs milliseconds rather than a new interpreter's ~40 ms;
+  slot), so it does not pay for a new interpreter (benchmarks/bench_sandbox.py compares
+  the two);
 - resource limits: CPU seconds, address space, file size, open files, and a process
   count enforced through a per-slot unprivileged uid (``RLIMIT_NPROC`` counts per uid and
   is ignored for root, so dropping root is what makes it bite); where a cgroup-v1 memory

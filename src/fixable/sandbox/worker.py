@@ -2,8 +2,8 @@
 
 This file is run by path (``python -I worker.py``) by :class:`fixable.sandbox.Sandbox`, never
 imported by it, and imports only the standard library: every execution is a ``fork`` of
-this small, already-started interpreter, which is what makes the sandbox cheap (a few
-milliseconds per execution instead of a fresh interpreter's ~40 ms).
+this small, already-started interpreter, which is what makes the sandbox cheap
+(benchmarks/bench_sandbox.py: executions/s against a fresh interpreter per execution).
 
 Process tree of one execution::
 
