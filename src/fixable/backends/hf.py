@@ -330,6 +330,11 @@ class HFBackend:
 
     def next_token_logprobs(self, sequences: Sequence[Sequence[int]], *, which: str = "policy"):
         """For each sequence of length L, a (L-1, V) float32 CPU tensor of log p(x_t | x_<t)."""
+        return self._teacher_forced(sequences, which, lambda i, rows: rows.cpu())
+
+    def _teacher_forced(self, sequences, which: str, take) -> list:
+        """``take(i, rows)`` of each sequence's (L-1, V) next-token log-probs, computed one
+        batch at a time, so that only what ``take`` keeps outlives its batch."""
         import torch
 
         model = self._which(which)
@@ -345,7 +350,7 @@ class HFBackend:
                 width = ids.shape[1]
                 for j, i in enumerate(chunk):
                     n = len(sequences[i])
-                    out[i] = logprobs[j, width - n : width - 1].cpu()
+                    out[i] = take(i, logprobs[j, width - n : width - 1])
         return out
 
     def score(
@@ -357,17 +362,18 @@ class HFBackend:
             raise ConfigError(f"{len(prompts)} prompts but {len(completions)} completions")
         self._which(which)  # validate before any work
         prompt_ids = [self.encode_prompt(p) for p in prompts]
-        sequences = [p + [int(t) for t in c] for p, c in zip(prompt_ids, completions, strict=True)]
-        rows = self.next_token_logprobs(sequences, which=which)
-        out = []
-        for p, c, row in zip(prompt_ids, completions, rows, strict=True):
-            if len(c) == 0:
-                out.append([])
-                continue
-            targets = torch.tensor([int(t) for t in c], dtype=torch.long)
-            picked = row[len(p) - 1 :].gather(-1, targets[:, None])[:, 0]
-            out.append(picked.tolist())
-        return out
+        targets = [[int(t) for t in c] for c in completions]
+        sequences = [p + t for p, t in zip(prompt_ids, targets, strict=True)]
+
+        def picked(i: int, rows) -> list[float]:
+            # gather the completion's log-probs inside the batch: full (L-1, V) rows of a
+            # large vocabulary would otherwise be kept for every sequence until the end
+            if not targets[i]:
+                return []
+            index = torch.tensor(targets[i], dtype=torch.long, device=rows.device)
+            return rows[len(prompt_ids[i]) - 1 :].gather(-1, index[:, None])[:, 0].tolist()
+
+        return self._teacher_forced(sequences, which, picked)
 
     def _which(self, which: str) -> _Model:
         if which == "policy":
