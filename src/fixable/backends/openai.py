@@ -48,6 +48,7 @@ from fixable.backends.base import (
     group_same_calls,
 )
 from fixable.errors import CapabilityError, ConfigError, UnknownNameError
+from fixable.extras import require
 from fixable.interventions import Intervention
 from fixable.registry import backends
 
@@ -354,6 +355,7 @@ class OpenAIBackend:
             raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
         if samples_per_request < 1:
             raise ConfigError(f"samples_per_request must be >= 1, got {samples_per_request}")
+        require("httpx")  # here, not at the first request: a request's failure is stored as a row
         self._model = model
         self.base_url = base_url.rstrip("/")
         self.api = api

@@ -13,6 +13,7 @@ import sys
 import click
 
 from fixable.errors import FixableError
+from fixable.extras import as_missing_extra
 
 # subcommand → module in fixable.cli holding a click command named ``command``
 COMMANDS = {
@@ -53,6 +54,12 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="fixable", standalone_mode=False)
     except FixableError as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except ImportError as e:
+        missing = as_missing_extra(e)  # an optional library, imported where it is needed
+        if missing is None:
+            raise
+        click.echo(f"error: {missing}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

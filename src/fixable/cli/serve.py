@@ -55,7 +55,10 @@ def command(models, backend, host, port, batch_window_ms, backend_options):
            "logprobs": 5, "seed": 1}'
     """
     from fixable.errors import ConfigError
+    from fixable.extras import require
     from fixable.serve import serve
+
+    require("fastapi"), require("uvicorn")  # before a model is loaded or a line printed
 
     if batch_window_ms < 0:
         raise ConfigError(f"--batch-window-ms must be >= 0, got {batch_window_ms}")
