@@ -27,6 +27,7 @@ COMMANDS = {
     "demo": "demo",
     "analyze": "analyze",
     "rescue": "rescue",
+    "list": "listing",
 }
 
 
@@ -38,6 +39,18 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         return importlib.import_module(f"fixable.cli.{COMMANDS[name]}").command
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError:
+            from fixable.cli.listing import WHAT
+
+            if args and args[0] in WHAT:  # `fixable tasks` and the like
+                raise click.UsageError(
+                    f"No such command {args[0]!r}. Did you mean: fixable list {args[0]}?", ctx
+                ) from None
+            raise
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
