@@ -393,6 +393,9 @@ def sample(
 
     run = _open_run(run_dir)
     already_quarantined = len(run.quarantined)
+    # Before anything reads the run (readers refuse a run with a damaged shard): corrupt
+    # shards are moved aside here, reported below, and their keys sampled again.
+    run.check(full=True)
     model = backend.model_name
     worker = worker or default_worker()
     problems = [p for p in problems if in_part(p.id, part)]
