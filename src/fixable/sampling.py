@@ -835,6 +835,14 @@ def sample_from_config(
         raise ConfigError("out is required: the run directory to write (--out RUN)")
     task = config.build_task()
     problems = task.problems(config.problems, seed=config.problem_seed, split=config.split)
+    if backend_factory is None:
+        # Every model name is checked before a run directory exists: a typo in the last
+        # --model must not leave the first model's rollouts behind. (A backend that can
+        # check a name without loading it says so with ``check_model``.)
+        check_model = getattr(backends.get(config.backend), "check_model", None)
+        if check_model is not None:
+            for model in config.models:
+                check_model(model, **config.backend_options)
     run = Run.create(config.out)
     options = dict(
         max_tokens=config.max_tokens,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import fcntl
 import json
 import logging
@@ -152,14 +153,33 @@ def _tmp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}@{socket.gethostname()}{_TMP_SUFFIX}")
 
 
+def _no_space(error: BaseException) -> bool:
+    """A full disk or quota, as the OS or pyarrow (which may keep only the text) reports it."""
+    if not isinstance(error, OSError):
+        return False
+    text = str(error)
+    return error.errno in (errno.ENOSPC, errno.EDQUOT) or any(
+        words in text for words in ("No space left on device", "Disk quota exceeded")
+    )
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``path`` through a temporary file, fsync, and an atomic rename."""
     tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if _no_space(e):
+            raise StoreError(
+                f"no space left on the device holding {path.parent} while writing {path.name}; "
+                "free space there (or write to another --out) and re-run the same command"
+            ) from None
+        raise
     _fsync_dir(path.parent)
 
 
@@ -170,11 +190,21 @@ def write_shard(table: pa.Table, path: Path, version: int | None = None) -> Path
     meta[VERSION_KEY] = str(version).encode()
     table = table.replace_schema_metadata(meta)
     tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        pq.write_table(table, f, compression="zstd", write_page_checksum=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd", write_page_checksum=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)  # never a temporary shard left behind
+        if _no_space(e):
+            raise StoreError(
+                f"no space left on the device holding {path.parent} while writing a shard of "
+                f"{table.num_rows} rows; free space there (or write to another --out) and "
+                "re-run the same command: it resumes where it stopped"
+            ) from None
+        raise
     _fsync_dir(path.parent)
     _VERIFIED[_fingerprint(path)] = version  # written whole by this process
     return path
