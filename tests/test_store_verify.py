@@ -130,3 +130,10 @@ def test_verification_is_paid_once_per_shard_per_process(tmp_path, monkeypatch):
     for _ in range(3):
         run.query("SELECT count(*) FROM rollouts")
     assert len(reads) == 1
+
+
+def test_runs_lists_the_rest_of_a_run_with_a_damaged_shard(tmp_path, monkeypatch, capsys):
+    run, shard = damaged_run(tmp_path, monkeypatch)
+    code, out, err = cli(capsys, "runs", tmp_path)
+    assert code == 0 and str(shard) in err and err.startswith("warning: ")
+    assert " w2 " in out and " w1 " not in out  # the damaged shard held every w1 rollout

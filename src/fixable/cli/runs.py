@@ -45,7 +45,11 @@ def command(directory, verify_run):
     rows = []
     for path in found:
         run = Run(path)
-        counts = run.counts().to_pylist()
+        try:
+            counts = run.counts().to_pylist()
+        except StoreError as e:  # e.g. a damaged shard, now quarantined: list the others
+            click.echo(f"warning: {path}: {e}", err=True)
+            counts = run.counts().to_pylist()
         base = {
             "run": str(path),
             "seed": run.manifest.get("run_seed"),
