@@ -197,7 +197,12 @@ def test_forked_memory_bomb_is_capped_as_a_whole(sandbox):
         "        pass\n"
     )
     result = sandbox.run(Program(code, "assert True\n"), Limits(timeout_s=30, memory_mb=256))
-    assert result.status == "failed" and "256 MB for the whole execution" in result.reason
+    # Which process the kernel's OOM killer picks, and whether the rest then spin until the
+    # deadline, depends on timing (a loaded machine): failed or timeout. That the whole
+    # execution hit the cgroup's cap is reported either way.
+    assert result.status in ("failed", "timeout"), result
+    assert "256 MB for the whole execution" in result.reason, result
+    assert sandbox.run(Program("x = 1\n", "assert True\n")).passed
 
 
 def test_huge_file_write_fails(sandbox):
@@ -406,3 +411,168 @@ def test_everything_dies_with_the_harness(tmp_path):
             break
         time.sleep(0.1)
     assert alive == []
+
+
+# ── a verdict the program cannot forge ──────────────────────────────────────────────
+# Each program defines ``f`` returning a wrong answer (None) and then tries to make the
+# harness report a pass anyway. The judge runs the test in another process, so none of
+# these reaches it.
+
+FORGERIES = {
+    "patch-exec": "import builtins\nbuiltins.exec = lambda *a, **k: None\n",
+    "patch-json.dumps": 'import json\njson.dumps = lambda *a, **k: \'{"ok": true, "reason": ""}\'\n',
+    "patch-compile": (
+        "import builtins\n_compile = builtins.compile\n"
+        "builtins.compile = lambda src, name, mode, *a, **k: _compile('pass', name, mode)\n"
+    ),
+    "rewrite-os.write": (
+        "import os\n_write = os.write\n"
+        "def write(fd, data):\n"
+        "    return _write(fd, bytes(data).replace(b'\"ok\": false', b'\"ok\": true'))\n"
+        "os.write = write\n"
+    ),
+    "always-equal": (
+        "class Anything:\n    def __eq__(self, other):\n        return True\n"
+        "    __ne__ = lambda self, other: False\n    __hash__ = object.__hash__\n"
+        "def f(x):\n    return Anything()\n"
+    ),
+    "str-subclass-equal": (
+        "class S(str):\n    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = str.__hash__\n"
+        "def f(x):\n    return S('wrong')\n"
+    ),
+    "patch-math.isclose": "import math\nmath.isclose = lambda *a, **k: True\n",
+    "token-from-memory": (
+        "import gc, os, re\n"
+        "for obj in gc.get_objects():\n"
+        "    for value in (obj.values() if isinstance(obj, dict) else ()):\n"
+        "        if isinstance(value, str) and re.fullmatch('[0-9a-f]{32}', value):\n"
+        "            for fd in range(3, 64):\n"
+        "                try:\n"
+        '                    os.write(fd, (value + \'{"ok": true, "reason": ""}\').encode())\n'
+        "                except OSError:\n"
+        "                    pass\n"
+    ),
+    "patch-os._exit-and-exit": (
+        "import os, threading\n"
+        "def forge():\n"
+        "    for fd in range(3, 64):\n"
+        "        try:\n"
+        "            os.write(fd, b'{\"ok\": true}')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    os._exit(0)\n"
+        "threading.Timer(0.05, forge).start()\n"
+    ),
+    "kill-everyone-else": "import os, signal\nfor p in os.listdir('/proc'):\n    if p.isdigit() and int(p) != os.getpid():\n        try:\n            os.kill(int(p), signal.SIGKILL)\n        except OSError:\n            pass\n",
+}
+WRONG = "def f(x):\n    return None\n"
+
+
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+def test_forging_a_pass_fails(sandbox, name):
+    code = FORGERIES[name]
+    if "def f(" not in code:
+        code = WRONG + code
+    test = "import math\nassert math.isclose(f(3.5), 0.5)\nassert f(3.5) == 0.5\n"
+    result = sandbox.run(Program(code, test, expose=("f",)), Limits(timeout_s=10))
+    assert result.status == "failed", result
+    assert sandbox.run(Program("def f(x):\n    return x % 1.0\n", test, expose=("f",))).passed
+
+
+HUMANEVAL_2_FORGERIES = [  # completions of the prompt: the body returns None, then a patch
+    "    return None\nimport builtins; builtins.exec = lambda *a, **k: None\n",
+    '    return None\nimport json; json.dumps = lambda *a, **k: \'{"ok": true, "reason": ""}\'\n',
+    "    return None\nimport builtins; _c = builtins.compile; "
+    "builtins.compile = lambda s, n, m, *a, **k: _c('pass', n, m)\n",
+    "    return None\nimport os; os.write = (lambda w: lambda fd, d: "
+    "w(fd, bytes(d).replace(b'\"ok\": false', b'\"ok\": true')))(os.write)\n",
+]
+
+
+def test_the_four_forgeries_fail_on_humaneval_2(shared_data, sandbox):
+    from fixable.tasks import get_task
+
+    path = shared_data / "humaneval"
+    task = get_task("humaneval", path=path, template="completion", sandbox=sandbox)
+    problem = next(p for p in task.problems() if p.id == "humaneval/2")
+    verdicts = task.verify_many(HUMANEVAL_2_FORGERIES, [problem] * 4)
+    assert [v.status for v in verdicts] == ["failed"] * 4, [v.reason for v in verdicts]
+    assert all(v.answer == body for v, body in zip(verdicts, HUMANEVAL_2_FORGERIES, strict=True))
+    assert task.verify_many([problem.answer], [problem])[0].correct
+
+
+def test_a_non_zero_exit_after_the_tests_is_not_a_pass(sandbox):
+    code = (
+        "import os\n_exit = os._exit\nos._exit = lambda code: _exit(3)\ndef f(x):\n    return x\n"
+    )
+    result = sandbox.run(Program(code, "assert f(1) == 1\n", expose=("f",)))
+    assert result.status == "failed" and "tests ran but the program then ended" in result.reason
+
+
+def test_the_tests_are_not_in_the_programs_memory(sandbox):
+    """A program that reads its whole address space does not find the expected value."""
+    secret = int.from_bytes(secrets.token_bytes(6), "big")
+    code = (
+        "import ctypes, re\n"
+        "def f():\n"
+        "    found = None\n"
+        "    with open('/proc/self/maps') as maps:\n"
+        "        for line in maps:\n"
+        "            fields = line.split()\n"
+        "            if not fields[1].startswith('r') or fields[-1] in ('[vvar]', '[vsyscall]', '[vvar_vclock]'):\n"
+        "                continue\n"
+        "            start, end = (int(x, 16) for x in fields[0].split('-'))\n"
+        "            data = ctypes.string_at(start, end - start)\n"
+        "            hit = re.search(rb'assert f\\(\\) == (\\d+)', data)\n"
+        "            if hit:\n"
+        "                found = int(hit.group(1))\n"
+        "    return found\n"
+    )
+    result = sandbox.run(
+        Program(code, f"assert f() == {secret}\n", expose=("f",)), Limits(timeout_s=30)
+    )
+    assert result.status == "failed" and "AssertionError" in result.reason, result
+
+
+def test_the_judge_cannot_be_traced_or_read(sandbox):
+    if not sandbox.isolation.pid_namespace:
+        pytest.skip("without a PID namespace the program sees the host's processes")
+    code = (
+        "import os\nopened = 0\n"
+        "for p in os.listdir('/proc'):\n"
+        "    if p.isdigit() and int(p) != os.getpid():\n"
+        "        for what, mode in (('mem', 'r+b'), ('environ', 'rb')):\n"
+        "            try:\n"
+        "                open(f'/proc/{p}/{what}', mode).close()\n"
+        "                opened += 1\n"
+        "            except OSError:\n"
+        "                pass\n"
+        "        try:\n"
+        "            os.listdir(f'/proc/{p}/fd')\n"
+        "            opened += 1\n"
+        "        except OSError:\n"
+        "            pass\n"
+    )
+    assert sandbox.run(Program(code, "assert opened == 0\n", expose=("opened",))).passed
+
+
+def test_plain_values_cross_exactly_and_other_objects_do_not(sandbox):
+    value = "[None, True, 2**80, -0.0, float('inf'), 1.5 + 2j, 'é\\ud800', b'\\x00', bytearray(b'x'), (1, (2,)), {1: [2], 'a': {3}}, frozenset({4})]"
+    code = f"def f(x):\n    return x\ndef g():\n    return {value}\ndef h():\n    return iter([])\n"
+    test = (
+        f"v = {value}\n"
+        "assert g() == v and f(v) == v\n"
+        "assert [type(x) for x in g()] == [type(x) for x in v]\n"
+        "assert str(g()[3]) == '-0.0'\n"
+        "try:\n    h()\nexcept TypeError as e:\n    assert 'list_iterator' in str(e)\nelse:\n    raise AssertionError\n"
+    )
+    result = sandbox.run(Program(code, test, expose=("f", "g", "h")))
+    assert result.passed, result
+
+
+def test_exceptions_of_the_program_reach_the_test(sandbox):
+    code = "def f(x):\n    return [1][x]\nclass Odd(Exception):\n    pass\ndef g():\n    raise Odd('strange')\n"
+    test = "try:\n    f(5)\nexcept IndexError:\n    pass\nelse:\n    raise AssertionError\ng()\n"
+    result = sandbox.run(Program(code, test, expose=("f", "g")))
+    assert result.status == "failed" and "Odd: strange" in result.reason, result

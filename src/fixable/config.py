@@ -116,6 +116,7 @@ class RunConfig:
             if not isinstance(value, dict):
                 raise _invalid(name, f"{name} must be a table of name = value, got {value!r}")
             set_(name, dict(value))
+        self._check_backend_options()
         if self.problems is not None:
             set_("problems", _int_in("problems", self.problems, 1, None))
         set_("problem_seed", _int_in("problem_seed", self.problem_seed, 0, None))
@@ -162,6 +163,31 @@ class RunConfig:
 
             error = UnknownNameError(name, str(value), registry.names())
             raise _invalid(name, str(error))
+
+    def _check_backend_options(self) -> None:
+        """Every backend option must be a keyword of the backend's constructor."""
+        import inspect
+
+        from fixable.registry import backends
+
+        options = self.backend_options if isinstance(self.backend_options, dict) else {}
+        try:
+            parameters = list(inspect.signature(backends.get(self.backend)).parameters.values())
+        except (TypeError, ValueError):  # a factory without a readable signature
+            return
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        accepted = [p.name for p in parameters[1:] if p.kind in named]  # [0] is the model
+        for key in options:
+            if key not in accepted:
+                close = difflib.get_close_matches(str(key), accepted, n=2, cutoff=0.6)
+                hint = f" Did you mean: {', '.join(close)}?" if close else ""
+                raise _invalid(
+                    f"backend_options.{key}",
+                    f"unknown option {key!r} of backend {self.backend!r}.{hint} "
+                    f"Its options: {', '.join(accepted) or 'none'}",
+                )
 
     @property
     def grid(self) -> list[Intervention]:
@@ -244,6 +270,21 @@ def _line_of(text: str, field_name: str) -> int | None:
     return None
 
 
+def _read_text(path: Path) -> str:
+    """A run file's text, or a one-line ConfigError (unreadable, not UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read run file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        data = path.read_bytes()
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 text (byte {data[e.start]:#04x} at offset "
+            f"{e.start}); save the run file as UTF-8"
+        ) from None
+
+
 def load_run_file(path: str | Path) -> dict:
     """The fields a TOML run file sets (unvalidated), or a manifest's last configuration.
 
@@ -252,10 +293,7 @@ def load_run_file(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir() and (path / "manifest.json").is_file():
         path = path / "manifest.json"
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read run file {path}: {e.strerror or e}") from None
+    text = _read_text(path)
     if path.suffix == ".json":
         return _config_from_manifest(path, text)
     try:
@@ -298,7 +336,7 @@ def resolve_config(run_file: str | Path | None = None, **options: Any) -> RunCon
         from_file = load_run_file(run_file)
         path = Path(run_file)
         if path.suffix != ".json" and path.is_file():
-            text = path.read_text()
+            text = _read_text(path)
     given = {k: v for k, v in options.items() if v is not None}
     if "models" in given and "model" in from_file:
         from_file.pop("model")
@@ -309,7 +347,7 @@ def resolve_config(run_file: str | Path | None = None, **options: Any) -> RunCon
         return config
     except ConfigError as e:
         name = getattr(e, "field", None)
-        if run_file is None or name is None or name in given:
+        if run_file is None or name is None or name.split(".")[0] in given:
             raise
         # the field "models" is written "model" or "models" in a file
         for written in ["model", "models"] if name == "models" else [name]:

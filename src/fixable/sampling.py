@@ -109,6 +109,9 @@ class SampleReport:
     reference_scored: int = 0  # rollouts teacher-forced under the reference
     quarantined: list[QuarantinedShard] = field(default_factory=list)
     duplicates: int = 0  # keys present more than once in the whole run after this call
+    # rollouts per source of their n_tokens: "token_ids", or, from a server without ids
+    # (llama.cpp, OpenAI), "logprob_tokens" or "usage"; also kept in the manifest's models
+    token_counts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -393,6 +396,9 @@ def sample(
 
     run = _open_run(run_dir)
     already_quarantined = len(run.quarantined)
+    # Before anything reads the run (readers refuse a run with a damaged shard): corrupt
+    # shards are moved aside here, reported below, and their keys sampled again.
+    run.check(full=True)
     model = backend.model_name
     worker = worker or default_worker()
     problems = [p for p in problems if in_part(p.id, part)]
@@ -525,6 +531,10 @@ def sample_planned(
     with run.writer(worker=worker, flush_every=flush_every) as writer:
         for batch in _batches(todo, batch_size):
             rows = _sample_batch(backend, task, model, batch, max_tokens, worker, scorer)
+            for row in rows:
+                source = row.pop("_n_tokens_source")
+                if source is not None:
+                    report.token_counts[source] = report.token_counts.get(source, 0) + 1
             writer.extend(rows)
             for row in rows:
                 report.sampled += 1
@@ -534,6 +544,23 @@ def sample_planned(
                 report.cost_tokens += row["cost_tokens"]
                 report.reference_scored += row["ref_logprobs"] is not None
             tick()
+    if set(report.token_counts) - {"token_ids"}:
+        counts = dict(report.token_counts)
+
+        def record(manifest: dict) -> None:
+            entry = manifest.setdefault("models", {}).setdefault(model, {})
+            total = entry.setdefault("n_tokens_source", {})
+            for source, count in counts.items():
+                total[source] = total.get(source, 0) + count
+
+        run.update_manifest(record)
+        log.warning(
+            "%s: the backend returned no token ids for %d rollouts; their n_tokens (and "
+            "cost) come from %s",
+            model,
+            sum(c for k, c in counts.items() if k != "token_ids"),
+            " and ".join(k.replace("_", " ") for k in counts if k != "token_ids"),
+        )
     return report
 
 
@@ -636,7 +663,13 @@ def _sample_batch(
             answer, correct, status = verdict.answer, verdict.correct, verdict.status
             reason = verdict.reason
             chain_correct = verdict.extra.get("chain_correct")
-        n_tokens = len(gen.token_ids)
+        # a server without token ids (llama.cpp, OpenAI) counts its tokens otherwise
+        n_tokens = len(gen.token_ids) or int(gen.meta.get("n_tokens") or 0)
+        unscorable = not gen.token_ids and gen.text and gen.finish_reason != "error"
+        if unscorable and batch[0].phase == PROBE and scorer.enabled:
+            reason = (reason + "; " if reason else "") + (
+                "not scored under the reference: the backend returned no token ids"
+            )
         policy_lp = gen.policy_logprobs if gen.policy_logprobs is not None else policy_scores.get(i)
         rows.append(
             {
@@ -666,6 +699,9 @@ def _sample_batch(
                 "cost_tokens": n_tokens * intervention.cost_factor,
                 "time_s": gen.time_s or share,
                 "worker": worker,
+                "_n_tokens_source": (
+                    "token_ids" if gen.token_ids else gen.meta.get("n_tokens_source")
+                ),
             }
         )
     return rows
@@ -832,6 +868,14 @@ def sample_from_config(
         raise ConfigError("out is required: the run directory to write (--out RUN)")
     task = config.build_task()
     problems = task.problems(config.problems, seed=config.problem_seed, split=config.split)
+    if backend_factory is None:
+        # Every model name is checked before a run directory exists: a typo in the last
+        # --model must not leave the first model's rollouts behind. (A backend that can
+        # check a name without loading it says so with ``check_model``.)
+        check_model = getattr(backends.get(config.backend), "check_model", None)
+        if check_model is not None:
+            for model in config.models:
+                check_model(model, **config.backend_options)
     run = Run.create(config.out)
     options = dict(
         max_tokens=config.max_tokens,

@@ -21,6 +21,12 @@ policy's full-vocabulary entropy per generated token) and ``return_sampling_logp
 (each choice gets ``sampling_logprobs``: per token, its log-prob under the distribution
 actually sampled from — tempered, mixed or contrasted).
 
+Limits (``ServeLimits``, ``fixable serve --max-...``): the request body, prompts × ``n``,
+prompt tokens against the model's context, ``max_tokens`` against what the prompt leaves of
+it, and token ids against the vocabulary, each refused with a 400 naming the limit and its
+value; completions queued or running across all requests, beyond which a request gets a
+429 with ``Retry-After``.
+
 Log-probs are the policy's at temperature 1 whatever the sampling temperature, as vLLM's
 default ``raw_logprobs`` mode reports them. fastapi and uvicorn are imported only here.
 """
@@ -47,6 +53,69 @@ logger = logging.getLogger(__name__)
 
 MAX_TOP_LOGPROBS = 20
 DEFAULT_MAX_TOKENS = 16  # the OpenAI completions API's default
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request, and all requests together, may ask of the server.
+
+    A request over a per-request limit gets a 400 naming the limit and its value; one
+    that would take the completions waiting or running past ``max_queued_completions``
+    gets a 429 with ``Retry-After``. Validated on construction.
+    """
+
+    max_body_bytes: int = 8 << 20  # request body
+    max_completions: int = 1024  # prompts × n in one request
+    max_queued_completions: int = 4096  # completions admitted and not yet answered, all requests
+    # Prompt + completion tokens when the model states no context length of its own
+    # (a RoPE organism); a model's own (GPT block_size, hf max_position_embeddings) wins.
+    default_context_tokens: int = 8192
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_body_bytes",
+            "max_completions",
+            "max_queued_completions",
+            "default_context_tokens",
+            "retry_after_s",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"serve limit {name} must be a positive integer, got {value!r}")
+        if self.max_queued_completions < self.max_completions:
+            raise ConfigError(
+                f"serve limit max_queued_completions ({self.max_queued_completions}) must be at "
+                f"least max_completions ({self.max_completions}), or no request could run"
+            )
+
+
+def context_length(served: "ServedModel", limits: ServeLimits) -> int:
+    """Longest prompt + completion the model takes, in tokens."""
+    own = getattr(served.tokens, "context_length", None)
+    if isinstance(own, int) and own > 0:
+        return own
+    model = getattr(served.tokens, "model", None) or getattr(served.backend, "model", None)
+    cfg = getattr(model, "cfg", None)  # an organism
+    if cfg is not None and getattr(cfg, "family", None) == "gpt":
+        return int(cfg.block_size)  # learned positions end there
+    config = getattr(model, "config", None)  # a transformers model
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return limits.default_context_tokens
+
+
+def vocabulary_size(served: "ServedModel") -> int | None:
+    """How many token ids the tokenizer knows (ids at or above it cannot be read)."""
+    tokenizer = getattr(served.tokens, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    if hasattr(tokenizer, "__len__"):
+        return len(tokenizer)
+    size = getattr(tokenizer, "vocab_size", None)
+    return size if isinstance(size, int) else None
 
 
 class TokenLevel(Protocol):
@@ -303,7 +372,11 @@ def choice_seed(seed: int, index: int) -> int:
 
 
 def create_app(
-    models: Sequence[ServedModel], *, batch_window_ms: float = 5.0, max_batch_rows: int = 1024
+    models: Sequence[ServedModel],
+    *,
+    batch_window_ms: float = 5.0,
+    max_batch_rows: int = 1024,
+    limits: ServeLimits | None = None,
 ):
     """The FastAPI app serving ``models`` (the first one answers requests without ``model``)."""
     from fastapi import FastAPI, Request
@@ -311,6 +384,8 @@ def create_app(
 
     if not models:
         raise ConfigError("serve needs at least one model")
+    limits = limits or ServeLimits()
+    queued = {"completions": 0}  # admitted and not yet answered (one event loop: no lock)
     by_id = {m.id: m for m in models}
     # one model thread: torch kernels already use the cores, and the models are not
     # guaranteed thread-safe; batching across clients is what buys throughput
@@ -330,12 +405,30 @@ def create_app(
 
     app = FastAPI(title="fixable serve", lifespan=lifespan)
 
-    def error(message: str, status: int = 400, param: str | None = None):
+    def error(message: str, status: int = 400, param: str | None = None, headers=None):
         kind = "invalid_request_error" if status < 500 else "server_error"
+        if status == 429:
+            kind = "rate_limit_error"
         return JSONResponse(
             status_code=status,
             content={"error": {"message": message, "type": kind, "param": param, "code": None}},
+            headers=headers,
         )
+
+    async def read_body(request: Request) -> bytes:
+        """The body, refused as soon as it passes ``max_body_bytes`` (never read whole)."""
+        cap = limits.max_body_bytes
+        too_big = _BadRequest(f"request body exceeds the limit max_body_bytes={cap}", "body", 400)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     @app.get("/v1/models")
     async def list_models():
@@ -358,18 +451,38 @@ def create_app(
     async def health():
         return {"status": "ok"}
 
+    def admit(completions: int) -> None:
+        """Count a request's completions in (out, when negative), or refuse it with a 429
+        when the queue is full."""
+        if completions > 0 and queued["completions"] + completions > limits.max_queued_completions:
+            raise _BadRequest(
+                f"the server is busy: {queued['completions']} completions are queued or "
+                f"running and the limit is max_queued_completions="
+                f"{limits.max_queued_completions}; retry after {limits.retry_after_s} s",
+                None,
+                429,
+            )
+        queued["completions"] += completions
+
     async def handle(request: Request, chat: bool):
+        import json
+
         try:
-            body = await request.json()
-        except Exception:
+            raw = await read_body(request)
+        except _BadRequest as e:
+            return error(e.message, e.status, e.param)
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
             return error("request body is not valid JSON")
         if not isinstance(body, dict):
             return error("request body must be a JSON object")
         try:
             served = _pick_model(body, by_id, models[0])
-            response = await _complete(body, served, batchers[served.id], chat)
+            response = await _complete(body, served, batchers[served.id], chat, limits, admit)
         except _BadRequest as e:
-            return error(e.message, e.status, e.param)
+            headers = {"Retry-After": str(limits.retry_after_s)} if e.status == 429 else None
+            return error(e.message, e.status, e.param, headers)
         except FixableError as e:
             return error(str(e))
         return response
@@ -495,15 +608,28 @@ def _intervention(label: Any, temperature: float) -> Intervention:
         raise _BadRequest(f"{e} (greedy decoding is not served)", "temperature") from None
 
 
-def _prompts(body: dict, served: ServedModel, chat: bool) -> list[tuple[str, list[int]]]:
-    """(text, token ids) of every prompt in the request."""
+def _prompts(
+    body: dict, served: ServedModel, chat: bool, limits: ServeLimits | None = None
+) -> list[tuple[str, list[int]]]:
+    """(text, token ids) of every prompt in the request, each within the model's context."""
+    limits = limits or ServeLimits()
     tokens = served.tokens
+    context = context_length(served, limits)
+    vocabulary = vocabulary_size(served)
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _BadRequest("messages must be a non-empty list", "messages")
+        if any(
+            len(str(m.get("content", "")) if isinstance(m, dict) else str(m)) > 8 * context
+            for m in messages
+        ):
+            raise _context_error(f"more than {8 * context} bytes", context)
         text = tokens.chat_prompt(messages)
-        return [(text, tokens.encode_prompt(text))]
+        ids = tokens.encode_prompt(text)
+        if len(ids) >= context:
+            raise _context_error(f"{len(ids)} tokens", context)
+        return [(text, ids)]
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         prompts: list = [prompt]
@@ -517,15 +643,47 @@ def _prompts(body: dict, served: ServedModel, chat: bool) -> list[tuple[str, lis
             "a list of token-id lists",
             "prompt",
         )
+    n = body.get("n", 1)
+    n = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+    if len(prompts) * n > limits.max_completions:  # before any prompt is tokenized
+        raise _BadRequest(
+            f"{len(prompts)} prompts × n={n} = {len(prompts) * n} completions exceed the "
+            f"limit max_completions={limits.max_completions} per request",
+            "n" if len(prompts) == 1 else "prompt",
+        )
     out = []
     for p in prompts:
         if isinstance(p, str):
-            out.append((p, tokens.encode_prompt(p)))
+            # no tokenizer we serve packs more than 8 bytes into a token on average: a
+            # longer prompt cannot fit, and is refused before tokenizing a huge string
+            if len(p.encode("utf-8", "surrogatepass")) > 8 * context:
+                raise _context_error(f"more than {8 * context} bytes", context)
+            ids = tokens.encode_prompt(p)
+            if len(ids) >= context:
+                raise _context_error(f"{len(ids)} tokens", context)
+            out.append((p, ids))
         elif isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+            if len(p) >= context:
+                raise _context_error(f"{len(p)} tokens", context)
+            bad = [t for t in p if t < 0 or (vocabulary is not None and t >= vocabulary)]
+            if bad:
+                raise _BadRequest(
+                    f"token id {bad[0]} is outside the vocabulary: ids must be in "
+                    f"[0, {vocabulary}) (the tokenizer's vocabulary size)",
+                    "prompt",
+                )
             out.append((_ids_text(tokens, p), list(p)))
         else:
             raise _BadRequest(f"cannot read prompt {p!r}", "prompt")
     return out
+
+
+def _context_error(size: str, context: int) -> _BadRequest:
+    return _BadRequest(
+        f"the prompt is {size}; the model's context is {context} tokens (limit "
+        "context_length), and the completion needs at least one of them",
+        "prompt",
+    )
 
 
 def _ids_text(tokens: TokenLevel, ids: list[int]) -> str:
@@ -533,9 +691,43 @@ def _ids_text(tokens: TokenLevel, ids: list[int]) -> str:
     return tokens.decode_ids(ids)
 
 
-async def _complete(body: dict, served: ServedModel, batcher: Batcher, chat: bool):
+async def _complete(
+    body: dict,
+    served: ServedModel,
+    batcher: Batcher,
+    chat: bool,
+    limits: ServeLimits | None = None,
+    admit=None,
+):
+    limits = limits or ServeLimits()
     params = _params(body, chat)
-    prompts = _prompts(body, served, chat)
+    prompts = _prompts(body, served, chat, limits)
+    context = context_length(served, limits)
+    for _, ids in prompts:
+        if len(ids) + params.max_tokens > context:
+            raise _BadRequest(
+                f"max_tokens={params.max_tokens} exceeds what remains of the model's context: "
+                f"{context} (limit context_length) - {len(ids)} prompt tokens = "
+                f"{context - len(ids)}",
+                "max_tokens",
+            )
+    if len(prompts) * params.n > limits.max_completions:
+        raise _BadRequest(
+            f"{len(prompts)} prompts × n={params.n} = {len(prompts) * params.n} completions "
+            f"exceed the limit max_completions={limits.max_completions} per request",
+            "n",
+        )
+    completions = len(prompts) * params.n
+    if admit is None:
+        return await _answer(body, served, batcher, chat, params, prompts)
+    admit(completions)  # raises a 429 when the queue is full
+    try:
+        return await _answer(body, served, batcher, chat, params, prompts)
+    finally:
+        admit(-completions)  # a release always fits
+
+
+async def _answer(body, served, batcher, chat, params, prompts):
     backend = served.backend
     try:
         check_capabilities(backend, [params.intervention])
@@ -742,8 +934,9 @@ class BackgroundServer:
         batch_window_ms: float = 5.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        limits: ServeLimits | None = None,
     ):
-        self.models, self.batch_window_ms = models, batch_window_ms
+        self.models, self.batch_window_ms, self.limits = models, batch_window_ms, limits
         self.host, self.port = host, port
         self._server = None
         self._thread = None
@@ -758,7 +951,7 @@ class BackgroundServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         port = sock.getsockname()[1]
-        app = create_app(self.models, batch_window_ms=self.batch_window_ms)
+        app = create_app(self.models, batch_window_ms=self.batch_window_ms, limits=self.limits)
         config = uvicorn.Config(app, log_level="warning", lifespan="on")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -788,12 +981,13 @@ def serve(
     port: int = 8000,
     batch_window_ms: float = 5.0,
     log_level: str = "warning",
+    limits: ServeLimits | None = None,
     **backend_options,
 ) -> None:
     """Build the models and run the server until interrupted."""
     import uvicorn
 
     models = build_models(names, backend=backend, **backend_options)
-    app = create_app(models, batch_window_ms=batch_window_ms)
+    app = create_app(models, batch_window_ms=batch_window_ms, limits=limits)
     logger.info("serving %s on http://%s:%d/v1", ", ".join(m.id for m in models), host, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

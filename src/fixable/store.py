@@ -17,7 +17,8 @@ Readers deduplicate nothing; ``Run.duplicates()`` finds and reports a key writte
 
 A shard that cannot be read (truncated, bit rot, foreign columns) is never silently
 skipped: it is moved to ``quarantine/`` with the reason, and the user is told that its
-rollouts are missing and that re-running the sampling command samples them again.
+rows are missing and that re-running the sampling command samples them again. Every reader
+verifies page checksums before DuckDB sees a shard (see ``Run.connect``).
 
 Schema changes are append-only, numbered ``MIGRATIONS``: opening a run written under an
 older schema version upgrades its manifest and shards (each shard records its version).
@@ -26,7 +27,9 @@ older schema version upgrades its manifest and shards (each shard records its ve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
+import errno
 import fcntl
 import json
 import logging
@@ -150,14 +153,33 @@ def _tmp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}@{socket.gethostname()}{_TMP_SUFFIX}")
 
 
+def _no_space(error: BaseException) -> bool:
+    """A full disk or quota, as the OS or pyarrow (which may keep only the text) reports it."""
+    if not isinstance(error, OSError):
+        return False
+    text = str(error)
+    return error.errno in (errno.ENOSPC, errno.EDQUOT) or any(
+        words in text for words in ("No space left on device", "Disk quota exceeded")
+    )
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``path`` through a temporary file, fsync, and an atomic rename."""
     tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if _no_space(e):
+            raise StoreError(
+                f"no space left on the device holding {path.parent} while writing {path.name}; "
+                "free space there (or write to another --out) and re-run the same command"
+            ) from None
+        raise
     _fsync_dir(path.parent)
 
 
@@ -168,13 +190,23 @@ def write_shard(table: pa.Table, path: Path, version: int | None = None) -> Path
     meta[VERSION_KEY] = str(version).encode()
     table = table.replace_schema_metadata(meta)
     tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        pq.write_table(table, f, compression="zstd", write_page_checksum=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd", write_page_checksum=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)  # never a temporary shard left behind
+        if _no_space(e):
+            raise StoreError(
+                f"no space left on the device holding {path.parent} while writing a shard of "
+                f"{table.num_rows} rows; free space there (or write to another --out) and "
+                "re-run the same command: it resumes where it stopped"
+            ) from None
+        raise
     _fsync_dir(path.parent)
-    _VERIFIED.add(_fingerprint(path))  # written whole by this process
+    _VERIFIED[_fingerprint(path)] = version  # written whole by this process
     return path
 
 
@@ -184,7 +216,8 @@ def _shard_version(metadata: dict | None) -> int:
     return int(metadata[VERSION_KEY])
 
 
-_VERIFIED: set[tuple[str, int, int]] = set()  # shards known whole: (path, size, mtime_ns)
+# Shards known whole in this process: (path, size, mtime_ns) → their schema version.
+_VERIFIED: dict[tuple[str, int, int], int] = {}
 
 
 def _fingerprint(path: Path) -> tuple[str, int, int]:
@@ -230,15 +263,64 @@ class QuarantinedShard:
 
     def __str__(self) -> str:
         rows = (
-            f"{self.n_rows} rollouts"
+            f"its {self.n_rows} rows are"
             if self.n_rows is not None
-            else "an unknown number of rollouts"
+            else "an unknown number of its rows are"
         )
         return (
             f"corrupt shard {self.path} ({self.reason}) moved to {self.moved_to}; "
-            f"its {rows} are missing until you re-run the sampling command, "
+            f"{rows} missing until you re-run the sampling command, "
             f"which samples those keys again"
         )
+
+
+@dataclass
+class VerifyReport:
+    """What ``Run.verify`` found: shards checked, damaged now, and what is missing."""
+
+    path: Path
+    checked: int  # shards read page by page
+    damaged: list[QuarantinedShard]  # quarantined by this verification
+    # every rollouts shard in quarantine/ whose keys could be read: (shard, reason, keys
+    # not in the run now)
+    readable: list[tuple[Path, str, int]] = dataclasses.field(default_factory=list)
+    # ... whose keys could not be read: (shard, reason, rows its footer announced)
+    unknown: list[tuple[Path, str, int | None]] = dataclasses.field(default_factory=list)
+    other: list[tuple[Path, str]] = dataclasses.field(default_factory=list)  # problems shards
+    # (model, phase) → [rollouts missing, their problem ids]
+    missing: dict[tuple[str, str], list] = dataclasses.field(default_factory=dict)
+
+    @property
+    def whole(self) -> bool:
+        """Nothing damaged now and nothing missing that re-running would sample."""
+        return not (self.damaged or self.missing or self.unknown)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"{self.path}: {self.checked} shard(s) read page by page, "
+            f"{len(self.damaged)} damaged now, "
+            f"{len(self.readable) + len(self.unknown) + len(self.other)} in {QUARANTINE}/"
+        ]
+        out += [f"damaged: {q}" for q in self.damaged]
+        for (model, phase), (count, problems) in sorted(self.missing.items()):
+            out.append(
+                f"missing: model {model!r} phase {phase!r}: {count} rollout(s) of "
+                f"{len(problems)} problem(s); re-running the sampling command samples them again"
+            )
+        for shard, reason, rows in self.unknown:
+            what = f"{rows} row(s)" if rows is not None else "an unknown number of rows"
+            out.append(
+                f"missing: {shard.name} ({reason}): {what} whose keys cannot be read; "
+                "re-running the sampling command samples whatever is missing"
+            )
+        for shard, reason in self.other:
+            out.append(
+                f"in {QUARANTINE}: {shard.name} ({reason}); re-running the sampling command "
+                "writes its problems again"
+            )
+        if self.whole:
+            out.append("nothing is missing: re-running the sampling command samples nothing new")
+        return out
 
 
 # --------------------------------------------------------------------------- the run
@@ -415,7 +497,7 @@ class Run:
         for table_name, expected in TABLES.items():
             for shard in self.shard_paths(table_name):
                 n_rows = None
-                if full and not again and _fingerprint(shard) in _VERIFIED:
+                if full and not again and _VERIFIED.get(_fingerprint(shard)) == target:
                     continue
                 try:
                     parquet = pq.ParquetFile(shard, page_checksum_verification=full)
@@ -436,13 +518,62 @@ class Run:
                     if full:
                         for i in range(parquet.num_row_groups):
                             parquet.read_row_group(i)
-                        _VERIFIED.add(_fingerprint(shard))
+                        _VERIFIED[_fingerprint(shard)] = version
                 except StoreError:
                     raise
                 except (OSError, pa.ArrowException, ValueError) as e:
                     moved.append(self.quarantine(shard, _short(e), n_rows))
         self.quarantined.extend(moved)
         return moved
+
+    def verify(self) -> VerifyReport:
+        """Read every page of every shard again (checksums included), quarantine the damaged
+        ones, and say what is missing: the rollout keys of quarantined shards that are not in
+        the run now, which re-running the sampling command samples again."""
+        checked = sum(len(self.shard_paths(t)) for t in TABLES)
+        moved = self.check(full=True, again=True)
+        report = VerifyReport(self.path, checked, moved)
+        present = self.keys()
+        directory = self.path / QUARANTINE
+        for shard in sorted(directory.glob("*.parquet")) if directory.is_dir() else []:
+            why_file = shard.with_name(shard.name + ".why.txt")
+            why = why_file.read_text() if why_file.is_file() else ""
+            reason = next(
+                (
+                    line[len("reason: ") :]
+                    for line in why.splitlines()
+                    if line.startswith("reason: ")
+                ),
+                "no reason recorded",
+            )
+            if not shard.name.startswith("rollouts-"):
+                report.other.append((shard, reason))
+                continue
+            try:
+                keys = pq.read_table(
+                    shard, columns=list(schema.KEY), page_checksum_verification=True
+                )
+            except (OSError, pa.ArrowException, ValueError):
+                rows = next(
+                    (
+                        line.split(": ", 1)[1]
+                        for line in why.splitlines()
+                        if line.startswith("rows announced: ")
+                    ),
+                    "None",
+                )
+                report.unknown.append((shard, reason, None if rows == "None" else int(rows)))
+                continue
+            missing = 0
+            for row in zip(*(keys.column(c).to_pylist() for c in schema.KEY), strict=True):
+                if row not in present:
+                    present.add(row)  # a key in two quarantined shards is sampled once
+                    missing += 1
+                    group = report.missing.setdefault((row[0], row[2]), [0, set()])
+                    group[0] += 1
+                    group[1].add(row[1])
+            report.readable.append((shard, reason, missing))
+        return report
 
     def quarantine(
         self, shard: Path, reason: str, n_rows: int | None, *, corrupt: bool = True
@@ -489,7 +620,16 @@ class Run:
         import duckdb
 
         if check:
-            self.check()
+            # Every page of every shard, checksums included, before DuckDB (which does not
+            # verify them) reads a value: a damaged page is refused, never read. Once per
+            # shard per process (shards are immutable; see ``check``).
+            moved = self.check(full=True)
+            if moved:
+                raise StoreError(
+                    "reading the run found corrupt shards: "
+                    + "; ".join(map(str, moved))
+                    + ". Re-run the command to read the rest."
+                )
         con = duckdb.connect()
         for table, table_schema in TABLES.items():
             shards = self.shard_paths(table)

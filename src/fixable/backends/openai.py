@@ -11,6 +11,12 @@ exponential backoff (honouring ``Retry-After``); a request that still fails is r
 a ``Generation`` with ``finish_reason="error"`` and the reason in ``error`` — it is never
 dropped, and every request that did succeed is returned with it.
 
+Token counts: with ids, their number; without (llama.cpp, OpenAI), the number of log-prob
+steps of the choice, else the ``usage`` block's ``completion_tokens`` for a one-choice
+response; ``Generation.meta["n_tokens"]`` and ``["n_tokens_source"]`` say which. A server
+that returns fewer choices than ``n`` (llama.cpp ignores ``n``) is asked again for the
+rest. An empty completion without log-probs is a completion of no tokens.
+
 Token ids: a server returns tokens as strings. With ``extensions=True`` (default) the
 backend asks for ``return_tokens_as_token_ids`` (understood by vLLM and ``fixable serve``),
 which makes the tokens read ``"token_id:N"``, so ids are exact. Teacher-forced scoring
@@ -235,6 +241,8 @@ class _Step:
 
 def _completion_steps(choice: dict) -> list[_Step]:
     lp = choice.get("logprobs")
+    if lp is None and choice.get("text") == "":
+        return []  # an empty completion (llama.cpp sends no log-probs for one): no tokens
     if not isinstance(lp, dict):
         raise _Malformed("choice has no logprobs (does the server support `logprobs`?)")
     tokens, token_lps = lp.get("tokens"), lp.get("token_logprobs")
@@ -256,6 +264,8 @@ def _completion_steps(choice: dict) -> list[_Step]:
 
 def _chat_steps(choice: dict) -> list[_Step]:
     lp = choice.get("logprobs")
+    if lp is None and not (choice.get("message") or {}).get("content"):
+        return []  # an empty completion: no tokens
     content = lp.get("content") if isinstance(lp, dict) else None
     if not isinstance(content, list):
         raise _Malformed("choice has no logprobs.content (does the server support `logprobs`?)")
@@ -521,63 +531,93 @@ class OpenAIBackend:
         temperature: float,
         intervention: Intervention | None = None,
     ) -> list[Generation]:
+        """Sample ``len(group)`` choices; a server that returns fewer than ``n`` (llama.cpp
+        ignores ``n``) is asked again for the rest, each next request seeded with the seed of
+        the first member it is for."""
         n = len(group)
         url = (
             f"{self.base_url}/{'completions' if self.api == 'completions' else 'chat/completions'}"
         )
-        body = self._body(group[0], model, temperature, n, intervention)
         parse = _completion_steps if self.api == "completions" else _chat_steps
-
-        def check(data: dict) -> None:
-            choices = data.get("choices")
-            if not isinstance(choices, list) or len(choices) != n:
-                raise _Malformed(
-                    f"expected {n} choices, got "
-                    f"{len(choices) if isinstance(choices, list) else choices!r}"
-                )
-            for c in choices:
-                if not isinstance(c, dict):
-                    raise _Malformed("a choice is not an object")
-                parse(c)
-
-        start = time.perf_counter()
-        try:
-            data, attempts = post_json(self._http(), url, body, self.policy, check)
-        except RequestFailed as e:
-            elapsed = time.perf_counter() - start
-            logger.warning("request failed for good: %s", e.reason)
-            return [_failed(e.reason, e.attempts, elapsed / n, seed=r.seed) for r in group]
-        elapsed = time.perf_counter() - start
-        choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
         forwarded = (
             intervention.label if intervention and intervention.kind in (MIX, DOLA) else None
         )
-        out = []
-        for choice, req in zip(choices, group, strict=True):
-            if forwarded is not None and choice.get("intervention") != forwarded:
-                # a server that ignored the extension sampled the plain policy: never store
-                # that under the intervention's name
-                out.append(
-                    _failed(
-                        f"the server did not confirm intervention {forwarded!r} (only "
-                        "`fixable serve` understands it)",
-                        attempts,
-                        elapsed / n,
-                        seed=group[0].seed,
+        out: list[Generation] = []
+        attempts_total, requests_made = 0, 0
+        start = time.perf_counter()
+        while len(out) < n:
+            pending = group[len(out) :]
+            wanted = len(pending)
+            body = self._body(pending[0], model, temperature, wanted, intervention)
+
+            def check(data: dict, wanted: int = wanted) -> None:
+                choices = data.get("choices")
+                if not isinstance(choices, list) or not 1 <= len(choices) <= wanted:
+                    raise _Malformed(
+                        f"expected {wanted} choices, got "
+                        f"{len(choices) if isinstance(choices, list) else choices!r}"
                     )
+                for c in choices:
+                    if not isinstance(c, dict):
+                        raise _Malformed("a choice is not an object")
+                    parse(c)
+
+            try:
+                data, attempts = post_json(self._http(), url, body, self.policy, check)
+            except RequestFailed as e:
+                elapsed = time.perf_counter() - start
+                logger.warning("request failed for good: %s", e.reason)
+                out += [
+                    _failed(e.reason, attempts_total + e.attempts, elapsed / n, seed=r.seed)
+                    for r in pending
+                ]
+                break
+            attempts_total += attempts
+            requests_made += 1
+            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+            if len(choices) < wanted:
+                logger.info(
+                    "%s returned %d of %d choices; requesting the other %d",
+                    url,
+                    len(choices),
+                    wanted,
+                    wanted - len(choices),
                 )
-                continue
-            out.append(
-                self._to_generation(
+            usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+            for choice, req in zip(choices, pending, strict=False):
+                if forwarded is not None and choice.get("intervention") != forwarded:
+                    # a server that ignored the extension sampled the plain policy: never
+                    # store that under the intervention's name
+                    out.append(
+                        _failed(
+                            f"the server did not confirm intervention {forwarded!r} (only "
+                            "`fixable serve` understands it)",
+                            attempts_total,
+                            0.0,
+                            seed=pending[0].seed,
+                        )
+                    )
+                    continue
+                gen = self._to_generation(
                     choice,
                     parse(choice),
                     req,
                     temperature,
-                    attempts,
-                    elapsed / n,
-                    group_seed=group[0].seed,
+                    attempts_total,
+                    0.0,
+                    group_seed=pending[0].seed,
                 )
-            )
+                if len(choices) == 1 and not gen.token_ids and "n_tokens" not in gen.meta:
+                    completion_tokens = usage.get("completion_tokens")
+                    if isinstance(completion_tokens, int) and completion_tokens >= 0:
+                        gen.meta["n_tokens"] = completion_tokens
+                        gen.meta["n_tokens_source"] = "usage"
+                out.append(gen)
+        elapsed = time.perf_counter() - start
+        for gen in out:
+            gen.time_s = elapsed / n
+            if requests_made > 1:
+                gen.meta["requests"] = requests_made  # the server returned fewer than n
         return out
 
     def _to_generation(
@@ -633,8 +673,15 @@ class OpenAIBackend:
         }
         if self.send_seed:
             meta["seed_sent"] = group_seed
-        if ids is None:
+        if not steps and not text:
+            meta["n_tokens"] = 0  # an empty completion: zero, whatever the server sends
+        elif ids is None:
             meta["token_ids"] = "unavailable: the server returned token strings, not ids"
+            if steps:  # each log-prob step is one token
+                meta["n_tokens"] = len(steps)
+                meta["n_tokens_source"] = "logprob_tokens"
+        else:
+            meta["n_tokens_source"] = "token_ids"
         return Generation(
             text=text,
             token_ids=ids or [],

@@ -66,6 +66,13 @@ class OrganismBackend:
         {RETRY, TEMPERATURE, MIX, CHECKPOINT, DOLA, SCORE, FULL_ENTROPY, SEEDED}
     )
 
+    @staticmethod
+    def check_model(model: str | Path, zoo_dir: str | Path | None = None, **_options) -> None:
+        """Raise the one-line error loading ``model`` would give, without loading it."""
+        from fixable.organism import zoo
+
+        zoo.resolve(model, zoo_dir=None if zoo_dir is None else Path(zoo_dir))
+
     def __init__(
         self,
         model: str | Path,

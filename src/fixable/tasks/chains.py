@@ -150,8 +150,10 @@ class ChainsTask(Task):
         difficulties: tuple[int, ...] | list[int] | None = None,
         distractors: int = 0,
     ):
-        self.subdists = tuple(subdists or SUBDISTS)
-        self.difficulties = tuple(difficulties or DIFFICULTY_STEPS)
+        # one value (``-T difficulties=5`` on the command line) means a list of one
+        one = lambda v: (v,) if isinstance(v, (int, str)) else v  # noqa: E731
+        self.subdists = tuple(one(subdists) or SUBDISTS)
+        self.difficulties = tuple(one(difficulties) or DIFFICULTY_STEPS)
         self.distractors = int(distractors)
         for s in self.subdists:
             if s not in SUBDISTS:
