@@ -1,0 +1,239 @@
+"""Regime labels and compute costs at their boundaries.
+
+Every threshold of SPEC §3.3 is tested exactly at, just below and just above it; the
+uncertain flag where an interval ends exactly on a threshold; the best-setting interval
+with several bounded settings; the cost fallback when a shard lacks ``cost_tokens``; and
+the capped-draws mask of the compute-matched budget at and just past R.
+
+Expected values are worked out by hand from the rules (or, for interval bounds, from the
+Wilson formula written out below), never by calling the code under test. The tests go
+through the public functions (``rescue_matrix``, ``label_failures``, ``Outcomes``) only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from analysis_tables import rescue, rows_table
+from fixable.analysis.labels import LabelThresholds, label_failures, rescue_matrix
+from fixable.analysis.routing import Outcomes
+
+N = 1000  # rescue samples per setting: rates of k/1000 sit exactly on the 0.05 / 0.5 grid
+
+
+def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The 95 % Wilson score interval, written out (the oracle for interval bounds)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _label(rows, thresholds: LabelThresholds | None = None, problem: str = "p"):
+    thresholds = thresholds or LabelThresholds()
+    labels = label_failures(rescue_matrix(rows_table(rows), thresholds), thresholds)
+    return labels.set_index("problem_id").loc[problem]
+
+
+# ── the three thresholds, exactly at, just below and just above ────────────────────────
+
+
+@pytest.mark.parametrize(
+    "hits, expected",
+    [(49, "structural"), (50, "resamplable"), (51, "resamplable")],
+    ids=["below", "at", "above"],
+)
+def test_resample_threshold_is_inclusive(hits, expected):
+    assert 50 / N == 0.05  # the grid: 50/1000 is the float 0.05 itself
+    rows = rescue("p", "retry", hits, N) + rescue("p", "temperature(T=0.3)", 0, N)
+    assert _label(rows)["label"] == expected
+
+
+@pytest.mark.parametrize(
+    "hits, expected",
+    [(499, "steerable-weak"), (500, "steerable-hard"), (501, "steerable-hard")],
+    ids=["below", "at", "above"],
+)
+def test_steer_hard_threshold_is_inclusive(hits, expected):
+    rows = rescue("p", "retry", 0, N) + rescue("p", "mix(alpha=0.5)", hits, N)
+    assert _label(rows)["label"] == expected
+
+
+@pytest.mark.parametrize(
+    "hits, expected",
+    [(49, "structural"), (50, "steerable-weak"), (51, "steerable-weak")],
+    ids=["below", "at", "above"],
+)
+def test_steer_weak_threshold_is_inclusive(hits, expected):
+    rows = rescue("p", "retry", 0, N) + rescue("p", "mix(alpha=0.5)", hits, N)
+    assert _label(rows)["label"] == expected
+
+
+@pytest.mark.parametrize(
+    "retry_hits, best_hits, expected",
+    [
+        (1, 0, "resamplable"),  # 1/4 = 0.25: at the stated threshold
+        (0, 3, "steerable-hard"),  # 3/4 = 0.75: at steer_hard
+        (0, 2, "steerable-weak"),  # 2/4 = 0.5: at steer_weak, below steer_hard
+        (0, 1, "structural"),  # 1/4 = 0.25: below steer_weak
+    ],
+)
+def test_stated_thresholds_are_the_ones_applied(retry_hits, best_hits, expected):
+    thresholds = LabelThresholds(resample=0.25, steer_hard=0.75, steer_weak=0.5)
+    rows = rescue("p", "retry", retry_hits, 4) + rescue("p", "dola(layer=1)", best_hits, 4)
+    assert _label(rows, thresholds)["label"] == expected
+
+
+def test_retry_is_never_a_bounded_setting():
+    """A high retry rate decides ``resamplable`` and never counts as the best intervention."""
+    rows = rescue("p", "retry", 40, 100) + rescue("p", "mix(alpha=0.5)", 0, 100)
+    row = _label(rows, LabelThresholds(resample=0.5))
+    assert row["label"] == "structural"
+    assert row["best_rate"] == 0.0 and pd_isna(row["best_setting"])
+
+
+def pd_isna(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# ── the uncertain flag where an interval ends exactly on a threshold ───────────────────
+
+
+def test_retry_interval_ending_on_the_threshold_is_uncertain():
+    """8/8 retries: the Wilson interval is [0.68, 1.0] and 1.0 is the threshold itself."""
+    rows = rescue("p", "retry", 8, 8) + rescue("p", "mix(alpha=0.5)", 0, 8)
+    row = _label(rows, LabelThresholds(resample=1.0, steer_hard=1.0))
+    assert row["label"] == "resamplable"
+    assert row["retry_high"] == 1.0 and row["retry_low"] < 1.0
+    assert row["uncertain"] and "retry" in row["uncertain_reason"]
+
+
+def test_best_interval_ending_on_the_threshold_is_uncertain():
+    rows = rescue("p", "retry", 0, N) + rescue("p", "mix(alpha=0.5)", 8, 8)
+    row = _label(rows, LabelThresholds(steer_hard=1.0))
+    assert row["label"] == "steerable-hard"
+    assert row["best_high"] == 1.0
+    assert row["uncertain"] and "1" in row["uncertain_reason"]
+
+
+def test_intervals_clear_of_every_threshold_are_certain():
+    # retry 0/1000: upper bound 0.0038 < 0.05; best 900/1000: [0.88, 0.92], clear of 0.5
+    rows = rescue("p", "retry", 0, N) + rescue("p", "mix(alpha=0.5)", 900, N)
+    row = _label(rows)
+    assert row["label"] == "steerable-hard" and not row["uncertain"]
+    assert row["uncertain_reason"] == ""
+
+
+@pytest.mark.parametrize(
+    "retry_hits, n, uncertain",
+    [(0, 32, True), (0, 80, False)],  # Wilson upper bound of 0/n: 0.107 at 32, 0.046 at 80
+)
+def test_retry_upper_bound_just_above_or_below_the_threshold(retry_hits, n, uncertain):
+    high = _wilson(retry_hits, n)[1]
+    assert (high >= 0.05) == uncertain  # the oracle agrees with the stated case
+    rows = rescue("p", "retry", retry_hits, n) + rescue("p", "mix(alpha=0.5)", n, n)
+    row = _label(rows)
+    assert row["retry_high"] == pytest.approx(high, abs=1e-12)
+    assert bool(row["uncertain"]) == uncertain
+
+
+# ── the best-setting interval with several bounded settings ────────────────────────────
+
+
+def test_best_interval_takes_the_largest_low_and_the_largest_high():
+    """Interval of max_i r_i = [max_i low_i, max_i high_i] (SPEC §3.3)."""
+    rows = (
+        rescue("p", "retry", 0, N)
+        + rescue("p", "mix(alpha=0.5)", 90, 100)  # [0.826, 0.945]
+        + rescue("p", "temperature(T=0.3)", 0, 100)  # [0, 0.037]
+        + rescue("p", "dola(layer=1)", 40, 40)  # [0.912, 1.0]: largest high, not the best rate
+    )
+    row = _label(rows)
+    assert row["best_setting"] == "dola(layer=1)"
+    assert row["best_low"] == pytest.approx(max(_wilson(90, 100)[0], _wilson(40, 40)[0]))
+    assert row["best_high"] == 1.0
+    # [0.91, 1.0] straddles neither 0.5 nor 0.05; the smallest low (0) would straddle both
+    assert row["label"] == "steerable-hard" and not row["uncertain"]
+
+
+def test_best_interval_low_is_the_max_over_settings_not_the_best_rate_alone():
+    rows = (
+        rescue("p", "retry", 0, N)
+        + rescue("p", "mix(alpha=0.5)", 9, 10)  # rate 0.9, low 0.596
+        + rescue("p", "temperature(T=0.3)", 850, 1000)  # rate 0.85, low 0.826
+    )
+    row = _label(rows)
+    assert row["best_setting"] == "mix(alpha=0.5)"
+    assert row["best_low"] == pytest.approx(_wilson(850, 1000)[0])
+    assert row["best_high"] == pytest.approx(_wilson(9, 10)[1])
+    assert not row["uncertain"]
+
+
+# ── the cost fallback: tokens × forward passes per token ──────────────────────────────
+
+
+_SETTINGS = ("retry", "mix(alpha=0.5)", "temperature(T=1.5)", "checkpoint(step=2)", "dola(layer=1)")
+
+
+def _rows_without_costs(tokens: int = 12):
+    rows = []
+    for setting in _SETTINGS:
+        rows += rescue("p", setting, 1, 4, tokens=tokens)
+    for row in rows:
+        row["cost_tokens"] = None
+    return rows
+
+
+@pytest.mark.parametrize("how", ["null cells", "no column"])
+def test_cost_fallback_charges_mix_twice_and_the_rest_once(how):
+    table = rows_table(_rows_without_costs(tokens=12))
+    if how == "no column":
+        table = table.drop(["cost_tokens"])
+    matrix = rescue_matrix(table).set_index("setting")
+    expected = {s: 12.0 * (2 if s.startswith("mix") else 1) for s in _SETTINGS}
+    assert matrix["cost_per_sample"].to_dict() == expected
+
+
+def test_cost_fallback_fills_only_the_missing_cells():
+    rows = rescue("p", "mix(alpha=0.5)", 0, 2, tokens=10)
+    rows[0]["cost_tokens"] = 7.0  # recorded: kept as it is
+    rows[1]["cost_tokens"] = None  # missing: 10 tokens × 2 passes
+    matrix = rescue_matrix(rows_table(rows)).set_index("setting")
+    assert matrix.loc["mix(alpha=0.5)", "cost_per_sample"] == (7.0 + 20.0) / 2
+
+
+def test_fallback_cost_halves_the_draws_a_mix_affords():
+    matrix = rescue_matrix(rows_table(_rows_without_costs(tokens=12)))
+    outcomes = Outcomes.from_matrix(matrix, ["retry", "mix(alpha=0.5)"])
+    draws, capped = outcomes.draws(budget=4)
+    assert draws.tolist() == [[4.0, 2.0]] and not capped.any()
+
+
+# ── capped draws: exactly R is not capped, R and a bit more is ────────────────────────
+
+
+def _outcomes(n: int = 8):
+    rows = rescue("p", "retry", 2, n, tokens=10) + rescue(
+        "p", "mix(alpha=0.5)", 2, n, tokens=10, cost_factor=2.0
+    )
+    return Outcomes.from_matrix(rescue_matrix(rows_table(rows)), ["retry", "mix(alpha=0.5)"])
+
+
+@pytest.mark.parametrize(
+    "budget, want, capped",
+    [
+        (7.5, [7.5, 3.75], [False, False]),
+        (8.0, [8.0, 4.0], [False, False]),  # exactly R retry draws: all recorded, not capped
+        (8.0 * (1 + 1e-13), [8.0, 4.0], [False, False]),  # float noise is not a cap
+        (8.5, [8.0, 4.25], [True, False]),  # half a draw past R is
+        (16.0, [8.0, 8.0], [True, False]),
+        (16.5, [8.0, 8.0], [True, True]),
+    ],
+)
+def test_capped_mask_at_and_past_the_recorded_samples(budget, want, capped):
+    draws, mask = _outcomes(8).draws(budget)
+    assert draws[0] == pytest.approx(np.array(want), abs=1e-9)
+    assert mask[0].tolist() == capped
