@@ -69,7 +69,26 @@ def test_a_report_without_the_token_is_not_a_pass():
     forged = json.dumps({"ok": True}).encode()
     assert verdict(exited(0), forged)["status"] == "failed"
     assert verdict(exited(0), b"")["status"] == "failed"
-    assert verdict(exited(0), TOKEN.encode() + b"{not json")["status"] == "failed"
+    malformed = verdict(exited(0), TOKEN.encode() + b"{not json")
+    assert malformed == {"status": "failed", "reason": "malformed completion report"}
+
+
+def test_report_reasons_are_kept_cut_at_1000_characters_and_default_to_empty():
+    assert verdict(exited(0), report(ok=False)) == {"status": "failed", "reason": ""}
+    long = verdict(exited(0), report(ok=False, reason="x" * 2000))
+    assert long["reason"] == "x" * 1000
+
+
+def test_undecodable_bytes_in_a_report_are_replaced_not_raised():
+    text = TOKEN.encode() + b'{"ok": false, "reason": "bad \xff byte"}'
+    result = verdict(exited(0), text)
+    assert result == {"status": "failed", "reason": "bad \ufffd byte"}
+
+
+def test_out_of_memory_is_only_claimed_when_the_cgroup_says_so():
+    plain = classify(killed(signal.SIGKILL), b"", TOKEN, "", 0.0, LIMITS)  # no OOM argument
+    assert plain["status"] == "failed" and "memory" not in plain["reason"]
+    assert plain["reason"] == "killed by SIGKILL before the tests finished"
 
 
 def test_containment_errors_are_errors_not_failures():
@@ -78,9 +97,17 @@ def test_containment_errors_are_errors_not_failures():
 
 
 def test_limits_give_the_kind_of_outcome_they_name():
-    assert verdict(killed(9), killed_for="timeout")["status"] == "timeout"
-    assert verdict(exited(0), report(ok=True), killed_for="output")["status"] == "failed"
-    assert verdict(killed(signal.SIGXCPU))["status"] == "timeout"
+    wall = verdict(killed(9), killed_for="timeout")
+    assert wall == {
+        "status": "timeout",
+        "reason": "wall-clock limit of 2s exceeded; killed the process group",
+    }
+    output = verdict(exited(0), report(ok=True), killed_for="output")
+    assert output == {"status": "failed", "reason": "wrote more than 65536 bytes of output"}
+    assert verdict(killed(signal.SIGXCPU)) == {
+        "status": "timeout",
+        "reason": "CPU-time limit of 2s exceeded",
+    }
     # SIGKILL at the CPU limit (the hard limit past the soft one) is a timeout too
     assert verdict(killed(signal.SIGKILL), cpu_s=LIMITS["cpu_s"])["status"] == "timeout"
     assert verdict(killed(signal.SIGKILL), cpu_s=LIMITS["cpu_s"] - 0.5)["status"] == "failed"
