@@ -11,10 +11,28 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 
 from analysis_tables import probe, rows_table
-from fixable.features import failure_features
+from fixable.features import failure_features, failure_texts, list_stats, probe_subsets
+
+FEATURE_COLUMNS = (  # SPEC §3.4 and the flags beside them, in the table's order
+    "task",
+    "n_probes",
+    "answer_dispersion",
+    "trajectory_uncertainty",
+    "reference_drift",
+    "modal_answer_share",
+    "fork_entropy",
+    "length_normalised_nll",
+    "reference_drift_available",
+    "entropy_kind",
+    "n_distinct_answers",
+    "no_answer_share",
+    "mean_tokens",
+)
 
 
 def _one(rows, problem: str = "p", **kwargs):
@@ -148,3 +166,127 @@ def test_length_normalised_nll_and_mean_tokens_by_a_direct_loop():
         np.mean([-sum(ps) / len(ps) for ps in LOGPROBS]), abs=1e-6
     )
     assert row["mean_tokens"] == pytest.approx(np.mean([len(e) for e in ENTROPIES]))
+
+
+# ── list statistics, the empty table, failure texts and probe subsets ─────────────────
+
+
+def test_list_stats_of_a_chunked_column_match_a_direct_loop():
+    rows = [[1.0, 2.0], [3.0], None, [4.0, 6.0, 5.0], []]
+    column = pa.chunked_array(
+        [pa.array(rows[:2], pa.list_(pa.float32())), pa.array(rows[2:], pa.list_(pa.float32()))]
+    )
+    s = list_stats(column)
+    assert s["count"].tolist() == [len(r or []) for r in rows]
+    assert s["null"].dtype == bool and s["null"].tolist() == [r is None for r in rows]
+    for i, r in enumerate(rows):
+        if r:
+            assert s["sum"][i] == sum(r) and s["mean"][i] == sum(r) / len(r)
+            assert s["max"][i] == max(r)
+        else:
+            assert math.isnan(s["mean"][i]) and math.isnan(s["max"][i])
+
+
+def test_a_null_token_value_makes_its_row_nan_not_a_silent_drop():
+    s = list_stats(pa.array([[1.0, None], [2.0]], pa.list_(pa.float32())))
+    assert math.isnan(s["mean"][0]) and math.isnan(s["max"][0])
+    assert s["mean"][1] == 2.0 and s["count"].tolist() == [2, 1]
+
+
+def test_no_failures_give_an_empty_table_with_every_column_and_its_type():
+    solved = failure_features(rows_table(probe("p", ["1", "2"], correct=[True, False])))
+    assert solved.empty
+    assert list(solved.columns) == ["model", "problem_id", *FEATURE_COLUMNS]
+    text_columns = {"model", "problem_id", "task", "entropy_kind"}
+    for column in solved.columns:
+        expected = object if column in text_columns else float
+        assert solved[column].dtype == np.dtype(expected), column
+
+
+def test_failure_texts_join_in_sample_order_only_for_failures_of_the_phase():
+    rows = (
+        probe("z", ["1", "2", "3"])
+        + probe("a", ["1", "2"])
+        + probe("solved", ["1", "2"], correct=[True, False])
+    )
+    texts = ["c", "a", "b", "first", None, "s", "t"]
+    for row, text, index in zip(rows, texts, [2, 0, 1, 0, 1, 0, 1], strict=True):
+        row["text"], row["sample_index"] = text, index
+    table = rows_table(rows)
+    texts = failure_texts(table)
+    assert texts.index.tolist() == [("m", "a"), ("m", "z")]  # sorted, solved left out
+    assert texts.loc[("m", "z")] == "a\nb\nc"  # by sample_index, not row order
+    assert texts.loc[("m", "a")] == "first\n"  # a missing text is empty
+    without_index = failure_texts(table.drop(["sample_index"]))
+    assert sorted(without_index.loc[("m", "z")].split("\n")) == ["a", "b", "c"]
+    assert failure_texts(table, phase="rescue").empty  # no rollouts of that phase
+    chosen = failure_texts(table, pd.DataFrame({"model": ["m"], "problem_id": ["z"]}))
+    assert chosen.index.tolist() == [("m", "z")]
+
+
+def test_probe_subsets_split_by_run_or_by_sample_parity():
+    table = rows_table(probe("p", ["1", "2", "3", "4", "5"]))
+    how, subsets = probe_subsets(table)
+    assert how.startswith("halves of the K probes")
+    assert [name for name, _ in subsets] == ["even", "odd"]
+    assert [s["sample_index"].to_pylist() for _, s in subsets] == [[0, 2, 4], [1, 3]]
+    runs = table.append_column("run", pa.array(["b", "a", "b", "a", "b"]))
+    how, subsets = probe_subsets(runs)
+    assert how == "probe seeds (one per run)"
+    assert [(n, s["sample_index"].to_pylist()) for n, s in subsets] == [
+        ("a", [1, 3]),
+        ("b", [0, 2, 4]),
+    ]
+    one_run = table.append_column("run", pa.array(["a"] * 5))
+    assert probe_subsets(one_run)[0].startswith("halves")
+    assert probe_subsets(table, phase="rescue")[1][0][1].num_rows == 0
+
+
+def test_rows_come_out_sorted_by_model_and_problem_with_their_task():
+    rows = probe("z", ["1", "2"], model="m2") + probe("a", ["1", "1"], model="m2")
+    rows += probe("b", ["1", None, "3", "1"], model="m1")
+    for row in rows:
+        row["task"] = f"task-{row['problem_id']}"
+    f = failure_features(rows_table(rows))
+    assert list(zip(f["model"], f["problem_id"], strict=True)) == [
+        ("m1", "b"),
+        ("m2", "a"),
+        ("m2", "z"),
+    ]
+    assert f["task"].tolist() == ["task-b", "task-a", "task-z"]
+    assert f["answer_dispersion"].tolist() == pytest.approx(
+        [_normalised_entropy(["1", None, "3", "1"]), 0.0, 1.0]
+    )
+    assert f["no_answer_share"].tolist() == [0.25, 0.0, 0.0]  # 1 of 4 gave no answer
+    assert f["modal_answer_share"].tolist() == [0.5, 1.0, 0.5]
+    no_task = failure_features(rows_table(rows).drop(["task"]))
+    assert no_task["task"].isna().all() and len(no_task) == 3
+
+
+def test_features_of_another_phase_use_that_phase_only():
+    probes = probe("p", ["1", "2"])  # failed at probe
+    rescues = probe("p", ["3", "3", "3"], correct=[False, True, False])  # solved at rescue
+    rescues += probe("q", ["4", "4"])
+    for row in rescues:
+        row["phase"] = "rescue"
+    table = rows_table(probes + rescues)
+    assert failure_features(table)["problem_id"].tolist() == ["p"]
+    rescue = failure_features(table, phase="rescue")
+    assert rescue["problem_id"].tolist() == ["q"] and rescue["n_probes"].tolist() == [2]
+
+
+def test_mismatched_reference_lengths_are_counted_in_one_warning(caplog):
+    policy = [[-1.0, -2.0], [-0.5], [-3.0], [-0.1]]
+    reference = [[-1.0], [-0.5], [-3.0, -1.0], None]  # two mismatched, one missing
+    with caplog.at_level("WARNING", logger="fixable.features"):
+        row = _one(probe("p", ["a"] * 4, policy_logprobs=policy, ref_logprobs=reference))
+    assert math.isnan(row["reference_drift"])
+    messages = [r.getMessage() for r in caplog.records if "different lengths" in r.getMessage()]
+    assert messages == [
+        "2 probe rollouts have policy and reference log-probs of different lengths; "
+        "their reference drift is unavailable"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fixable.features"):
+        _one(probe("p", ["a"] * 4, policy_logprobs=LOGPROBS, ref_logprobs=REFERENCE))
+    assert not [r for r in caplog.records if "different lengths" in r.getMessage()]
