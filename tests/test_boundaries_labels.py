@@ -18,8 +18,15 @@ import numpy as np
 import pytest
 
 from analysis_tables import rescue, rows_table
-from fixable.analysis.labels import LabelThresholds, label_failures, rescue_matrix
+from fixable.analysis.labels import (
+    LabelThresholds,
+    label_counts,
+    label_failures,
+    rates_wide,
+    rescue_matrix,
+)
 from fixable.analysis.routing import Outcomes
+from fixable.errors import ConfigError
 
 N = 1000  # rescue samples per setting: rates of k/1000 sit exactly on the 0.05 / 0.5 grid
 
@@ -237,3 +244,181 @@ def test_capped_mask_at_and_past_the_recorded_samples(budget, want, capped):
     draws, mask = _outcomes(8).draws(budget)
     assert draws[0] == pytest.approx(np.array(want), abs=1e-9)
     assert mask[0].tolist() == capped
+
+
+# ── what is not labelled, and why a label is uncertain ────────────────────────────────
+
+
+def _error_rows(problem: str, setting: str, n: int) -> list[dict]:
+    return [
+        {
+            "problem_id": problem,
+            "phase": "rescue",
+            "setting": setting,
+            "intervention": setting.split("(")[0],
+            "status": "error",
+            "sample_index": 100 + j,
+            "entropies": None,
+            "n_tokens": 0,
+            "cost_tokens": 0.0,
+        }
+        for j in range(n)
+    ]
+
+
+def test_a_setting_with_only_backend_errors_has_no_rate_and_no_interval():
+    rows = rescue("p", "retry", 0, N) + _error_rows("p", "mix(alpha=0.5)", 3)
+    matrix = rescue_matrix(rows_table(rows)).set_index("setting")
+    mix = matrix.loc["mix(alpha=0.5)"]
+    assert (mix["n"], mix["successes"], mix["n_errors"]) == (0, 0, 3)
+    assert math.isnan(mix["rate"]) and math.isnan(mix["low"]) and math.isnan(mix["high"])
+    assert math.isnan(mix["cost_per_sample"])  # errors hold no sample, so no cost either
+    row = _label(rows)  # no bounded samples: not labelled (retry alone says "not resamplable")
+    assert pd_isna(row["label"]) and not row["uncertain"] and row["uncertain_reason"] == ""
+
+
+def test_resamplable_needs_no_bounded_setting_and_unlabelled_needs_retry():
+    rows = rescue("r", "retry", 100, N) + rescue("s", "mix(alpha=0.5)", 500, N)
+    labels = label_failures(rescue_matrix(rows_table(rows))).set_index("problem_id")
+    assert labels.loc["r", "label"] == "resamplable"
+    assert pd_isna(labels.loc["r", "best_rate"])
+    assert pd_isna(labels.loc["s", "label"])  # no retry samples: nothing to decide on
+    assert pd_isna(labels.loc["s", "r_retry"])
+
+
+def test_no_best_setting_when_nothing_rescued_anything():
+    rows = rescue("p", "retry", 0, N) + rescue("p", "mix(alpha=0.5)", 0, N)
+    rows += rescue("p", "temperature(T=0.3)", 0, N)
+    row = _label(rows)
+    assert row["label"] == "structural" and pd_isna(row["best_setting"])
+    assert row["best_rate"] == 0.0 and row["n_best"] == N
+
+
+def test_uncertain_reasons_name_each_straddled_threshold():
+    # retry 0/40: [0, 0.088] straddles 0.05; best 2/4: [0.15, 0.85] straddles 0.5 (not 0.05)
+    rows = rescue("p", "retry", 0, 40) + rescue("p", "mix(alpha=0.5)", 2, 4)
+    row = _label(rows)
+    assert row["label"] == "steerable-hard"
+    assert row["uncertain_reason"] == (
+        "retry interval straddles 0.05; best-intervention interval straddles 0.5"
+    )
+    # best 1/10: [0.018, 0.40] straddles 0.05 only
+    rows = rescue("q", "retry", 0, N) + rescue("q", "mix(alpha=0.5)", 1, 10)
+    row = _label(rows, problem="q")
+    assert row["label"] == "steerable-weak"
+    assert row["uncertain_reason"] == "best-intervention interval straddles 0.05"
+
+
+def test_a_resamplable_label_ignores_the_best_intervention_interval():
+    rows = rescue("p", "retry", 500, N) + rescue("p", "mix(alpha=0.5)", 2, 4)
+    row = _label(rows)
+    assert row["label"] == "resamplable" and not row["uncertain"]
+
+
+def test_the_beta_interval_and_level_are_the_ones_applied():
+    from scipy import stats
+
+    thresholds = LabelThresholds(interval="beta", level=0.8)
+    rows = rescue("p", "retry", 3, 20) + rescue("p", "mix(alpha=0.5)", 9, 10)
+    row = _label(rows, thresholds)
+    assert row["retry_low"] == pytest.approx(stats.beta(1 + 3, 1 + 17).ppf(0.1))
+    assert row["retry_high"] == pytest.approx(stats.beta(1 + 3, 1 + 17).ppf(0.9))
+    assert row["label"] == "resamplable"
+
+
+# ── counts of each regime, the wide table of rates, the thresholds themselves ─────────
+
+
+def test_label_counts_with_and_without_the_uncertain_labels():
+    rows = (
+        rescue("a", "retry", 0, N)
+        + rescue("a", "mix(alpha=0.5)", 900, N)  # steerable-hard, certain
+        + rescue("b", "retry", 0, N)
+        + rescue("b", "mix(alpha=0.5)", 2, 4)  # steerable-hard, uncertain
+        + rescue("c", "retry", 300, N)  # resamplable, certain
+        + rescue("c", "mix(alpha=0.5)", 0, N)
+        + rescue("d", "mix(alpha=0.5)", 0, N)  # no retry: unlabelled
+    )
+    labels = label_failures(rescue_matrix(rows_table(rows)))
+    counts = label_counts(labels)
+    assert (counts["n_failures"], counts["n_labelled"], counts["n_certain"]) == (4, 3, 2)
+    hard = counts["regimes"]["steerable-hard"]
+    assert hard["all"]["count"] == 2 and hard["all"]["n"] == 3
+    assert hard["all"]["value"] == pytest.approx(2 / 3)
+    assert (hard["all"]["low"], hard["all"]["high"]) == pytest.approx(_wilson(2, 3))
+    assert hard["certain_only"]["count"] == 1 and hard["certain_only"]["n"] == 2
+    assert hard["certain_only"]["value"] == 0.5
+    assert counts["regimes"]["structural"]["all"]["count"] == 0
+    assert counts["regimes"]["structural"]["all"]["value"] == 0.0
+    beta = label_counts(labels, LabelThresholds(interval="beta"))
+    assert beta["regimes"]["steerable-hard"]["all"]["interval"].startswith("beta")
+
+
+def test_rates_wide_has_one_column_per_setting():
+    rows = rescue("p", "retry", 1, 4) + rescue("p", "mix(alpha=0.5)", 3, 4)
+    rows += rescue("q", "retry", 0, 2)
+    wide = rates_wide(rescue_matrix(rows_table(rows))).set_index("problem_id")
+    assert list(wide.columns) == ["model", "rescue[mix(alpha=0.5)]", "rescue[retry]"]
+    assert (
+        wide.loc["p", "rescue[retry]"] == 0.25 and wide.loc["p", "rescue[mix(alpha=0.5)]"] == 0.75
+    )
+    assert wide.loc["q", "rescue[retry]"] == 0.0 and pd_isna(
+        wide.loc["q", "rescue[mix(alpha=0.5)]"]
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"resample": 1.0},
+        {"steer_hard": 1.0},
+        {"steer_weak": 0.5, "steer_hard": 0.5},  # equal is allowed
+        {"level": 0.5},
+        {"interval": "beta"},
+    ],
+)
+def test_thresholds_accept_their_edges(kwargs):
+    t = LabelThresholds(**kwargs)
+    assert all(t.to_dict()[k] == v for k, v in kwargs.items())
+    assert LabelThresholds.parse(",".join(f"{k}={v}" for k, v in kwargs.items())) == t
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"resample": 0.0}, "label threshold resample must be in (0, 1], got 0.0"),
+        ({"steer_weak": 1.01}, "label threshold steer_weak must be in (0, 1], got 1.01"),
+        (
+            {"steer_weak": 0.51, "steer_hard": 0.5},
+            "label threshold steer_weak (0.51) must not exceed steer_hard (0.5)",
+        ),
+        ({"level": 1.0}, "interval level must be in (0, 1), got 1.0"),
+        ({"level": 0.0}, "interval level must be in (0, 1), got 0.0"),
+        ({"interval": "bayes"}, "interval must be one of wilson, beta, got 'bayes'"),
+    ],
+)
+def test_thresholds_refuse_what_is_past_their_edges(kwargs, message):
+    with pytest.raises(ConfigError) as caught:
+        LabelThresholds(**kwargs)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("steer_hard", "cannot read threshold 'steer_hard'; write e.g. 'steer_hard=0.5'"),
+        ("hard=0.5", "unknown threshold 'hard'; known: resample, steer_hard, steer_weak, interval, level"),
+        ("resample=lots", "threshold resample must be a number, got 'lots'"),
+    ],
+)  # fmt: skip
+def test_threshold_text_errors_say_how_to_fix_them(text, message):
+    with pytest.raises(ConfigError) as caught:
+        LabelThresholds.parse(text)
+    assert str(caught.value) == message
+
+
+def test_threshold_text_ignores_blanks_and_empty_parts():
+    assert LabelThresholds.parse(" resample = 0.1 ,, interval = beta ,") == LabelThresholds(
+        resample=0.1, interval="beta"
+    )
+    assert LabelThresholds.parse("") == LabelThresholds()
