@@ -62,7 +62,7 @@ MODULES: dict[str, Module] = {
     "routing": Module(
         "fixable/analysis/routing.py",
         ("xǁOutcomesǁ*",),
-        ("test_boundaries_labels.py", "test_analysis_routing.py"),
+        ("test_boundaries_routing.py", "test_boundaries_labels.py"),
         "Outcomes only (draws, the capped mask, success); the routing evaluation is being "
         "rewritten (protocol v2) and is left to it",
     ),

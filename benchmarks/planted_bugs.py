@@ -108,7 +108,7 @@ BUGS = (
         "analysis/routing.py",
         "want > self.n + 1e-9",
         "want > self.n + 1.0",
-        ("test_analysis_routing.py", "test_boundaries_labels.py"),
+        ("test_analysis_routing.py", "test_boundaries_routing.py"),
     ),
     Bug(
         "sandbox: pass without a clean exit",

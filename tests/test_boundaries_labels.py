@@ -2,19 +2,17 @@
 
 Every threshold of SPEC §3.3 is tested exactly at, just below and just above it; the
 uncertain flag where an interval ends exactly on a threshold; the best-setting interval
-with several bounded settings; the cost fallback when a shard lacks ``cost_tokens``; and
-the capped-draws mask of the compute-matched budget at and just past R.
+with several bounded settings; and the cost fallback when a shard lacks ``cost_tokens``.
 
 Expected values are worked out by hand from the rules (or, for interval bounds, from the
 Wilson formula written out below), never by calling the code under test. The tests go
-through the public functions (``rescue_matrix``, ``label_failures``, ``Outcomes``) only.
+through the public functions (``rescue_matrix``, ``label_failures``, ...) only.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
 from analysis_tables import rescue, rows_table
@@ -217,33 +215,6 @@ def test_fallback_cost_halves_the_draws_a_mix_affords():
     outcomes = Outcomes.from_matrix(matrix, ["retry", "mix(alpha=0.5)"])
     draws, capped = outcomes.draws(budget=4)
     assert draws.tolist() == [[4.0, 2.0]] and not capped.any()
-
-
-# ── capped draws: exactly R is not capped, R and a bit more is ────────────────────────
-
-
-def _outcomes(n: int = 8):
-    rows = rescue("p", "retry", 2, n, tokens=10) + rescue(
-        "p", "mix(alpha=0.5)", 2, n, tokens=10, cost_factor=2.0
-    )
-    return Outcomes.from_matrix(rescue_matrix(rows_table(rows)), ["retry", "mix(alpha=0.5)"])
-
-
-@pytest.mark.parametrize(
-    "budget, want, capped",
-    [
-        (7.5, [7.5, 3.75], [False, False]),
-        (8.0, [8.0, 4.0], [False, False]),  # exactly R retry draws: all recorded, not capped
-        (8.0 * (1 + 1e-13), [8.0, 4.0], [False, False]),  # float noise is not a cap
-        (8.5, [8.0, 4.25], [True, False]),  # half a draw past R is
-        (16.0, [8.0, 8.0], [True, False]),
-        (16.5, [8.0, 8.0], [True, True]),
-    ],
-)
-def test_capped_mask_at_and_past_the_recorded_samples(budget, want, capped):
-    draws, mask = _outcomes(8).draws(budget)
-    assert draws[0] == pytest.approx(np.array(want), abs=1e-9)
-    assert mask[0].tolist() == capped
 
 
 # ── what is not labelled, and why a label is uncertain ────────────────────────────────
