@@ -1,4 +1,5 @@
-"""Figures are not blank and carry the numbers they claim.
+"""The report against independent oracles: figures are not blank and carry the numbers
+they claim; summary.json's label shares are the shares counted in the per-failure table.
 
 A PNG's magic bytes say nothing about what is drawn: an empty figure has them too. Here
 every figure of a planted analysis is decoded and must show ink (pixel variance) and data
@@ -21,6 +22,7 @@ from fixable.analysis.pipeline import AnalysisConfig, analyze
 from fixable.analysis.synthetic import planted_rollouts
 from fixable.report.build import render_figures
 from fixable.report.figures import FIGURES, draw_label_shares, draw_rescue_matrix
+from fixable.report.summary import build_summary
 
 MODELS = ("gpt-sft-s0", "gpt-rl-s0", "llama-sft-s0", "llama-rl-s0")
 INFO = {m: {"family": m.split("-")[0], "method": m.split("-")[1], "seed": 0} for m in MODELS}
@@ -50,9 +52,13 @@ def test_the_blank_check_rejects_a_blank_and_an_empty_axes_figure():
 
 
 @pytest.fixture(scope="module")
-def rendered():
+def analysis():
     table, _ = planted_rollouts(MODELS, n_failures=15, n_solved=2, r=16, seed=3)
-    analysis = analyze(table, model_info=INFO, config=FAST)
+    return analyze(table, model_info=INFO, config=FAST)
+
+
+@pytest.fixture(scope="module")
+def rendered(analysis):
     return render_figures(analysis.result, analysis.failures, None, formats=("png",))
 
 
@@ -112,3 +118,27 @@ def test_label_shares_writes_each_share_it_draws():
     assert sorted(written) == sorted(["50", "25", "20", "n=20"] * 2)
     bars = [p.get_width() for p in fig.axes[0].patches]
     assert sorted(bars) == pytest.approx(sorted(list(shares.values()) * 2))
+
+
+def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def test_summary_label_shares_are_the_shares_counted_in_the_failure_table(analysis):
+    summary = build_summary(analysis.result, run="planted")
+    labels = analysis.failures["label"]
+    labelled = labels.notna().sum()
+    assert labelled == len(labels) == 60  # 4 models x 15 planted failures, all labelled
+    for regime in ("resamplable", "steerable-hard", "steerable-weak", "structural"):
+        count = int((labels == regime).sum())
+        got = summary["estimates"][f"labels.regimes.{regime}.all"]
+        assert (got["count"], got["n"]) == (count, labelled), regime
+        assert got["value"] == pytest.approx(count / labelled)
+        assert (got["low"], got["high"]) == pytest.approx(_wilson(count, labelled))
+    for model, part in analysis.failures.groupby("model"):
+        got = summary["estimates"][f"labels.per_model.{model}.regimes.steerable-hard.all"]
+        assert got["count"] == int((part["label"] == "steerable-hard").sum())
+        assert got["n"] == int(part["label"].notna().sum())
