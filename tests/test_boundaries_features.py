@@ -290,3 +290,34 @@ def test_mismatched_reference_lengths_are_counted_in_one_warning(caplog):
     with caplog.at_level("WARNING", logger="fixable.features"):
         _one(probe("p", ["a"] * 4, policy_logprobs=LOGPROBS, ref_logprobs=REFERENCE))
     assert not [r for r in caplog.records if "different lengths" in r.getMessage()]
+
+
+def test_dispersion_of_one_repeated_answer_is_a_positive_zero():
+    value = _one(probe("p", ["a", "a", "a"]))["answer_dispersion"]
+    assert value == 0.0 and math.copysign(1.0, value) == 1.0  # not -0.0
+
+
+def test_flagged_entropies_and_missing_references_are_logged_with_their_counts(caplog):
+    topk = probe("t", ["a", "b"], entropy_kind="topk")
+    full = probe("f", ["a", "b"])
+    no_ref = probe("n", ["a", "b"], ref_logprobs=[None, None])
+    table = rows_table(topk + full + no_ref)
+    with caplog.at_level("INFO", logger="fixable.features"):
+        failure_features(table)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "1 failures have top-k, mixed or missing entropies; their trajectory uncertainty is "
+        "a flagged estimate (entropy_kind)",
+        "1 failures have no reference log-probs: reference drift unavailable",
+    ]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fixable.features"):
+        failure_features(table, require_full_entropy=True)
+    assert [r.getMessage() for r in caplog.records][0] == (
+        "1 failures have top-k, mixed or missing entropies; their trajectory uncertainty is "
+        "unavailable"
+    )
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fixable.features"):
+        failure_features(rows_table(full))
+    assert caplog.records == []  # nothing flagged, nothing said
