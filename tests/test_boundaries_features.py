@@ -16,7 +16,15 @@ import pyarrow as pa
 import pytest
 
 from analysis_tables import probe, rows_table
-from fixable.features import failure_features, failure_texts, list_stats, probe_subsets
+from fixable.errors import DataError
+from fixable.features import (
+    as_table,
+    failed_problems,
+    failure_features,
+    failure_texts,
+    list_stats,
+    probe_subsets,
+)
 
 FEATURE_COLUMNS = (  # SPEC §3.4 and the flags beside them, in the table's order
     "task",
@@ -321,3 +329,48 @@ def test_flagged_entropies_and_missing_references_are_logged_with_their_counts(c
     with caplog.at_level("INFO", logger="fixable.features"):
         failure_features(rows_table(full))
     assert caplog.records == []  # nothing flagged, nothing said
+
+
+# ── inputs: tables, frames, runs, missing columns, unknown correctness ────────────────
+
+
+def test_rollouts_come_as_a_table_a_frame_or_anything_with_rollouts():
+    table = rows_table(probe("p", ["1", "2"]))
+    frame = table.to_pandas()
+    frame.index = [10, 11]  # an index is not a column
+    from_frame = failure_features(frame)
+    assert "__index_level_0__" not in as_table(frame).column_names
+    assert as_table(frame).num_rows == 2 and from_frame["problem_id"].tolist() == ["p"]
+
+    class RunLike:
+        def rollouts(self):
+            return table
+
+    assert as_table(RunLike()) is table
+    with pytest.raises(DataError) as caught:
+        as_table([1, 2])
+    assert str(caught.value) == "expected rollouts as a pyarrow Table, DataFrame or Run, got list"
+
+
+def test_missing_columns_are_all_named():
+    table = rows_table(probe("p", ["1"])).drop(["entropies", "ref_logprobs"])
+    with pytest.raises(DataError) as caught:
+        failure_features(table)
+    assert str(caught.value) == (
+        "rollouts table lacks column(s) entropies, ref_logprobs; expected the columns of "
+        "fixable.schema.ROLLOUTS"
+    )
+
+
+def test_unknown_correctness_counts_as_not_correct_and_problems_come_sorted():
+    rows = probe("z", ["1", "2"]) + probe("a", ["1", "2"], correct=[False, True])
+    rows[0]["correct"] = None  # not graded: not a success
+    rescue_rows = probe("y", ["1"])
+    rescue_rows[0]["phase"] = "rescue"
+    table = rows_table(rows + rescue_rows)
+    status = failed_problems(table)
+    assert list(status.columns) == ["model", "problem_id", "n_probes", "n_correct", "failed"]
+    assert status["problem_id"].tolist() == ["a", "z"]
+    assert status["n_correct"].tolist() == [1, 0] and status["failed"].tolist() == [False, True]
+    assert status["n_probes"].tolist() == [2, 2]
+    assert failed_problems(table, phase="rescue")["problem_id"].tolist() == ["y"]
