@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from analysis_tables import rescue, rows_table
@@ -393,3 +394,105 @@ def test_threshold_text_ignores_blanks_and_empty_parts():
         resample=0.1, interval="beta"
     )
     assert LabelThresholds.parse("") == LabelThresholds()
+
+
+def test_a_value_holding_an_equals_sign_is_read_whole():
+    with pytest.raises(ConfigError) as caught:
+        LabelThresholds.parse("interval=beta=2")
+    assert str(caught.value) == "interval must be one of wilson, beta, got 'beta=2'"
+
+
+# ── boundaries of the inputs: one sample, no bounded setting, an empty matrix ──────────
+
+
+def test_one_sample_is_a_sample():
+    """A setting with n = 1 has a rate (0 or 1) and is used; n = 0 is not."""
+    rows = rescue("p", "retry", 1, 1) + rescue("p", "mix(alpha=0.5)", 0, 1)
+    row = _label(rows)
+    assert row["label"] == "resamplable" and row["n_retry"] == 1 and row["r_retry"] == 1.0
+    rows = rescue("q", "retry", 0, 1) + rescue("q", "mix(alpha=0.5)", 1, 1)
+    row = _label(rows, problem="q")
+    assert row["label"] == "steerable-hard" and row["n_best"] == 1 and row["best_rate"] == 1.0
+
+
+LABEL_COLUMNS = [
+    "model",
+    "problem_id",
+    "n_retry",
+    "r_retry",
+    "retry_low",
+    "retry_high",
+    "best_setting",
+    "best_rate",
+    "n_best",
+    "best_low",
+    "best_high",
+    "label",
+    "uncertain",
+    "uncertain_reason",
+]
+
+
+def test_labels_carry_the_figures_they_were_decided_on():
+    rows = rescue("p", "retry", 3, 60) + rescue("p", "mix(alpha=0.5)", 45, 50)
+    labels = label_failures(rescue_matrix(rows_table(rows)))
+    assert list(labels.columns) == LABEL_COLUMNS
+    row = labels.iloc[0]
+    assert (row["n_retry"], row["r_retry"]) == (60, 0.05)
+    assert (row["retry_low"], row["retry_high"]) == pytest.approx(_wilson(3, 60))
+    assert (row["best_setting"], row["best_rate"], row["n_best"]) == ("mix(alpha=0.5)", 0.9, 50)
+    assert (row["best_low"], row["best_high"]) == pytest.approx(_wilson(45, 50))
+
+
+def test_without_any_bounded_setting_the_best_columns_are_empty():
+    rows = rescue("a", "retry", 0, N) + rescue("b", "retry", 100, N)
+    labels = label_failures(rescue_matrix(rows_table(rows)))
+    assert list(labels.columns) == LABEL_COLUMNS
+    assert (
+        labels[["best_setting", "best_rate", "n_best", "best_low", "best_high"]].isna().all().all()
+    )
+    assert pd_isna(labels.loc[0, "label"]) and labels.loc[1, "label"] == "resamplable"
+
+
+def test_an_empty_matrix_gives_an_empty_table_with_the_key_and_label_columns():
+    empty = rescue_matrix(rows_table(rescue("p", "retry", 0, 2))).iloc[0:0]
+    labels = label_failures(empty)
+    assert labels.empty and list(labels.columns) == ["model", "problem_id", "label", "uncertain"]
+
+
+def test_an_unlabelled_failure_before_labelled_ones_leaves_their_reasons_in_place(caplog):
+    rows = rescue("a", "mix(alpha=0.5)", 1, 4)  # no retry: unlabelled, sorts first
+    rows += rescue("b", "retry", 0, 40) + rescue("b", "mix(alpha=0.5)", 2, 4)
+    with caplog.at_level("WARNING", logger="fixable.analysis.labels"):
+        labels = label_failures(rescue_matrix(rows_table(rows))).set_index("problem_id")
+    assert pd_isna(labels.loc["a", "label"]) and labels.loc["a", "uncertain_reason"] == ""
+    assert labels.loc["b", "uncertain_reason"].startswith("retry interval straddles 0.05")
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 failures have no retry or no bounded rescue samples: left unlabelled"
+    ]
+
+
+def test_an_interval_starting_exactly_on_a_threshold_does_not_straddle_it():
+    """Straddling is low < threshold <= high: an interval from 0.5 up is at or above 0.5."""
+    rows = rescue("p", "retry", 0, N) + rescue("p", "mix(alpha=0.5)", 6, 10)
+    matrix = rescue_matrix(rows_table(rows))
+    mix = matrix["setting"] == "mix(alpha=0.5)"
+    matrix.loc[mix, ["low", "high"]] = [0.5, 0.7]  # an interval given by the caller
+    row = label_failures(matrix).iloc[0]
+    assert row["label"] == "steerable-hard" and not row["uncertain"], row["uncertain_reason"]
+    matrix.loc[mix, ["low", "high"]] = [np.nextafter(0.5, 0.0), 0.7]  # just below: straddles
+    assert label_failures(matrix).iloc[0]["uncertain"]
+
+
+def test_label_counts_use_the_stated_level():
+    rows = rescue("a", "retry", 0, N) + rescue("a", "mix(alpha=0.5)", 900, N)
+    rows += rescue("b", "retry", 300, N) + rescue("b", "mix(alpha=0.5)", 0, N)
+    rows += rescue("c", "retry", 300, N) + rescue("c", "mix(alpha=0.5)", 0, N)
+    labels = label_failures(rescue_matrix(rows_table(rows)))
+    counts = label_counts(labels, LabelThresholds(level=0.8))
+    z80 = 1.2815515655446004
+    hard = counts["regimes"]["steerable-hard"]
+    assert (hard["all"]["low"], hard["all"]["high"]) == pytest.approx(_wilson(1, 3, z80))
+    assert (hard["certain_only"]["low"], hard["certain_only"]["high"]) == pytest.approx(
+        _wilson(1, 3, z80)
+    )
