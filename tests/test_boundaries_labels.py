@@ -496,3 +496,44 @@ def test_label_counts_use_the_stated_level():
     assert (hard["certain_only"]["low"], hard["certain_only"]["high"]) == pytest.approx(
         _wilson(1, 3, z80)
     )
+
+
+MATRIX_COLUMNS = [
+    "model",
+    "problem_id",
+    "setting",
+    "intervention",
+    "n",
+    "successes",
+    "n_errors",
+    "cost_per_sample",
+    "rate",
+    "low",
+    "high",
+]
+
+
+def test_the_matrix_has_one_sorted_row_per_failure_and_setting_with_integer_counts():
+    rows = rescue("b", "temperature(T=0.3)", 1, 2) + rescue("b", "retry", 0, 2)
+    rows += rescue("a", "mix(alpha=0.5)", 2, 3, cost_factor=2.0)
+    rows[0]["correct"] = None  # ungraded: not a success
+    matrix = rescue_matrix(rows_table(rows))
+    assert list(matrix.columns) == MATRIX_COLUMNS
+    assert list(zip(matrix["problem_id"], matrix["setting"], strict=True)) == [
+        ("a", "mix(alpha=0.5)"),
+        ("b", "retry"),
+        ("b", "temperature(T=0.3)"),
+    ]
+    assert matrix["intervention"].tolist() == ["mix", "retry", "temperature"]
+    assert matrix["n"].dtype.kind == "i" and matrix["successes"].dtype.kind == "i"
+    assert matrix["successes"].tolist() == [2, 0, 0]  # b's one "correct" row was ungraded
+    assert matrix["rate"].tolist() == [2 / 3, 0.0, 0.0]
+    assert matrix["cost_per_sample"].tolist() == [20.0, 10.0, 10.0]
+
+
+def test_recorded_costs_need_no_token_counts():
+    rows = rescue("p", "retry", 1, 2, tokens=10) + rescue("p", "mix(alpha=0.5)", 1, 2, tokens=4)
+    table = rows_table(rows).drop(["n_tokens"])
+    matrix = rescue_matrix(table).set_index("setting")
+    # cost_tokens as recorded (rescue() records tokens x 1 here, even for mix)
+    assert matrix["cost_per_sample"].to_dict() == {"mix(alpha=0.5)": 4.0, "retry": 10.0}
