@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -66,8 +65,11 @@ def _completion(prompt: str, seed: int, n: int) -> dict:
 class FaultServer:
     """A local HTTP server (127.0.0.1, ephemeral port) that misbehaves on cue."""
 
-    def __init__(self, slow_s: float = 1.0):
+    def __init__(self, slow_s: float = 60.0):
         self.attempts: dict[str, int] = {}
+        # a "slow" answer waits until the client has long given up (or the server stops):
+        # far past any timeout, so no other answer is ever mistaken for a slow one
+        self.release = threading.Event()
         self.bodies: list[dict] = []
         self.lock = threading.Lock()
         server = self
@@ -92,7 +94,7 @@ class FaultServer:
                     self.connection.shutdown(2)
                     return
                 if action == "slow":
-                    time.sleep(slow_s)
+                    server.release.wait(slow_s)
                 if action in ("429", "500", "503", "400"):
                     payload = json.dumps({"error": {"message": f"scripted {action}"}}).encode()
                     self.send_response(int(action))
@@ -127,20 +129,23 @@ class FaultServer:
         return self
 
     def __exit__(self, *exc):
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
 
 @pytest.fixture
 def server():
-    with FaultServer(slow_s=1.0) as s:
+    with FaultServer() as s:
         yield s
 
 
 def _backend(server, **kw) -> OpenAIBackend:
     options = dict(
         base_url=server.url,
-        timeout_s=0.4,
+        # a healthy local answer takes milliseconds; 3 s holds on a loaded 2-core machine, so
+        # only the scripted "slow" answer times out and the retry counts do not depend on load
+        timeout_s=3.0,
         max_retries=4,
         backoff_s=0.01,
         max_backoff_s=0.05,
