@@ -65,7 +65,7 @@ def test_fixable_analyze_writes_every_output(run_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "analysis.json").read_text())
-    assert doc["format"] == "fixable-analysis" and doc["format_version"] == 1
+    assert doc["format"] == "fixable-analysis" and doc["format_version"] == 2
     for key in (
         "sources",
         "config",

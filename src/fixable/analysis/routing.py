@@ -135,6 +135,11 @@ class SignatureRouter(BaseEstimator):
         """Fix the thresholds from ``features`` (medians) or the given constants — never
         from rescue outcomes, which this router is not shown."""
         self.thresholds_ = self._thresholds_of(features)
+        # which models' failures set the thresholds: evaluating the router on them is
+        # refused (or flagged) by the analysis (protocol v2)
+        self.calibration_models_ = (
+            sorted(set(features["model"].astype(str))) if "model" in features else []
+        )
         return self
 
     def _thresholds_of(self, features: pd.DataFrame) -> dict[str, float]:
