@@ -673,6 +673,7 @@ def _regimes(table, failures, available, config, notes) -> dict:
             failures,
             labels,
             observed={
+                "n_regimes": fitted.n_regimes_,
                 "nmi": agree.get("nmi"),
                 "purity": agree.get("purity"),
                 "probe_split_ari": split.get("ari"),

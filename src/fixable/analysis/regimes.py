@@ -293,11 +293,16 @@ def permuted_feature_null(
 ) -> dict:
     """The regime headlines under a null that keeps each feature's distribution and
     destroys its joint structure and its link to the labels: every feature column permuted
-    independently across failures, the clusterer refitted. ``observed`` holds the real
-    ``nmi``, ``purity`` and ``probe_split_ari``; for the probe-split ARI every probe subset
+    independently across failures, the clusterer refitted at the observed number of
+    regimes (``observed["n_regimes"]``). ``observed`` holds the real ``nmi``, ``purity``
+    and ``probe_split_ari``; for the probe-split ARI every probe subset
     is permuted independently. Returns one null distribution per headline."""
     rng = np.random.default_rng(random_state)
     columns = list(clusterer.features or FEATURES)
+    # the null clusters at the observed number of regimes (BIC on permuted features would
+    # mostly choose one regime, a null that agrees with nothing by construction)
+    if observed.get("n_regimes"):
+        clusterer = clone(clusterer).set_params(n_regimes=int(observed["n_regimes"]), n_init=1)
     nmi, pur, split = [], [], []
     for _ in range(n_null):
         permuted = _permute_columns(X, columns, rng)
@@ -316,8 +321,8 @@ def permuted_feature_null(
                 split_stability(clusterer, perm_subsets, key=list(key), random_state=seed)["ari"]
             )
     out = {
-        "how": f"each feature permuted independently across failures, clusterer refitted "
-        f"({n_null} permutations)",
+        "how": f"each feature permuted independently across failures, clusterer refitted at "
+        f"the observed k ({n_null} permutations)",
         "nmi": _null_summary(nmi, observed.get("nmi")),
         "purity": _null_summary(pur, observed.get("purity")),
     }
