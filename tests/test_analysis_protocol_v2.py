@@ -78,7 +78,9 @@ def test_router_evaluated_on_its_calibration_models_is_refused_or_flagged():
     other = SignatureRouter().fit(features[features["model"] == "gpt-sft-s0"])
     rest = AnalysisConfig(**FAST)
     kept = analyze(
-        table.filter(pc.not_equal(table["model"], "gpt-sft-s0")), model_info=INFO, config=rest,
+        table.filter(pc.not_equal(table["model"], "gpt-sft-s0")),
+        model_info=INFO,
+        config=rest,
         router=other,
     ).result["routing"]
     assert kept["calibration"]["evaluated_on_calibration"] is False
@@ -161,3 +163,34 @@ def _routing_data(table) -> RoutingData:
         labels=labels.reindex(features.set_index(["model", "problem_id"]).index).to_numpy(),
         charge=charge,
     )
+
+
+def test_sequential_labelling_certifies_labels_without_touching_the_scoring_part(tmp_path):
+    from analysis_fakes import AnswerTask, SignatureBackend
+    from fixable.analysis.sequential import sequential_labels
+    from fixable.store import Run
+    from fixable.types import Problem
+
+    grid = ("retry", "temperature(T=1.3)")
+    table, _ = planted_rollouts(
+        ["fake-policy"], n_failures=3, n_solved=0, kinds=("structural",), r=8, settings=grid, seed=9
+    )
+    run = Run.create(tmp_path / "run")
+    with run.writer() as writer:
+        writer.extend(table.to_pylist())
+    before = label_failures(rescue_matrix(run.rollouts(), part="label"))
+    assert before["uncertain"].all()  # 0 of 4: the interval reaches far above 0.05
+    problems = [
+        Problem(id=f"synthetic/p{i:04d}", prompt="never: 1|a11|", answer="0042", task="answers")
+        for i in range(3)
+    ]
+    report = sequential_labels(
+        SignatureBackend(), AnswerTask(), problems, run, settings=grid, round_size=40, cap=100
+    )
+    assert (report.certain_before, report.certain_after) == (0, 3)
+    assert report.stopped == "all certain" and len(report.rounds) == 2  # 44 then 84 samples
+    assert report.samples_spent == 3 * len(grid) * 80
+    rollouts = run.rollouts()
+    after = label_failures(rescue_matrix(rollouts, part="label"))
+    assert (after["label"] == "structural").all() and not after["uncertain"].any()
+    assert (rescue_matrix(rollouts, part="score")["n"] == 4).all()  # scoring part untouched

@@ -47,9 +47,7 @@ def failures():
 def test_planted_method_signal_beats_every_control(failures):
     features, methods, texts, seeds = failures
     rates = {m: 0.5 for m in MODELS}  # every model fails as often: rate alone says nothing
-    res = topography(
-        features, methods, texts=texts, seeds=seeds, failure_rates=rates, n_boot=200
-    )
+    res = topography(features, methods, texts=texts, seeds=seeds, failure_rates=rates, n_boot=200)
     assert "leave-one-seed-out" in res["protocol"]["cv"]
     acc = res["classifier"]["accuracy"]
     assert acc["n"] == len(MODELS) and set(acc["per_model"]) == set(MODELS)

@@ -60,7 +60,9 @@ class DemoConfig:
     problem_seed: int = 0  # which problems a generated task draws
     split: str = "test"  # the task split problems come from (never the training split)
     k: int = 8  # probe rollouts per problem
-    r: int = 32  # rescue rollouts per failed problem and setting: even sample indices label, odd score
+    r: int = (
+        32  # rescue rollouts per failed problem and setting: even sample indices label, odd score
+    )
     interventions: tuple[str, ...] = DEFAULT_INTERVENTIONS  # the rescue grid
     seed: int = 0  # run seed: every rollout's seed derives from it and the rollout's key
     max_tokens: int = 160  # longest completion, in tokens

@@ -132,7 +132,9 @@ class RoutingData:
         if self.evaluate is None:
             self.evaluate = np.ones(n, dtype=bool)
         if len(self.label) != n or list(self.label.settings) != list(self.score.settings):
-            raise DataError("labelling and scoring outcomes must hold the same failures and settings")
+            raise DataError(
+                "labelling and scoring outcomes must hold the same failures and settings"
+            )
         for name in ("features", "models", "problems", "groups", "labels", "charge"):
             if len(getattr(self, name)) != n:
                 raise DataError(f"{name} has {len(getattr(self, name))} rows for {n} failures")
@@ -149,11 +151,11 @@ class FrozenRouting:
         self.data = data
         settings = list(data.score.settings)
         chosen = choose_settings(settings, toward_reference)
-        self.branch_setting = {
-            b: settings.index(chosen[b] or RETRY) for b in BRANCHES
-        }
+        self.branch_setting = {b: settings.index(chosen[b] or RETRY) for b in BRANCHES}
         self.fallback = {b: chosen[b] is None for b in BRANCHES}
-        self.fixed = None if fixed is None else {f: float(fixed.get(f, np.nan)) for f in ROUTER_FEATURES}
+        self.fixed = (
+            None if fixed is None else {f: float(fixed.get(f, np.nan)) for f in ROUTER_FEATURES}
+        )
         self.group_names = sorted(set(data.groups))
         self.fixed_routes = (
             None
@@ -287,9 +289,9 @@ def strategy_matrix(
     uniform_single = data.score.success(budget, share=1.0 / S)
     values = {
         "routed": np.take_along_axis(np.broadcast_to(P, (B, F, S)), routes[..., None], 2)[..., 0],
-        "routed_charged": np.take_along_axis(
-            np.broadcast_to(Pc, (B, F, S)), routes[..., None], 2
-        )[..., 0],
+        "routed_charged": np.take_along_axis(np.broadcast_to(Pc, (B, F, S)), routes[..., None], 2)[
+            ..., 0
+        ],
         "retry": np.broadcast_to(P[:, retry], (B, F)),
         "best_fixed": np.take_along_axis(np.broadcast_to(P, (B, F, S)), best[..., None], 2)[..., 0],
         "uniform": np.broadcast_to(1.0 - np.prod(1.0 - uniform_single, axis=1), (B, F)),
@@ -397,7 +399,9 @@ def evaluate_frozen_routing(
             "n_models": int(len(set(data.models[mask]))),
             "rates": {s: _estimate(point[s], r[s], n, unit, level) for s in STRATEGIES_V2},
             "lift": {
-                base: _estimate(point["routed"] - point[base], r["routed"] - r[base], n, unit, level)
+                base: _estimate(
+                    point["routed"] - point[base], r["routed"] - r[base], n, unit, level
+                )
                 for base in STRATEGIES_V2
                 if base != "routed"
             },

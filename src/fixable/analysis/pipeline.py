@@ -24,7 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fixable import schema
+from fixable.analysis.evaluation import (
+    STRATEGIES_V2,
+    RoutingData,
+    calibration_groups,
+    evaluate_frozen_routing,
+)
 from fixable.analysis.labels import (
+    LABEL_PHASE,
     REGIMES,
     SPLIT_RULE,
     LabelThresholds,
@@ -40,12 +47,6 @@ from fixable.analysis.regimes import (
     bootstrap_stability,
     permuted_feature_null,
     split_stability,
-)
-from fixable.analysis.evaluation import (
-    STRATEGIES_V2,
-    RoutingData,
-    calibration_groups,
-    evaluate_frozen_routing,
 )
 from fixable.analysis.result import FORMAT, FORMAT_VERSION
 from fixable.analysis.routing import ROUTER_FEATURES, Outcomes, SignatureRouter, route_failures
@@ -355,6 +356,10 @@ def _analyze(
             "(`fixable label`) samples uncertain failures further to certify them"
         )
         label_section["samples_spent"] = int(matrix["n"].sum())
+        # of which sequential labelling (phase "label", `fixable label`) added
+        label_section["sequential_samples"] = int(
+            pc.sum(pc.equal(table["phase"], LABEL_PHASE)).as_py() or 0
+        )
     else:
         settings = []
         label_section = None
@@ -535,7 +540,11 @@ def _routing(rows, label_outcomes, score_outcomes, data, config, router) -> dict
     }
     fixed_thresholds, fixed_routes, toward = None, None, "checkpoint"
     if router is not None:
-        calibrated_on = set(getattr(router, "calibration_models_", None) or getattr(router, "calibration_models", None) or ())
+        calibrated_on = set(
+            getattr(router, "calibration_models_", None)
+            or getattr(router, "calibration_models", None)
+            or ()
+        )
         overlap = sorted(calibrated_on & set(models_evaluated))
         if overlap:
             if not config.allow_calibration_overlap:
@@ -550,7 +559,9 @@ def _routing(rows, label_outcomes, score_outcomes, data, config, router) -> dict
                 "on them; its figures are not held out"
             )
         calibration["scheme"] = "the caller's router"
-        calibration["calibrated_on"] = sorted(calibrated_on) or "unknown (not declared by the router)"
+        calibration["calibrated_on"] = (
+            sorted(calibrated_on) or "unknown (not declared by the router)"
+        )
         if isinstance(router, SignatureRouter) and (
             hasattr(router, "thresholds_") or router.thresholds != "median"
         ):
@@ -562,7 +573,11 @@ def _routing(rows, label_outcomes, score_outcomes, data, config, router) -> dict
         else:
             fixed_routes = np.asarray(route_failures(router, rows, settings), dtype=object)
     # the router's teacher-forced scoring of its K probes under the reference (F3)
-    drift_used = rows["reference_drift"].notna().to_numpy() if "reference_drift" in rows else np.zeros(len(rows), bool)
+    drift_used = (
+        rows["reference_drift"].notna().to_numpy()
+        if "reference_drift" in rows
+        else np.zeros(len(rows), bool)
+    )
     probe_tokens = (rows["n_probes"] * rows["mean_tokens"]).to_numpy(dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         charge = np.where(drift_used, probe_tokens / score_outcomes.unit_cost, 0.0)

@@ -76,7 +76,9 @@ def freeze_thresholds(
             "thresholds": {f: float(router.thresholds_[f]) for f in ROUTER_FEATURES},
             "calibration_models": sorted(set(part["model"])),
             "n_failures": int(len(part)),
-            "n_failures_per_model": {m: int(n) for m, n in part["model"].value_counts().sort_index().items()},
+            "n_failures_per_model": {
+                m: int(n) for m, n in part["model"].value_counts().sort_index().items()
+            },
         }
     return {
         "format": FORMAT,
@@ -95,4 +97,10 @@ def write_defaults(doc: dict, path: str | Path = DEFAULTS_FILE) -> Path:
     return path
 
 
-__all__ = ["DEFAULTS_FILE", "default_router", "freeze_thresholds", "load_defaults", "write_defaults"]
+__all__ = [
+    "DEFAULTS_FILE",
+    "default_router",
+    "freeze_thresholds",
+    "load_defaults",
+    "write_defaults",
+]

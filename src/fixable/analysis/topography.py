@@ -347,7 +347,11 @@ def _held_out_summary(predicted, y, models, *, n_boot: int, random_state: int) -
     per_model = per_model_accuracy(predicted, y, models)
     values = np.array(list(per_model.values()))
     interval = bootstrap_mean_estimate(
-        values, np.arange(len(values)), n_boot=n_boot, random_state=random_state, unit="held-out models"
+        values,
+        np.arange(len(values)),
+        n_boot=n_boot,
+        random_state=random_state,
+        unit="held-out models",
     )
     return {
         "accuracy": mean_std(values) | {"per_model": per_model},
@@ -468,9 +472,7 @@ def topography(
 
     rs = random_state
     model_methods = pd.Series(y, index=models).groupby(level=0).first()
-    methods_with_one_model = sorted(
-        m for m, n in model_methods.value_counts().items() if n < 2
-    )
+    methods_with_one_model = sorted(m for m, n in model_methods.value_counts().items() if n < 2)
     out = {
         "protocol_version": 2,
         "classes": classes,
@@ -512,9 +514,13 @@ def topography(
         "how": f"share of the most frequent method ({counts.index[0]})",
     }
     _, out["majority_in_folds"] = run(DummyClassifier(strategy="most_frequent"), features)
-    out["majority_in_folds"]["how"] = "the training folds' most frequent method, predicted for the held-out models"
+    out["majority_in_folds"]["how"] = (
+        "the training folds' most frequent method, predicted for the held-out models"
+    )
     if failure_rates is not None:
-        rate = pd.DataFrame({"failure_rate": [float(failure_rates[m]) for m in models]}, index=features.index)
+        rate = pd.DataFrame(
+            {"failure_rate": [float(failure_rates[m]) for m in models]}, index=features.index
+        )
         _, out["failure_rate_only"] = run(MethodClassifier(features=["failure_rate"]), rate)
         out["failure_rate_only"]["how"] = "one number per model: its probe failure rate"
     else:

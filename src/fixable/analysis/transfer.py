@@ -25,6 +25,7 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.preprocessing import StandardScaler
 
+from fixable.analysis.evaluation import calibration_groups
 from fixable.analysis.regimes import RegimeClusterer, agreement, feature_matrix
 from fixable.analysis.routing import (
     BestFixedIntervention,
@@ -34,7 +35,6 @@ from fixable.analysis.routing import (
     route_failures,
 )
 from fixable.analysis.stats import bootstrap_mean_estimate
-from fixable.analysis.evaluation import calibration_groups
 from fixable.analysis.topography import (
     MethodClassifier,
     held_out_folds,

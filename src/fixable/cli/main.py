@@ -26,6 +26,7 @@ COMMANDS = {
     "demo": "demo",
     "analyze": "analyze",
     "rescue": "rescue",
+    "label": "label",
 }
 
 

@@ -398,8 +398,10 @@ def caption_rescue_curves(result: dict, failures: pd.DataFrame | None) -> str:
     else:
         detail = ""
     return (
-        "Rescue at a matched compute budget (mix charged double), with bootstrap 95 % bands; "
-        f"look for the black router curve above every baseline and close to the dashed oracle{detail}."
+        "Rescue at a matched compute budget (mix charged double) on the scoring part, with "
+        "hierarchical bootstrap 95 % bands; look for the black router curve above every "
+        "baseline and above its within-model shuffle, and close to the dashed oracle"
+        f"{detail}."
     )
 
 
@@ -441,12 +443,14 @@ def caption_topography_confusion(result: dict, failures: pd.DataFrame | None) ->
     detail = ""
     if acc:
         detail = (
-            f": {_pct(acc['mean'])} ± {_pct(acc['std'])} against {_pct(maj)} for the majority "
-            f"class (paper, on its models: {topography_text(result.get('paper'))})"
+            f": {_pct(acc['mean'])} ± {_pct(acc['std'])} across held-out models against "
+            f"{_pct(maj)} for the majority class and "
+            f"{_pct(_get(topo, 'null', 'mean'))} for methods permuted across models "
+            f"(paper, on its models: {topography_text(result.get('paper'))})"
         )
     return (
         "Which post-training method produced a failure, predicted from its three features alone "
-        f"(grouped cross-validation by problem); look for a strong diagonal{detail}."
+        f"on models the classifier never saw (held-out models); look for a strong diagonal{detail}."
     )
 
 

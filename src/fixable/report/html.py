@@ -152,7 +152,10 @@ def headline_box(result: dict) -> str:
         )
 
     routing = result.get("routing")
-    for subset, title in (("all", "Routing lift, all failures"), ("steerable-hard", "Routing lift on steerable-hard")):
+    for subset, title in (
+        ("all", "Routing lift, all failures"),
+        ("steerable-hard", "Routing lift on steerable-hard"),
+    ):
         block = _get(routing, "subsets", subset) or {}
         if routing and block.get("n"):
             lift = block["lift"]["best_fixed"]
@@ -187,7 +190,9 @@ def headline_box(result: dict) -> str:
                     title,
                     "",
                     [],
-                    f"<b>paper:</b> +{paper_lift * 100:.1f} points" if subset == "steerable-hard" else "",
+                    f"<b>paper:</b> +{paper_lift * 100:.1f} points"
+                    if subset == "steerable-hard"
+                    else "",
                     key=True,
                     skip=why,
                 )
@@ -464,8 +469,7 @@ def routing_table(result: dict) -> str:
     )
     thresholds = routing.get("thresholds") or {}
     threshold_line = "; ".join(
-        f"{esc(group)}: "
-        + ", ".join(f"{esc(f)} {fixed(v)}" for f, v in values.items() if v == v)
+        f"{esc(group)}: " + ", ".join(f"{esc(f)} {fixed(v)}" for f, v in values.items() if v == v)
         for group, values in thresholds.items()
     )
     calibration = routing.get("calibration") or {}
@@ -536,7 +540,9 @@ def topography_table(result: dict) -> str:
     if null:
         rows.append(
             [
-                esc(f"null: methods permuted across models ({null.get('n_permutations')}×; p = {fixed(null.get('p_value'), 2)})"),
+                esc(
+                    f"null: methods permuted across models ({null.get('n_permutations')}×; p = {fixed(null.get('p_value'), 2)})"
+                ),
                 pct(null.get("mean")),
                 pct(null.get("std")),
                 f"95th pct {pct(null.get('q95'))}",
@@ -751,7 +757,6 @@ def render_page(
     result: dict, figures: list[RenderedFigure], *, run_label: str, manifest: dict | None = None
 ) -> str:
     from fixable import __version__
-
     from fixable.analysis.result import read_analysis
 
     result = read_analysis(result)

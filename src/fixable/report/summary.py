@@ -90,7 +90,10 @@ def headline(result: dict) -> list[dict]:
                     "null_methods_permuted_q95": null.get("q95"),
                     "null_p_value": null.get("p_value"),
                 },
-                "baselines": {"majority_class": majority, "text_baseline": _mean(topo.get("text_baseline"))},
+                "baselines": {
+                    "majority_class": majority,
+                    "text_baseline": _mean(topo.get("text_baseline")),
+                },
                 "over_majority": None
                 if majority is None or acc.get("mean") is None
                 else acc["mean"] - majority,
@@ -111,7 +114,10 @@ def headline(result: dict) -> list[dict]:
 
     routing = analysis.get("routing")
     budget = (routing or {}).get("budget_samples")
-    for subset, row_id in (("all", "routing_lift_all_vs_best_fixed"), ("steerable-hard", "routing_lift_steerable_hard_vs_best_fixed")):
+    for subset, row_id in (
+        ("all", "routing_lift_all_vs_best_fixed"),
+        ("steerable-hard", "routing_lift_steerable_hard_vs_best_fixed"),
+    ):
         block = (routing or {}).get("subsets", {}).get(subset, {})
         if not (routing and block.get("n")):
             why = skipped.get("routing") or (f"no {subset} failures" if routing else "not computed")
@@ -154,7 +160,14 @@ def headline(result: dict) -> list[dict]:
                     **_estimate(rate),
                     "controls": {
                         s: (rates.get(s) or {}).get("value")
-                        for s in ("best_fixed", "retry", "shuffled_within_model", "random_shares", "routed_charged", "oracle")
+                        for s in (
+                            "best_fixed",
+                            "retry",
+                            "shuffled_within_model",
+                            "random_shares",
+                            "routed_charged",
+                            "oracle",
+                        )
                     },
                     "paper": None,
                     "unit": "share",
@@ -213,8 +226,12 @@ def headline(result: dict) -> list[dict]:
                     "name": "GMM regimes' stability across probe halves (ARI)",
                     "value": split,
                     "controls": {
-                        "null_permuted_features_mean": (null.get("probe_split_ari") or {}).get("mean"),
-                        "null_permuted_features_q95": (null.get("probe_split_ari") or {}).get("q95"),
+                        "null_permuted_features_mean": (null.get("probe_split_ari") or {}).get(
+                            "mean"
+                        ),
+                        "null_permuted_features_q95": (null.get("probe_split_ari") or {}).get(
+                            "q95"
+                        ),
                         "bootstrap_ari": (gmm.get("bootstrap_stability") or {}).get("value"),
                     },
                     "paper": None,
@@ -233,7 +250,10 @@ def headline(result: dict) -> list[dict]:
                         "id": f"share_{regime}",
                         "name": f"Share of failures labelled {regime} (labelling part)",
                         **_estimate(block),
-                        "controls": {"certain_count": certain.get("count"), "n_certain": labels.get("n_certain")},
+                        "controls": {
+                            "certain_count": certain.get("count"),
+                            "n_certain": labels.get("n_certain"),
+                        },
                         "paper": None,
                         "unit": "share",
                     }
