@@ -91,13 +91,17 @@ def test_default_router_is_frozen_on_the_other_calibration_group():
     table, _ = planted_rollouts(MODELS, n_failures=10, seed=4)
     res = analyze(table, model_info=INFO, config=AnalysisConfig(**FAST)).result["routing"]
     cal = res["calibration"]
-    assert cal["scheme"] == "families" and cal["evaluated_on_calibration"] is False
-    assert set(res["thresholds"]) == {"family gpt", "family llama"}
-    # each family's thresholds are the medians of the *other* family's failures
+    assert cal["scheme"] == "model halves" and cal["evaluated_on_calibration"] is False
+    # both halves hold a model of each family; each half is routed with the other's medians
+    assert cal["groups"] == {
+        "models A": ["gpt-rl-s0", "llama-rl-s0"],
+        "models B": ["gpt-sft-s0", "llama-sft-s0"],
+    }
     features = failure_features(table)
+    other = features[features["model"].isin(["gpt-sft-s0", "llama-sft-s0"])]
+    expected = float(np.median(other["reference_drift"]))
+    assert res["thresholds"]["models A"]["reference_drift"] == pytest.approx(expected)
     llama = features[features["model"].str.startswith("llama")]
-    expected = float(np.median(llama["reference_drift"]))
-    assert res["thresholds"]["family gpt"]["reference_drift"] == pytest.approx(expected)
     declared = analyze(
         table, model_info=INFO, config=AnalysisConfig(calibration=("gpt-*",), **FAST)
     ).result["routing"]
@@ -124,7 +128,7 @@ def test_weighted_median_and_thresholds_refit_per_replicate():
     router = FrozenRouting(data)
     w = hierarchical_weights(data.models, data.groups, 50, np.random.default_rng(1))
     t = router.thresholds(w)
-    assert np.unique(t["family gpt"][:, 0]).size > 5  # refitted, not frozen once
+    assert np.unique(t["models A"][:, 0]).size > 5  # refitted, not frozen once
 
 
 def test_router_pays_for_scoring_and_shuffle_equals_a_model_only_router():

@@ -7,8 +7,9 @@ What is fitted or chosen, and on what:
 
 - **router thresholds**: medians of the three features over the failures of the
   *calibration* models, never over the failures being routed. ``calibration_groups``
-  splits the models into groups (training seeds where there are several; else families;
-  else two halves of the models; a single model: two halves of its problems); the failures
+  splits the models into groups (training seeds where there are several; else two halves
+  of the models, alternating within each family; a single model: two halves of its
+  problems); the failures
   of each group are routed with thresholds frozen on the other groups (both ways).
 - **best fixed intervention**: chosen on the *labelling part* of the other fold of problems
   (two folds by problem hash), scored on the scoring part.
@@ -70,20 +71,27 @@ def _problem_fold(problem_id: str, n_folds: int = N_PROBLEM_FOLDS) -> int:
 def calibration_groups(failures: pd.DataFrame) -> tuple[str, np.ndarray]:
     """How the router's calibration is held out, and each failure's group.
 
-    Training seeds where the failures' models have two or more; else model families; else
-    two halves of the models (sorted by name, alternating); a single model: two halves of
-    its problems (by problem hash). A failure of group g is routed with thresholds frozen
-    on the failures of every other group."""
+    Training seeds where the failures' models have two or more (seed 0 <-> seed 1); else
+    two halves of the models, alternating by name within each family, so that both halves
+    hold models of every family (features are on family-specific scales: calibrating one
+    family on another is the transfer question, reported by ``transfer``); a single
+    model: two halves of its problems (by problem hash). A failure of group g is routed
+    with thresholds frozen on the failures of every other group."""
     models = failures["model"].astype(str).to_numpy()
     seeds = failures["seed"] if "seed" in failures else pd.Series([None] * len(failures))
     families = failures["family"] if "family" in failures else pd.Series([None] * len(failures))
     if seeds.notna().all() and seeds.nunique() >= 2:
         return "seeds", np.array([f"seed {s}" for s in seeds], dtype=object)
-    if families.notna().all() and families.nunique() >= 2:
-        return "families", np.array([f"family {f}" for f in families], dtype=object)
     unique = sorted(set(models))
     if len(unique) >= 2:
-        half = {m: f"models {'AB'[i % 2]}" for i, m in enumerate(unique)}
+        family_of = dict(zip(models, families.astype(object).fillna("").to_numpy(), strict=True))
+        half, seen = {}, {}
+        for m in unique:
+            f = family_of[m]
+            half[m] = f"models {'AB'[seen.get(f, 0) % 2]}"
+            seen[f] = seen.get(f, 0) + 1
+        if len(set(half.values())) < 2:  # one model per family: alternate over all models
+            half = {m: f"models {'AB'[i % 2]}" for i, m in enumerate(unique)}
         return "model halves", np.array([half[m] for m in models], dtype=object)
     problems = failures["problem_id"].astype(str).to_numpy()
     return "problem halves", np.array(

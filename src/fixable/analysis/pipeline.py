@@ -85,7 +85,7 @@ class AnalysisConfig:
     max_regimes: int = 6  # largest k tried by the clusterers
     require_full_entropy: bool = False  # top-k entropies make trajectory uncertainty unavailable
     # models (names or patterns) whose failures calibrate the router and are not evaluated;
-    # empty: cross-calibration (seeds, else families, else halves of the models, both ways)
+    # empty: cross-calibration (seeds, else halves of the models within families, both ways)
     calibration: tuple = ()
     # evaluate a caller's router on models it was calibrated on: refused unless True, and
     # then flagged in analysis.json

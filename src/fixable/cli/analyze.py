@@ -73,7 +73,7 @@ STAGES = ("features", "labels", "regimes", "routing", "topography", "transfer")
     "calibration",
     multiple=True,
     help="Models (names or patterns) whose failures calibrate the router and are not "
-    "evaluated (default: cross-calibration: seeds, else families, else model halves, both ways).",
+    "evaluated (default: cross-calibration: seeds, else halves of the models within each family, both ways).",
 )
 @click.option(
     "--n-null",
