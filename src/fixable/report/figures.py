@@ -318,8 +318,8 @@ def draw_rescue_matrix(result: dict, failures: pd.DataFrame | None) -> Figure:
 
 
 def caption_rescue_matrix(result: dict, failures: pd.DataFrame | None) -> str:
-    r = _get(result, "data", "R", "min")
-    rr = f"{r} rollouts" if r else "R rollouts"
+    r = _get(result, "data", "R_label", "min") or _get(result, "data", "R", "min")
+    rr = f"{r} labelling-part rollouts" if r else "R rollouts"
     return (
         f"The ground truth: each cell is the share of {rr} that an intervention setting got right "
         "on a failure the probe could not solve; look for the rows that are dark only away from "

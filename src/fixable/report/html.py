@@ -772,6 +772,12 @@ def render_page(
         + f" · {data.get('n_failures', '–')} failures from {data.get('n_rollouts', '–')} rollouts"
         + (f" · K = {k}" if k else "")
         + (f" · R = {r}" if r else "")
+        + (
+            f" ({_get(data, 'R_label', 'min')} labelling + {_get(data, 'R_score', 'min')} scoring, "
+            "protocol v2)"
+            if _get(data, "R_score", "min")
+            else ""
+        )
     )
     toc = " ".join(f'<a href="#fig-{esc(f.name)}">{esc(f.title)}</a>' for f in figures)
     body = [
