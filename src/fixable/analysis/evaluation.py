@@ -272,7 +272,10 @@ def strategy_matrix(
             continue
         score = weights[:, train] @ np.nan_to_num(L[train])  # (B, S)
         best[:, test] = np.argmax(score, axis=1)[:, None]
-    oracle = np.argmax(np.nan_to_num(L, nan=-1.0), axis=1)
+    # ties (e.g. nothing rescued in the labelling part) go to the setting with the best
+    # labelling-part mean, not to whichever setting sorts first
+    L0 = np.nan_to_num(L, nan=-1.0)
+    oracle = np.argmax(L0 + 1e-9 * np.nan_to_num(L).mean(axis=0), axis=1)
 
     # the router's allocation: overall and per model, under each replicate's weights
     onehot = np.zeros((B, F, S))
