@@ -14,6 +14,10 @@ It prints one row per version and subset (all failures, steerable-hard): the rou
 rescue rate, the lift over best fixed and over retry with 95 % intervals, and the share of
 the oracle gap closed. Nothing here is fitted to rescue outcomes except the best fixed
 baseline, which is cross-fitted on held-out problems as in the analysis.
+
+This is the protocol-v1 evaluation (labels and scores from the same samples, thresholds
+over the routed failures), kept to reproduce the history in docs/analysis.md; the
+analysis itself evaluates the router under protocol v2 (``fixable.analysis.evaluation``).
 """
 
 from __future__ import annotations

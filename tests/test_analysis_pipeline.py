@@ -65,7 +65,7 @@ def test_fixable_analyze_writes_every_output(run_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "analysis.json").read_text())
-    assert doc["format"] == "fixable-analysis" and doc["format_version"] == 1
+    assert doc["format"] == "fixable-analysis" and doc["format_version"] == 2
     for key in (
         "sources",
         "config",
@@ -193,7 +193,7 @@ def test_fixable_rescue_end_to_end(fake_backend):
     assert "solved (rescued)" in text.output and "routed to temperature(T=0.3)" in text.output
 
 
-def test_fixable_rescue_needs_thresholds(fake_backend):
+def test_fixable_rescue_needs_thresholds(fake_backend, capsys):
     from fixable.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
@@ -211,6 +211,25 @@ def test_fixable_rescue_needs_thresholds(fake_backend):
             ]
         )
     assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "the routing rule needs thresholds: --calibration RUN" in err and "--thresholds" in err
+
+
+def test_shipped_router_thresholds_are_frozen_on_other_models_with_provenance():
+    from fixable.analysis.thresholds import default_router, load_defaults
+
+    doc = load_defaults()
+    assert set(doc["families"]) == {"gpt", "llama"}
+    assert "scripts/freeze_router_thresholds.py" in doc["provenance"]["command"]
+    for family, entry in doc["families"].items():
+        assert entry["n_failures"] > 20
+        assert all(
+            m.startswith(f"{family}-") and m.endswith("-s1") for m in entry["calibration_models"]
+        )
+    router = default_router("llama-sft-s0", "llama")
+    assert router.thresholds == doc["families"]["llama"]["thresholds"]
+    assert "llama-sft-s0" not in router.calibration_models
+    assert default_router("x", "unknown-family") is None
 
 
 def test_fixable_rescue_calibrates_on_an_earlier_run(fake_backend, tmp_path):

@@ -133,12 +133,12 @@ def test_pooled_thresholds_send_a_drifted_model_back_toward_its_reference():
     assert (per_model[:4] == toward).sum() == 2 and (per_model[4:] == toward).sum() == 2
 
 
-def test_route_by_is_checked():
+def test_analysis_config_checks_calibration_and_nulls():
     from fixable.analysis.pipeline import AnalysisConfig
 
-    assert AnalysisConfig(route_by="model").route_by == "model"
-    with pytest.raises(ConfigError, match="route_by"):
-        AnalysisConfig(route_by="family")
+    assert AnalysisConfig(calibration="*-s1").calibration == ("*-s1",)
+    with pytest.raises(ConfigError, match="n_null"):
+        AnalysisConfig(n_null=5)
 
 
 def test_routing_ignores_rescue_outcomes():

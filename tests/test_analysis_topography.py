@@ -1,5 +1,8 @@
-"""Topography honesty checks: planted method signals are found, shuffled methods fall to
-the majority baseline within its interval, and nothing is fitted on a test fold."""
+"""Topography honesty checks (protocol v2: held-out models). A planted method signal is
+found; a model-identity signal without a method signal scores at the permutation null
+(while the v1 problem-grouped CV falls for it); the majority baseline takes the most
+frequent class with unbalanced classes; nothing is fitted on a held-out model; the v1 CV
+seeds really draw different folds; the null's permutations differ."""
 
 from __future__ import annotations
 
@@ -9,57 +12,82 @@ import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from fixable.analysis.synthetic import planted_rollouts
-from fixable.analysis.topography import grouped_cv, topography
+from fixable.analysis.topography import (
+    MethodClassifier,
+    grouped_cv,
+    held_out_folds,
+    held_out_predictions,
+    topography,
+    topography_by_problem,
+)
 from fixable.features import failure_features, failure_texts
 
 MODELS = [f"gpt-{m}-s{s}" for m in ("sft", "rl", "distill", "rft") for s in (0, 1)]
+MAIN = {"features": ["answer_dispersion", "trajectory_uncertainty", "reference_drift"]}
 
 
-@pytest.fixture(scope="module")
-def failures():
-    table, _ = planted_rollouts(MODELS, n_failures=25, feature_noise=0.1, seed=7)
+def _prepare(table):
     features = failure_features(table)
     texts = (
         failure_texts(table)
         .reindex(pd.MultiIndex.from_frame(features[["model", "problem_id"]]))
         .tolist()
     )
-    return features, features["model"].str.split("-").str[1], texts
+    methods = features["model"].str.split("-").str[1]
+    seeds = features["model"].str[-1].astype(int).tolist()
+    return features, methods, texts, seeds
 
 
-def test_planted_method_signal_beats_majority_and_text(failures):
-    features, methods, texts = failures
-    res = topography(features, methods, texts=texts, n_seeds=2, n_boot=200)
-    acc = res["classifier"]["interval"]
-    assert acc["low"] > res["majority"]["accuracy"]["mean"] + 0.1
-    # the synthetic text carries no method signal: the text baseline stays near majority
-    assert res["text_baseline"]["accuracy"]["mean"] < acc["low"]
-    assert np.array(res["confusion"]["matrix"]).sum() == 2 * len(features)
-    assert {"only reference_drift", "without reference_drift", "ablation variants"} <= set(
-        res["ablations"]
+@pytest.fixture(scope="module")
+def failures():
+    table, _ = planted_rollouts(MODELS, n_failures=25, feature_noise=0.1, seed=7)
+    return _prepare(table)
+
+
+def test_planted_method_signal_beats_every_control(failures):
+    features, methods, texts, seeds = failures
+    rates = {m: 0.5 for m in MODELS}  # every model fails as often: rate alone says nothing
+    res = topography(features, methods, texts=texts, seeds=seeds, failure_rates=rates, n_boot=200)
+    assert "leave-one-seed-out" in res["protocol"]["cv"]
+    acc = res["classifier"]["accuracy"]
+    assert acc["n"] == len(MODELS) and set(acc["per_model"]) == set(MODELS)
+    assert acc["mean"] > res["majority"]["accuracy"]["mean"] + 0.2
+    assert acc["mean"] > res["null"]["q95"] and res["null"]["p_value"] <= 0.05
+    assert res["failure_rate_only"]["accuracy"]["mean"] < acc["mean"]
+    # the synthetic text carries no method signal
+    assert res["text_baseline"]["accuracy"]["mean"] < acc["mean"]
+    assert np.array(res["confusion"]["matrix"]).sum() == len(features)
+    assert res["null"]["n_permutations"] >= 20
+    assert res["null"]["n_distinct_permutations"] > 1  # not one permutation repeated
+
+
+def test_model_identity_without_method_signal_scores_at_the_null():
+    # every model carries its own feature offset; methods leave no trace
+    table, _ = planted_rollouts(
+        MODELS, n_failures=25, signal=0.0, model_signal=1.0, feature_noise=0.1, seed=3
     )
+    features, methods, _, seeds = _prepare(table)
+    v2 = topography(features, methods, seeds=seeds, feature_sets=MAIN, n_boot=100)
+    null = v2["null"]
+    assert null["p_value"] > 0.05  # indistinguishable from methods permuted across models
+    assert v2["classifier"]["accuracy"]["mean"] <= null["q95"] + 1e-9
+    # v1 (problem-grouped CV: every model in every training fold) falls for it
+    v1 = topography_by_problem(features, methods, feature_sets=MAIN, n_seeds=2, n_boot=100)
+    assert v1["classifier"]["accuracy"]["mean"] > v1["majority"]["accuracy"]["mean"] + 0.3
 
 
-def test_shuffled_methods_fall_to_the_majority_baseline(failures):
-    features, methods, _ = failures
-    shuffled = pd.Series(
-        np.random.default_rng(0).permutation(methods.to_numpy()), index=methods.index
-    )
-    res = topography(
-        features,
-        shuffled,
-        feature_sets={
-            "features": ["answer_dispersion", "trajectory_uncertainty", "reference_drift"]
-        },
-        n_seeds=3,
-        n_boot=300,
-    )
-    majority = res["majority"]["accuracy"]["mean"]
-    assert majority == 0.25  # eight models, two per method, the same number of failures each
-    interval = res["classifier"]["interval"]
-    assert interval["low"] <= majority <= interval["high"]
-    # predicting the training folds' majority falls below the share with balanced classes
-    assert res["majority_in_folds"]["accuracy"]["mean"] <= majority
+def test_majority_baseline_takes_the_most_frequent_class_with_unbalanced_classes():
+    models = [f"gpt-sft-s{s}" for s in range(4)] + ["gpt-rl-s0", "gpt-rl-s1", "gpt-rft-s0"]
+    table, _ = planted_rollouts(models, n_failures=10, seed=5)
+    features, methods, _, _ = _prepare(table)
+    res = topography(features, methods, feature_sets=MAIN, n_boot=50)
+    assert "leave-one-model-out" in res["protocol"]["cv"]
+    assert res["majority"]["accuracy"]["mean"] == pytest.approx(4 / 7)
+    assert "sft" in res["majority"]["how"]
+    per_model = res["majority_in_folds"]["accuracy"]["per_model"]
+    # sft keeps the training majority when one sft model is held out (3 vs 2 vs 1)
+    assert all(per_model[m] == 1.0 for m in models if "-sft-" in m)
+    assert all(per_model[m] == 0.0 for m in models if "-sft-" not in m)
 
 
 class _Spy(ClassifierMixin, BaseEstimator):
@@ -77,17 +105,39 @@ class _Spy(ClassifierMixin, BaseEstimator):
         return self
 
     def predict(self, X):
-        _Spy.log.append((self.fit_rows_, set(X.index)))
+        _Spy.log.append((self.random_state, self.fit_rows_, set(X.index)))
         return np.full(len(X), self.majority_)
 
 
-def test_nothing_is_fitted_on_a_test_fold(failures):
-    features, methods, _ = failures
+def test_nothing_is_fitted_on_a_held_out_model(failures):
+    features, methods, _, _ = failures
+    _Spy.log = []
+    scheme, folds = held_out_folds(features["model"], methods)  # no seeds: one model out
+    assert scheme == "leave-one-model-out"
+    held_out_predictions(_Spy(), features, methods.to_numpy(), folds)
+    assert len(_Spy.log) == len(MODELS)
+    model_of = features["model"]
+    for _, fit_rows, test_rows in _Spy.log:
+        assert not (set(model_of[list(fit_rows)]) & set(model_of[list(test_rows)]))
+
+
+def test_v1_cv_seeds_draw_different_folds(failures):
+    features, methods, _, _ = failures
     _Spy.log = []
     grouped_cv(_Spy(), features, methods.to_numpy(), features["problem_id"].to_numpy(), n_seeds=2)
     assert len(_Spy.log) == 10
     problem_of = features["problem_id"]
-    for fit_rows, test_rows in _Spy.log:
+    folds_by_seed = {}
+    for state, fit_rows, test_rows in _Spy.log:
         assert not (fit_rows & test_rows)
-        # grouped: no problem on both sides
         assert not (set(problem_of[list(fit_rows)]) & set(problem_of[list(test_rows)]))
+        folds_by_seed.setdefault(state // 1000, []).append(frozenset(test_rows))
+    assert set(folds_by_seed[0]) != set(folds_by_seed[1])  # every seed its own folds
+
+
+def test_method_classifier_is_held_out_per_model(failures):
+    features, methods, _, seeds = failures
+    scheme, folds = held_out_folds(features["model"], methods, seeds)
+    assert scheme == "leave-one-seed-out" and set(folds) == {"seed 0", "seed 1"}
+    predicted = held_out_predictions(MethodClassifier(), features, methods.to_numpy(), folds)
+    assert len(predicted) == len(features)

@@ -12,18 +12,22 @@ from fixable.features import failure_features
 
 
 def test_both_directions_and_in_family_for_every_quantity():
-    models = [f"{f}-{m}-s0" for f in ("gpt", "llama") for m in ("sft", "rl", "rft")]
-    table, _ = planted_rollouts(models, n_failures=15, seed=8)
+    models = [f"{f}-{m}-s{s}" for f in ("gpt", "llama") for m in ("sft", "rl") for s in (0, 1)]
+    table, _ = planted_rollouts(models, n_failures=10, seed=8)
     features = failure_features(table)
     features["family"] = features["model"].str.split("-").str[0]
     features["method"] = features["model"].str.split("-").str[1]
-    matrix = rescue_matrix(table)
+    features["seed"] = features["model"].str[-1].astype(int)
+    matrix = rescue_matrix(table, part="label")
     labels = label_failures(matrix).set_index(["model", "problem_id"])
     labels = labels.loc[
         pd.MultiIndex.from_frame(features[["model", "problem_id"]]), "label"
     ].to_numpy()
-    out = Outcomes.from_matrix(matrix, failures=features)
-    res = transfer(features, labels=labels, outcomes=out, budget=4, n_seeds=1, n_boot=100)
+    lab = Outcomes.from_matrix(matrix, failures=features)
+    out = Outcomes.from_matrix(rescue_matrix(table, part="score"), failures=features)
+    res = transfer(
+        features, labels=labels, outcomes=out, label_outcomes=lab, budget=4, n_seeds=1, n_boot=100
+    )
     pairs = {(p["source"], p["target"]): p for p in res["pairs"]}
     assert set(pairs) == {("gpt", "gpt"), ("gpt", "llama"), ("llama", "gpt"), ("llama", "llama")}
     for (source, target), p in pairs.items():
@@ -36,6 +40,9 @@ def test_both_directions_and_in_family_for_every_quantity():
             "router_thresholds",
         } <= set(p)
         assert p["classifier"]["accuracy"]["n"] == len(features[features["family"] == target])
+        if p["in_family"]:  # held-out seeds within the family, never the routed failures' medians
+            assert "leave-one-seed-out" in p["classifier"]["how"]
+            assert "other calibration group" in p["router_thresholds"]["how"]
         assert 0 <= p["best_fixed"]["rescue"]["value"] <= 1
         if not p["in_family"]:
             assert isinstance(p["best_fixed"]["setting"], str)

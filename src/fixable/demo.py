@@ -60,7 +60,9 @@ class DemoConfig:
     problem_seed: int = 0  # which problems a generated task draws
     split: str = "test"  # the task split problems come from (never the training split)
     k: int = 8  # probe rollouts per problem
-    r: int = 24  # rescue rollouts per failed problem and setting
+    r: int = (
+        32  # rescue rollouts per failed problem and setting: even sample indices label, odd score
+    )
     interventions: tuple[str, ...] = DEFAULT_INTERVENTIONS  # the rescue grid
     seed: int = 0  # run seed: every rollout's seed derives from it and the rollout's key
     max_tokens: int = 160  # longest completion, in tokens
@@ -179,7 +181,7 @@ DEMO = DemoConfig()
 QUICK = DemoConfig(
     problems=64,
     k=8,
-    r=8,
+    r=16,
     interventions=(
         "retry",
         "temperature(T=0.3)",
@@ -617,8 +619,9 @@ def _build_task(config: DemoConfig):
 # --------------------------------------------------------------------------- headline table
 
 
-def headline_table(summary: dict) -> list[tuple[str, str, str]]:
-    """(figure, ours with its interval, the paper's) rows for the end of the demo."""
+def headline_table(summary: dict) -> list[tuple[str, str, str, str]]:
+    """(figure, ours with its interval, its control or null, the paper's) rows for the end
+    of the demo (protocol v2: every figure beside its control)."""
     from fixable.analysis.paper import PAPER, topography_text
 
     rows = {row["id"]: row for row in summary.get("headline", [])}
@@ -630,57 +633,79 @@ def headline_table(summary: dict) -> list[tuple[str, str, str]]:
     def pts(x):
         return "n/a" if x is None else f"{x * 100:+.1f}"
 
+    def num(x):
+        return "n/a" if x is None else f"{x:.2f}"
+
     out = []
     topo = rows.get("topography_accuracy") or {}
     if topo.get("value") is not None:
+        c = topo.get("controls") or {}
         ours = f"{pct(topo['value'])} ± {pct(topo.get('std'))} [{pct(topo.get('low'))}, {pct(topo.get('high'))}]"
-        majority = (topo.get("baselines") or {}).get("majority_class")
-        ours += f" (majority {pct(majority)})"
+        control = (
+            f"majority {pct(c.get('majority_class'))}, failure rate only "
+            f"{pct(c.get('failure_rate_only'))}, model centroid {pct(c.get('model_centroid'))}, "
+            f"text {pct(c.get('text_baseline'))}, permuted-methods null "
+            f"{pct(c.get('null_methods_permuted_mean'))} (p = {num(c.get('null_p_value'))})"
+        )
     else:
-        ours = f"not computed: {topo.get('skipped', 'no topography')}"
+        ours, control = f"not computed: {topo.get('skipped', 'no topography')}", "–"
     out.append(
         (
-            "topography accuracy",
+            "topography, held-out models",
             ours,
+            control,
             f"{topography_text(paper)} (+{paper['topography_accuracy']['over_majority'] * 100:.0f} over majority)",
         )
     )
-    lift = rows.get("routing_lift_steerable_hard_vs_best_fixed") or {}
-    if lift.get("value") is not None:
-        ours = f"{pts(lift['value'])} points [{pts(lift.get('low'))}, {pts(lift.get('high'))}], n={lift.get('n')}"
-    else:
-        ours = f"not computed: {lift.get('skipped', 'no routing')}"
-    out.append(
+    for row_id, name, ref in (
+        ("routing_lift_all_vs_best_fixed", "routing lift vs best fixed, all", "–"),
         (
-            "routing lift, steerable-hard (vs best fixed)",
-            ours,
+            "routing_lift_steerable_hard_vs_best_fixed",
+            "routing lift vs best fixed, steerable-hard",
             f"+{paper['routing_lift_steerable_hard'] * 100:.1f} points",
-        )
-    )
-    retry = rows.get("routing_lift_steerable_hard_vs_retry") or {}
-    if retry.get("value") is not None:
-        out.append(
-            (
-                "routing lift, steerable-hard (vs retry)",
-                f"{pts(retry['value'])} points [{pts(retry.get('low'))}, {pts(retry.get('high'))}]",
-                "–",
+        ),
+    ):
+        lift = rows.get(row_id) or {}
+        if lift.get("value") is not None:
+            c = lift.get("controls") or {}
+            ours = f"{pts(lift['value'])} points [{pts(lift.get('low'))}, {pts(lift.get('high'))}], n={lift.get('n')}"
+            control = (
+                f"shuffled within model {pts(c.get('shuffled_within_model'))}, random with "
+                f"router's shares {pts(c.get('random_with_router_shares'))}, router charged "
+                f"for F3 {pts(c.get('router_charged_for_scoring'))}"
             )
-        )
+        else:
+            ours, control = f"not computed: {lift.get('skipped', 'no routing')}", "–"
+        out.append((name, ours, control, ref))
     gap = rows.get("oracle_gap_closed_all") or {}
     if gap.get("value") is not None:
         out.append(
             (
                 "oracle gap closed (all failures)",
                 f"{pct(gap['value'])} [{pct(gap.get('low'))}, {pct(gap.get('high'))}]",
+                "0 % = retry, 100 % = oracle chosen on the labelling part",
                 "–",
             )
         )
+    for row_id, name in (
+        ("regime_nmi_gmm", "regimes: NMI with labels"),
+        ("regime_purity_gmm", "regimes: purity"),
+        ("regime_probe_split_ari_gmm", "regimes: probe-split ARI"),
+    ):
+        row = rows.get(row_id)
+        if row and row.get("value") is not None:
+            c = row.get("controls") or {}
+            control = f"permuted-feature null {num(c.get('null_permuted_features_mean'))}"
+            if "majority_label_share" in c:
+                control += f", majority label share {num(c.get('majority_label_share'))}"
+            out.append((name, num(row["value"]), control, "–"))
     for row_id, row in rows.items():
         if row_id.startswith("transfer_topography_") and row.get("value") is not None:
             out.append(
                 (
                     f"topography {row['name'].split(', ', 1)[1]}",
                     f"{pct(row['value'])} [{pct(row.get('low'))}, {pct(row.get('high'))}]",
+                    f"majority {pct((row.get('controls') or {}).get('majority_share'))}",
                     "transfers across families",
                 )
             )
@@ -689,10 +714,12 @@ def headline_table(summary: dict) -> list[tuple[str, str, str]]:
         for r in ("resamplable", "steerable-hard", "steerable-weak", "structural")
     ]
     if all(s and s.get("value") is not None for s in shares):
+        certain = [(s.get("controls") or {}).get("certain_count") for s in shares]
         out.append(
             (
                 "failures: resamplable / steer-hard / steer-weak / structural",
                 " / ".join(f"{s['value'] * 100:.0f}" for s in shares) + " %",
+                "certain labels: " + " / ".join("?" if c is None else str(c) for c in certain),
                 "–",
             )
         )
@@ -700,8 +727,11 @@ def headline_table(summary: dict) -> list[tuple[str, str, str]]:
 
 
 def format_headline(summary: dict) -> str:
-    rows = [("", "this run (95 % CI)", "paper (its models)"), *headline_table(summary)]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    rows = [
+        ("", "this run (95 % CI)", "control / null (same protocol)", "paper (its models)"),
+        *headline_table(summary),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -15,6 +15,14 @@ The interval of ``max_i r_i`` is ``[max_i low_i, max_i high_i]``: the best setti
 estimate is biased upwards by the choice among several, and its own interval alone would
 ignore that the runner-up could be the true best.
 
+Protocol v2 (SPEC §3.2): selection never sees the samples it is scored on. The rescue
+sweep's R samples of each (failure, setting) are split by sample index parity: **even**
+indices form the *labelling part* (labels, subsets, the best-fixed and oracle choices),
+**odd** indices the *scoring part* (every strategy's rescue). Samples of the
+``label`` phase (written by sequential labelling, ``fixable.analysis.sequential``) belong
+to the labelling part whatever their index. ``rescue_matrix(..., part="label"|"score")``
+selects a part; ``part=None`` pools everything (protocol v1, kept for tests).
+
 Note on small R: 0 successes in R = 32 samples has a 95 % Wilson upper bound of 0.107, above
 the 0.05 retry threshold, so at R = 32 every non-resamplable label is ``uncertain`` at the
 95 % level: certifying ``r < 0.05`` takes R >= 73 all-failed samples. The counts
@@ -39,6 +47,31 @@ logger = logging.getLogger(__name__)
 
 REGIMES = ("resamplable", "steerable-hard", "steerable-weak", "structural")
 RETRY = "retry"
+RESCUE_PHASE, LABEL_PHASE = "rescue", "label"
+PARTS = ("label", "score")
+SPLIT_RULE = (
+    "rescue-sweep samples with even sample_index (and every sequential-labelling sample) "
+    "label; odd sample_index score"
+)
+
+
+def select_part(table, part: str | None):
+    """The rescue-side rows of ``part``: ``"label"`` (even sample indices of the sweep and
+    every ``label``-phase sample), ``"score"`` (odd sample indices of the sweep) or None
+    (every rescue-sweep sample: protocol v1)."""
+    import pyarrow as pa
+
+    table = as_table(table)
+    phase = table["phase"]
+    sweep = pc.equal(phase, RESCUE_PHASE)
+    if part is None:
+        return table.filter(sweep)
+    if part not in PARTS:
+        raise ConfigError(f"part must be one of {', '.join(PARTS)} or None, got {part!r}")
+    odd = pc.equal(pc.bit_wise_and(table["sample_index"].cast(pa.int64()), 1), 1)
+    if part == "score":
+        return table.filter(pc.and_(sweep, odd))
+    return table.filter(pc.or_(pc.and_(sweep, pc.invert(odd)), pc.equal(phase, LABEL_PHASE)))
 
 
 @dataclass(frozen=True)
@@ -89,16 +122,18 @@ class LabelThresholds:
         return asdict(self)
 
 
-def rescue_matrix(rollouts, thresholds: LabelThresholds = LabelThresholds()) -> pd.DataFrame:
+def rescue_matrix(
+    rollouts, thresholds: LabelThresholds = LabelThresholds(), *, part: str | None = None
+) -> pd.DataFrame:
     """One row per (model, problem, setting) of the rescue phase: samples, successes, rate,
-    interval and mean cost per sample.
+    interval and mean cost per sample; ``part`` selects the labelling or scoring part
+    (``select_part``; None: every sweep sample, protocol v1).
 
     Rows a backend reported as failed (status ``error``) hold no sample: they are counted in
     ``n_errors`` and left out of ``n``. ``cost_per_sample`` is the mean of ``cost_tokens``
     (tokens × forward passes per token, so ``mix`` is charged twice); where a shard lacks
     ``cost_tokens`` it is ``n_tokens`` × the intervention's cost factor."""
-    table = as_table(rollouts)
-    table = table.filter(pc.equal(table["phase"], "rescue"))
+    table = select_part(rollouts, part)
     n_tokens = (
         table["n_tokens"].to_numpy(zero_copy_only=False).astype(float)
         if "n_tokens" in table.column_names

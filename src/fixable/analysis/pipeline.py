@@ -24,8 +24,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fixable import schema
+from fixable.analysis.evaluation import (
+    STRATEGIES_V2,
+    RoutingData,
+    calibration_groups,
+    evaluate_frozen_routing,
+)
 from fixable.analysis.labels import (
+    LABEL_PHASE,
     REGIMES,
+    SPLIT_RULE,
     LabelThresholds,
     label_counts,
     label_failures,
@@ -37,9 +45,11 @@ from fixable.analysis.regimes import (
     RegimeClusterer,
     agreement,
     bootstrap_stability,
+    permuted_feature_null,
     split_stability,
 )
-from fixable.analysis.routing import Outcomes, SignatureRouter, evaluate_routing, route_failures
+from fixable.analysis.result import FORMAT, FORMAT_VERSION
+from fixable.analysis.routing import ROUTER_FEATURES, Outcomes, SignatureRouter, route_failures
 from fixable.analysis.topography import topography
 from fixable.analysis.transfer import transfer
 from fixable.errors import ConfigError, DataError, FixableError
@@ -56,7 +66,6 @@ from fixable.features import (
 
 logger = logging.getLogger(__name__)
 
-FORMAT, FORMAT_VERSION = "fixable-analysis", 1
 METADATA_KEYS = ("family", "method", "seed")
 UNUSED_COLUMNS = ("token_ids", "logprobs")
 PER_TOKEN_COLUMNS = ("entropies", "policy_logprobs", "ref_logprobs")
@@ -67,15 +76,20 @@ class AnalysisConfig:
     """Everything that changes the analysis' figures; stored in analysis.json."""
 
     thresholds: LabelThresholds = field(default_factory=LabelThresholds)
-    budget: float | None = None  # headline budget in retry-equivalent samples; None: R // 2
+    budget: float | None = None  # headline budget in retry-equivalent samples; None: R_score // 2
     n_boot: int = 1000  # bootstrap resamples for intervals
-    n_seeds: int = 10  # topography CV repetitions
-    n_splits: int = 5  # topography CV folds
+    n_seeds: int = 10  # v1 only: topography CV repetitions (v2 folds are held-out models)
+    n_splits: int = 5  # v1 only: topography CV folds
+    n_null: int = 20  # permutations of every null (topography labels, regime features)
     stability_boot: int = 30  # bootstrap refits for cluster stability
     max_regimes: int = 6  # largest k tried by the clusterers
     require_full_entropy: bool = False  # top-k entropies make trajectory uncertainty unavailable
-    # the router's median thresholds: over all failures together (None) or per "model"
-    route_by: str | None = None
+    # models (names or patterns) whose failures calibrate the router and are not evaluated;
+    # empty: cross-calibration (seeds, else halves of the models within families, both ways)
+    calibration: tuple = ()
+    # evaluate a caller's router on models it was calibrated on: refused unless True, and
+    # then flagged in analysis.json
+    allow_calibration_overlap: bool = False
     random_state: int = 0
     # BLAS/OpenMP threads while analysing: the tables are small (hundreds of rows), where
     # thread start-up and contention cost more than they give (timed once by hand: a GMM
@@ -89,14 +103,16 @@ class AnalysisConfig:
         for name in ("n_boot", "n_seeds", "n_splits", "stability_boot", "max_regimes"):
             if getattr(self, name) < (2 if name == "n_splits" else 1):
                 raise ConfigError(f"{name} must be a positive count, got {getattr(self, name)!r}")
-        if self.route_by not in (None, "model"):
-            raise ConfigError(
-                f"route_by must be None (thresholds over all failures) or 'model', got {self.route_by!r}"
-            )
+        if self.n_null < 20:
+            raise ConfigError(f"n_null must be at least 20 permutations, got {self.n_null!r}")
+        if isinstance(self.calibration, str):
+            self.calibration = (self.calibration,)
+        self.calibration = tuple(str(c) for c in self.calibration)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["thresholds"] = self.thresholds.to_dict()
+        d["calibration"] = list(self.calibration)
         return d
 
 
@@ -310,25 +326,39 @@ def _analyze(
         }
 
     progress("labels")
-    matrix = rescue_matrix(table, config.thresholds)
+    # protocol v2: labels, subsets and every choice from the labelling part; every strategy
+    # scored on the scoring part (labels.select_part: sample-index parity)
+    matrix = rescue_matrix(table, config.thresholds, part="label")
+    score_matrix = rescue_matrix(table, config.thresholds, part="score")
+    sweep = rescue_matrix(table, config.thresholds, part=None)
     labels = label_failures(matrix, config.thresholds)
     failures = features.merge(labels, on=FAILURE_KEY, how="left")
     if not matrix.empty:
         failures = failures.merge(rates_wide(matrix), on=FAILURE_KEY, how="left")
         settings = sorted(matrix["setting"].unique())
-        r_values = matrix.loc[matrix["n"] > 0, "n"]
         data["settings"] = settings
-        data["R"] = {"min": int(r_values.min()), "max": int(r_values.max())}
+        data["R"] = _count_range(sweep)
+        data["R_label"] = _count_range(matrix)
+        data["R_score"] = _count_range(score_matrix)
+        data["split"] = SPLIT_RULE
         label_section = label_counts(failures, config.thresholds)
         label_section["thresholds"] = config.thresholds.to_dict()
+        label_section["part"] = "labelling part: " + SPLIT_RULE
         label_section["per_model"] = {
             m: label_counts(failures[failures["model"] == m], config.thresholds) for m in models
         }
-        n_zero = config.thresholds.resample
+        r_label = data["R_label"]["min"]
         label_section["note"] = (
             "a label is uncertain when an interval it was decided on straddles a threshold; "
-            f"with R = {data['R']['min']}, 0 retry successes have an upper bound of "
-            f"{_zero_upper(data['R']['min'], config.thresholds):.3f} vs the {n_zero:g} threshold"
+            f"with R_label = {r_label}, 0 retry successes have an upper bound of "
+            f"{_zero_upper(r_label, config.thresholds):.3f} vs the "
+            f"{config.thresholds.resample:g} threshold; sequential labelling "
+            "(`fixable label`) samples uncertain failures further to certify them"
+        )
+        label_section["samples_spent"] = int(matrix["n"].sum())
+        # of which sequential labelling (phase "label", `fixable label`) added
+        label_section["sequential_samples"] = int(
+            pc.sum(pc.equal(table["phase"], LABEL_PHASE)).as_py() or 0
         )
     else:
         settings = []
@@ -346,51 +376,25 @@ def _analyze(
             failures[f"regime_{method}"] = regimes[method].pop("assignments")
 
     progress("routing")
-    routing, per_failure, outcomes = None, None, None
-    if settings and "retry" in settings:
-        outcomes = Outcomes.from_matrix(matrix, settings, failures=failures)
+    routing, score_outcomes, label_outcomes = None, None, None
+    if settings and "retry" in settings and score_matrix.empty:
+        skipped["routing"] = (
+            "no scoring part: every rescue sample has an even sample index (R = 1); "
+            "sample R >= 2 rescue rollouts per setting"
+        )
+    elif settings and "retry" in settings:
+        label_outcomes, score_outcomes = _aligned_outcomes(matrix, score_matrix, settings, failures)
         rows = (
             failures.set_index(FAILURE_KEY)
-            .loc[pd.MultiIndex.from_frame(outcomes.keys[FAILURE_KEY])]
+            .loc[pd.MultiIndex.from_frame(score_outcomes.keys[FAILURE_KEY])]
             .reset_index()
         )
-        router = router if router is not None else SignatureRouter()
-        routed = route_failures(router, rows, settings, by=config.route_by)
-        budget = config.budget if config.budget is not None else max(1, data["R"]["min"] // 2)
-        routing = evaluate_routing(
-            outcomes,
-            routed,
-            budget=budget,
-            labels=rows["label"].to_numpy(),
-            subsets=("steerable-hard",),
-            n_boot=config.n_boot,
-            random_state=rs,
-        )
+        routing = _routing(rows, label_outcomes, score_outcomes, data, config, router)
         per_failure = routing.pop("per_failure")
-        routing["router"] = repr(router)
-        if isinstance(router, SignatureRouter):
-            parts = (
-                rows.groupby(config.route_by, sort=False) if config.route_by else [("all", rows)]
-            )
-            decided = pd.concat([router.decide(part, settings) for _, part in parts])
-            rows = rows.assign(route_branch=decided.loc[rows.index, "branch"].to_numpy())
-            parts = rows.groupby(config.route_by) if config.route_by else [("all", rows)]
-            routing["route_by"] = config.route_by or "all failures"
-            routing["thresholds"] = {g: router.thresholds_for(part) for g, part in parts}
-        routing["n_failures_evaluated"] = int(len(outcomes))
         routing["paper"] = {"routing_lift_steerable_hard": PAPER["routing_lift_steerable_hard"]}
-        routed_cols = per_failure.rename(
-            columns={
-                s: f"within_budget[{s}]"
-                for s in per_failure.columns
-                if s in ("routed", "retry", "best_fixed", "uniform", "random", "oracle")
-            }
-        )
+        keep = [c for c in per_failure.columns if c in STRATEGIES_V2]
+        routed_cols = per_failure.rename(columns={s: f"within_budget[{s}]" for s in keep})
         failures = failures.merge(routed_cols, on=FAILURE_KEY, how="left")
-        if "route_branch" in rows:
-            failures = failures.merge(
-                rows[FAILURE_KEY + ["route_branch"]], on=FAILURE_KEY, how="left"
-            )
     elif settings:
         skipped["routing"] = "the rescue phase has no retry setting (the budget's unit)"
 
@@ -406,8 +410,9 @@ def _analyze(
                 features,
                 methods,
                 texts=texts,
-                n_splits=config.n_splits,
-                n_seeds=config.n_seeds,
+                failure_rates={m: data["models"][m]["failure_rate"] for m in models},
+                seeds=features["seed"].tolist(),
+                n_null=config.n_null,
                 n_boot=config.n_boot,
                 random_state=rs,
             )
@@ -427,7 +432,8 @@ def _analyze(
             features.assign(method=methods),
             feature_cols=available,
             labels=failures["label"].to_numpy(),
-            outcomes=outcomes,  # the routing's outcomes (None when routing did not run)
+            outcomes=score_outcomes,  # the scoring part (None when routing did not run)
+            label_outcomes=label_outcomes,
             budget=routing["budget_samples"] if routing else 16,
             clusterer=RegimeClusterer(
                 features=available, max_regimes=config.max_regimes, random_state=rs
@@ -464,6 +470,151 @@ def _analyze(
     }
     tables = _tables(result, failures)
     return Analysis(_clean(result), failures, tables)
+
+
+def _count_range(matrix: pd.DataFrame) -> dict:
+    r = matrix.loc[matrix["n"] > 0, "n"] if not matrix.empty else pd.Series([], dtype=int)
+    if r.empty:
+        return {"min": 0, "max": 0}
+    return {"min": int(r.min()), "max": int(r.max())}
+
+
+def _aligned_outcomes(label_matrix, score_matrix, settings, failures):
+    """The labelling and scoring parts' outcomes of the failures complete in both, aligned."""
+    label = Outcomes.from_matrix(label_matrix, settings, failures=failures)
+    score = Outcomes.from_matrix(score_matrix, settings, failures=failures)
+    lk = pd.MultiIndex.from_frame(label.keys[FAILURE_KEY])
+    sk = pd.MultiIndex.from_frame(score.keys[FAILURE_KEY])
+    common = sk[sk.isin(lk)]
+    if len(common) < len(sk) or len(common) < len(lk):
+        logger.warning(
+            "%d failures lack a labelling or scoring part for some setting; left out of routing",
+            max(len(sk), len(lk)) - len(common),
+        )
+    label = label.subset(lk.isin(common))
+    score = score.subset(sk.isin(common))
+    order = pd.MultiIndex.from_frame(label.keys[FAILURE_KEY])
+    position = pd.Series(np.arange(len(order)), index=order)
+    label = label.subset(np.ones(len(label), dtype=bool))
+    take = position.loc[pd.MultiIndex.from_frame(score.keys[FAILURE_KEY])].to_numpy()
+    label = Outcomes(
+        label.keys.iloc[take].reset_index(drop=True),
+        label.settings,
+        label.n[take],
+        label.successes[take],
+        label.cost[take],
+        label.unit_cost[take],
+    )
+    return label, score
+
+
+def _calibration(rows: pd.DataFrame, config: AnalysisConfig) -> tuple[str, np.ndarray, np.ndarray]:
+    """The calibration scheme, each failure's group and which failures are evaluated."""
+    if config.calibration:
+        calibrating = np.array(
+            [any(fnmatch.fnmatchcase(m, p) for p in config.calibration) for m in rows["model"]]
+        )
+        if calibrating.all() or not calibrating.any():
+            raise ConfigError(
+                f"calibration {list(config.calibration)} must name some but not all of the "
+                f"models {sorted(set(rows['model']))}"
+            )
+        groups = np.where(calibrating, "calibration", "evaluation").astype(object)
+        return "declared calibration models", groups, ~calibrating
+    scheme, groups = calibration_groups(rows)
+    return scheme, groups, np.ones(len(rows), dtype=bool)
+
+
+def _routing(rows, label_outcomes, score_outcomes, data, config, router) -> dict:
+    """Protocol v2 routing: a router frozen on calibration models, scored on the scoring part."""
+    settings = list(score_outcomes.settings)
+    scheme, groups, evaluate = _calibration(rows, config)
+    models_evaluated = sorted(set(rows.loc[evaluate, "model"]))
+    calibration = {
+        "scheme": scheme,
+        "groups": {
+            str(g): sorted(set(rows.loc[groups == g, "model"])) for g in sorted(set(groups))
+        },
+        "evaluated_models": models_evaluated,
+        "evaluated_on_calibration": False,
+    }
+    fixed_thresholds, fixed_routes, toward = None, None, "checkpoint"
+    if router is not None:
+        calibrated_on = set(
+            getattr(router, "calibration_models_", None)
+            or getattr(router, "calibration_models", None)
+            or ()
+        )
+        overlap = sorted(calibrated_on & set(models_evaluated))
+        if overlap:
+            if not config.allow_calibration_overlap:
+                raise DataError(
+                    f"the router was calibrated on {', '.join(overlap)}, which it would be "
+                    "evaluated on; evaluate it on other models (--model) or calibrate it "
+                    "elsewhere (allow_calibration_overlap=True reports it, flagged)"
+                )
+            calibration["evaluated_on_calibration"] = True
+            calibration["flag"] = (
+                f"FLAGGED: the router was calibrated on {', '.join(overlap)} and is evaluated "
+                "on them; its figures are not held out"
+            )
+        calibration["scheme"] = "the caller's router"
+        calibration["calibrated_on"] = (
+            sorted(calibrated_on) or "unknown (not declared by the router)"
+        )
+        if isinstance(router, SignatureRouter) and (
+            hasattr(router, "thresholds_") or router.thresholds != "median"
+        ):
+            fixed_thresholds = router.thresholds_for(rows)
+            toward = router.toward_reference
+        elif isinstance(router, SignatureRouter):
+            toward = router.toward_reference  # median thresholds: frozen by calibration groups
+            calibration["scheme"] = scheme
+        else:
+            fixed_routes = np.asarray(route_failures(router, rows, settings), dtype=object)
+    # the router's teacher-forced scoring of its K probes under the reference (F3)
+    drift_used = (
+        rows["reference_drift"].notna().to_numpy()
+        if "reference_drift" in rows
+        else np.zeros(len(rows), bool)
+    )
+    probe_tokens = (rows["n_probes"] * rows["mean_tokens"]).to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        charge = np.where(drift_used, probe_tokens / score_outcomes.unit_cost, 0.0)
+    charge = np.nan_to_num(charge)
+    routing_data = RoutingData(
+        score=score_outcomes,
+        label=label_outcomes,
+        features=rows[list(ROUTER_FEATURES)].to_numpy(dtype=float)
+        if set(ROUTER_FEATURES) <= set(rows.columns)
+        else np.full((len(rows), 3), np.nan),
+        models=rows["model"].astype(str).to_numpy(),
+        problems=rows["problem_id"].astype(str).to_numpy(),
+        groups=groups,
+        labels=rows["label"].to_numpy(),
+        charge=charge,
+        evaluate=evaluate,
+        fixed_routes=fixed_routes,
+    )
+    budget = config.budget if config.budget is not None else max(1, data["R_score"]["min"] // 2)
+    routing = evaluate_frozen_routing(
+        routing_data,
+        budget=budget,
+        subsets=("steerable-hard",),
+        n_boot=config.n_boot,
+        n_boot_curves=min(config.n_boot, 200),
+        toward_reference=toward,
+        fixed_thresholds=fixed_thresholds,
+        random_state=config.random_state,
+    )
+    routing["protocol_version"] = 2
+    routing["calibration"] = calibration
+    routing["router"] = repr(router) if router is not None else repr(SignatureRouter())
+    routing["scored_on"] = "scoring part: odd sample indices of the rescue sweep"
+    routing["n_failures_evaluated"] = int(evaluate.sum())
+    if fixed_thresholds is not None:
+        routing["thresholds"] = {"fixed": fixed_thresholds}
+    return routing
 
 
 def _zero_upper(r: int, thresholds: LabelThresholds) -> float:
@@ -531,6 +682,22 @@ def _regimes(table, failures, available, config, notes) -> dict:
             pd.Series(assignments, name="regime"),
             pd.Series(pd.Series(labels).fillna("unlabelled").to_numpy(), name="label"),
         )
+        agree = agreement(assignments, labels)
+        null = permuted_feature_null(
+            clusterer,
+            failures,
+            labels,
+            observed={
+                "n_regimes": fitted.n_regimes_,
+                "nmi": agree.get("nmi"),
+                "purity": agree.get("purity"),
+                "probe_split_ari": split.get("ari"),
+            },
+            subsets=subset_features if all(len(s) >= 4 for s in subset_features) else None,
+            key=FAILURE_KEY,
+            n_null=config.n_null,
+            random_state=rs,
+        )
         out[method] = {
             "n_regimes": fitted.n_regimes_,
             "selection": {
@@ -541,7 +708,8 @@ def _regimes(table, failures, available, config, notes) -> dict:
             },
             "regime_means": {str(k): v for k, v in means.to_dict(orient="index").items()},
             "labels_per_regime": {str(k): v for k, v in label_mix.to_dict(orient="index").items()},
-            "agreement": agreement(assignments, labels),
+            "agreement": agree,
+            "null": null,
             "bootstrap_stability": stability.to_dict(),
             "probe_split_stability": split | {"how": how},
             "assignments": assignments,
@@ -576,6 +744,7 @@ def _tables(result: dict, failures: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 continue
             for strategy, e in s["rates"].items():
                 lift = s["lift"].get(strategy) if strategy != "routed" else None
+                over_best = s.get("lift_over_best_fixed", {}).get(strategy)
                 rows.append(
                     {
                         "subset": subset,
@@ -587,6 +756,7 @@ def _tables(result: dict, failures: pd.DataFrame) -> dict[str, pd.DataFrame]:
                         "routed_lift": None if lift is None else lift["value"],
                         "lift_low": None if lift is None else lift["low"],
                         "lift_high": None if lift is None else lift["high"],
+                        "minus_best_fixed": None if over_best is None else over_best["value"],
                     }
                 )
         tables["routing"] = pd.DataFrame(rows)
@@ -613,14 +783,28 @@ def _tables(result: dict, failures: pd.DataFrame) -> dict[str, pd.DataFrame]:
         tables["curves"] = pd.DataFrame(rows)
     topo = result.get("topography")
     if topo:
-        rows = [
-            {"predictor": "majority class (share)", **_acc_row(topo["majority"])},
-            {"predictor": "training-fold majority", **_acc_row(topo["majority_in_folds"])},
-        ]
-        if topo.get("text_baseline"):
-            rows.append({"predictor": "text baseline (TF-IDF)", **_acc_row(topo["text_baseline"])})
+        rows = [{"predictor": "features (F1-F3)", **_acc_row(topo["classifier"])}]
+        rows.append({"predictor": "majority class (share)", **_acc_row(topo["majority"])})
+        rows.append({"predictor": "training-fold majority", **_acc_row(topo["majority_in_folds"])})
+        for key, name in (
+            ("failure_rate_only", "failure rate only (one number per model)"),
+            ("model_centroid", "per-model feature centroid"),
+            ("text_baseline", "text baseline (TF-IDF)"),
+        ):
+            if topo.get(key):
+                rows.append({"predictor": name, **_acc_row(topo[key])})
+        null = topo.get("null") or {}
+        rows.append(
+            {
+                "predictor": f"null: methods permuted across models ({null.get('n_permutations')})",
+                "accuracy_mean": null.get("mean"),
+                "accuracy_std": null.get("std"),
+                "high": null.get("q95"),
+            }
+        )
         for name, res in topo["ablations"].items():
-            rows.append({"predictor": name, **_acc_row(res)})
+            if name != "features":
+                rows.append({"predictor": name, **_acc_row(res)})
         rows.append(
             {
                 "predictor": "paper (its models)",
@@ -723,28 +907,58 @@ def _markdown(frame: pd.DataFrame) -> str:
 
 
 def _summary_lines(result: dict) -> str:
+    """The headline figures, each beside its control (what ``fixable analyze`` prints)."""
     lines = [
         f"- failures: {result['data']['n_failures']} across {len(result['data']['models'])} models"
     ]
-    if result.get("routing"):
-        sh = result["routing"]["subsets"].get("steerable-hard", {})
-        if sh.get("n"):
-            lift = sh["lift"]["best_fixed"]
+    routing = result.get("routing")
+    if routing:
+        for subset in ("all", "steerable-hard"):
+            block = routing["subsets"].get(subset, {})
+            if not block.get("n"):
+                continue
+            lift = block["lift"]["best_fixed"]
+            over = block["lift_over_best_fixed"]
             lines.append(
-                f"- routing lift over best fixed on steerable-hard (n={sh['n']}): "
-                f"{_pts(lift['value'])} [{_pts(lift['low'])}, {_pts(lift['high'])}] points "
-                f"(paper: +{PAPER['routing_lift_steerable_hard'] * 100:.1f})"
+                f"- routing lift over best fixed, {subset} (n={block['n']}, scoring part, "
+                f"budget {routing['budget_samples']:g}): {_pts(lift['value'])} "
+                f"[{_pts(lift['low'])}, {_pts(lift['high'])}] points; within-model shuffled "
+                f"routes {_pts(over['shuffled_within_model']['value'])}, random with the "
+                f"router's shares {_pts(over['random_shares']['value'])}, router charged for "
+                f"F3 {_pts(over['routed_charged']['value'])}"
+                + (
+                    f" (paper: +{PAPER['routing_lift_steerable_hard'] * 100:.1f})"
+                    if subset == "steerable-hard"
+                    else ""
+                )
             )
     if result.get("topography"):
-        acc = result["topography"]["classifier"]["accuracy"]
-        maj = result["topography"]["majority"]["accuracy"]
+        topo = result["topography"]
+        acc = topo["classifier"]["accuracy"]
+        null = topo.get("null") or {}
+        fr = (topo.get("failure_rate_only") or {}).get("accuracy", {}).get("mean")
         lines.append(
-            f"- topography accuracy: {acc['mean'] * 100:.1f} ± {acc['std'] * 100:.1f} % "
-            f"(majority {maj['mean'] * 100:.1f} %; paper: {topography_text()})"
+            f"- topography on held-out models: {acc['mean'] * 100:.1f} ± {acc['std'] * 100:.1f} % "
+            f"(majority {topo['majority']['accuracy']['mean'] * 100:.1f} %; failure rate only "
+            f"{'n/a' if fr is None else f'{fr * 100:.1f} %'}; permuted-methods null "
+            f"{null.get('mean', float('nan')) * 100:.1f} %, p = {null.get('p_value', float('nan')):.2f}; "
+            f"paper: {topography_text()})"
+        )
+    gmm = (result.get("regimes") or {}).get("gmm")
+    if gmm and gmm.get("agreement", {}).get("nmi") is not None:
+        a, null = gmm["agreement"], gmm.get("null", {})
+        lines.append(
+            f"- regimes (GMM, k={gmm['n_regimes']}): NMI with labels {a['nmi']:.3f} "
+            f"(permuted-feature null {_num(null.get('nmi', {}).get('mean'))}); purity "
+            f"{a['purity']:.3f} vs majority share {a['majority_share']:.3f}"
         )
     for stage, why in result.get("skipped", {}).items():
         lines.append(f"- {stage} skipped: {why}")
     return "\n".join(lines)
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _pts(x) -> str:

@@ -123,18 +123,30 @@ class SignatureRouter(BaseEstimator):
         toward_reference: which kind the drift branch tries first, ``"checkpoint"`` (the
             default: one forward pass per token) or ``"mix"`` (the first version of the
             rule); the other is its fallback.
+        calibration_models: the models whose failures set constant ``thresholds`` (e.g.
+            the shipped defaults); ``fit`` records its own in ``calibration_models_``. The
+            analysis refuses to evaluate a router on its calibration models (or flags it).
     """
 
     def __init__(
-        self, thresholds: str | Mapping[str, float] = "median", toward_reference: str = "checkpoint"
+        self,
+        thresholds: str | Mapping[str, float] = "median",
+        toward_reference: str = "checkpoint",
+        calibration_models: Sequence[str] = (),
     ):
         self.thresholds = thresholds
         self.toward_reference = toward_reference
+        self.calibration_models = calibration_models
 
     def fit(self, features: pd.DataFrame, y=None):
         """Fix the thresholds from ``features`` (medians) or the given constants — never
         from rescue outcomes, which this router is not shown."""
         self.thresholds_ = self._thresholds_of(features)
+        # which models' failures set the thresholds: evaluating the router on them is
+        # refused (or flagged) by the analysis (protocol v2)
+        self.calibration_models_ = (
+            sorted(set(features["model"].astype(str))) if "model" in features else []
+        )
         return self
 
     def _thresholds_of(self, features: pd.DataFrame) -> dict[str, float]:

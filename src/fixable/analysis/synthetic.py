@@ -21,6 +21,7 @@ Nothing here is used by the analysis itself.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -71,13 +72,19 @@ def planted_rollouts(
     with_reference: bool = True,
     entropy_kind: str = "full",
     n_solved: int = 5,
+    model_signal: float = 0.0,
+    rates: dict | None = None,
     seed: int = 0,
 ) -> tuple[pa.Table, dict]:
     """Rollouts for ``n_failures`` failed problems per model (kinds in turn) plus ``n_solved``
     solved ones, and the planted truth: ``{(model, problem_id): kind}`` under ``"kind"`` and
     the label each kind should get under ``"label"``.
 
-    ``signal`` scales the method/family offsets (0 = methods leave no trace in features)."""
+    ``signal`` scales the method/family offsets (0 = methods leave no trace in features);
+    ``model_signal`` adds an offset of that scale drawn per model (model identity without
+    any method signal: the leak held-out-model topography must not fall for); ``rates``
+    overrides ``RATES`` (kind → setting → rescue rate)."""
+    rates = RATES if rates is None else rates
     rng = np.random.default_rng(seed)
     model_info = model_info or {}
     cols: dict[str, list] = {name: [] for name in ROLLOUTS.names}
@@ -120,16 +127,23 @@ def planted_rollouts(
         info = model_info.get(model) or _info_from_name(model)
         d_ent_m, d_drift_m = METHOD_SHIFT.get(info.get("method"), (0.0, 0.0))
         d_ent_f, d_drift_f = FAMILY_SHIFT.get(info.get("family"), (0.0, 0.0))
+        digest = hashlib.blake2b(model.encode(), digest_size=8).digest()
+        model_rng = np.random.default_rng([int.from_bytes(digest, "little"), seed])
+        d_ent_i, d_drift_i = model_signal * model_rng.normal(0, 1, 2)
         for i in range(n_failures + n_solved):
             pid = f"synthetic/p{i:04d}"
             solved = i >= n_failures
             kind = kinds[i % len(kinds)]
             share, ent_mean, drift_mean = SIGNATURE[kind]
             ent_mean = max(
-                0.05, ent_mean + signal * (d_ent_m + d_ent_f) + rng.normal(0, feature_noise)
+                0.05,
+                ent_mean + signal * (d_ent_m + d_ent_f) + d_ent_i + rng.normal(0, feature_noise),
             )
             drift_mean = (
-                drift_mean + signal * (d_drift_m + d_drift_f) + rng.normal(0, feature_noise)
+                drift_mean
+                + signal * (d_drift_m + d_drift_f)
+                + d_drift_i
+                + rng.normal(0, feature_noise)
             )
             n_distinct = int(
                 np.clip(round(share * k + rng.integers(-1, 2) * (0 < share < 1)), 1, k)
@@ -161,7 +175,7 @@ def planted_rollouts(
                 continue
             truth_kind[(model, pid)] = kind
             for setting in settings:
-                rate = RATES[kind].get(setting, 0.0)
+                rate = rates[kind].get(setting, 0.0)
                 hits = rng.random(r) < rate
                 for j in range(r):
                     n_tok = int(rng.integers(20, 40))

@@ -1,9 +1,23 @@
 """Topography: which post-training method left this failure behind? (SPEC §3.7)
 
 A classifier predicts the method (sft / rl / distill / rft, from the model's metadata) from
-one failure's features. It is evaluated by grouped K-fold cross-validation with problems as
-groups — a problem failed by several models never sits in both a training and a test fold,
-so the classifier cannot win by recognising the problem — repeated over seeds. Beside it:
+one failure's features.
+
+Protocol v2 (``topography``): evaluated on **held-out models** — leave-one-seed-out where
+every method has models of two or more training seeds, else leave-one-model-out — so a
+classifier can never win by recognising a model it was trained on. Accuracy is reported per
+held-out model, as mean ± std across held-out models (and a bootstrap interval over them),
+with a confusion matrix. Beside it, in exactly the same folds: the majority class (its
+share, and the training folds' majority), **failure rate only** (one number per model: its
+probe failure rate), **per-model feature centroid** (every failure replaced by its model's
+mean features), the text baseline, and a **null** in which the method labels are permuted
+across models (``n_null`` permutations; where the real score falls in it). A model-identity
+signal without a method signal scores at that null.
+
+Protocol v1 (``topography_by_problem``, kept for the tests that show why it was replaced):
+grouped K-fold cross-validation with problems as groups, repeated over seeds. Every model
+sits in every training fold, so a classifier can learn model identity, and per-model
+quantities (failure rate, feature centroids) score as well as the features. Beside it:
 the majority-class share, the training folds' majority predicted in the same folds, and,
 in exactly the same folds, the text baseline (TF-IDF of character n-grams over the failed
 rollouts' text, logistic regression), the "not by reading them" control. Every model is
@@ -179,7 +193,7 @@ def _summary(cv: dict, groups, *, n_boot: int, random_state: int) -> dict:
     }
 
 
-def topography(
+def topography_by_problem(
     features: pd.DataFrame,
     methods,
     *,
@@ -190,8 +204,9 @@ def topography(
     n_boot: int = 1000,
     random_state: int = 0,
 ) -> dict:
-    """Method-from-failure accuracy of the features, the majority class and the text
-    baseline in the same grouped CV, a confusion matrix, and feature ablations.
+    """Protocol v1 (problem-grouped CV; see the module docstring for why it is not the
+    default): accuracy of the features, the majority class and the text baseline in the
+    same grouped CV, a confusion matrix, and feature ablations.
 
     ``methods`` holds each failure's post-training method; failures with no method (None)
     are left out. ``feature_sets`` defaults to: the three features, each alone, each left
@@ -280,4 +295,259 @@ def topography(
         out["ablations"][name] = _summary(res, groups, n_boot=n_boot, random_state=random_state) | {
             "features": list(cols)
         }
+    return out
+
+
+# --------------------------------------------------------------------------- protocol v2
+
+
+def held_out_folds(models, methods, seeds=None) -> tuple[str, np.ndarray]:
+    """Each failure's held-out fold: its model's training seed when every method has models
+    of two or more seeds (leave-one-seed-out), else its model (leave-one-model-out)."""
+    models = np.asarray(models, dtype=object).astype(str)
+    methods = np.asarray(methods, dtype=object).astype(str)
+    if seeds is not None:
+        seeds = pd.Series(list(seeds), dtype=object)
+        if seeds.notna().all() and seeds.nunique() >= 2:
+            frame = pd.DataFrame({"method": methods, "seed": seeds.astype(str).to_numpy()})
+            per_method = frame.groupby("method")["seed"].nunique()
+            if (per_method >= 2).all():
+                return "leave-one-seed-out", np.array([f"seed {s}" for s in frame["seed"]])
+    return "leave-one-model-out", models
+
+
+def held_out_predictions(estimator, X, y, folds, *, random_state: int = 0) -> np.ndarray:
+    """Out-of-fold predictions: for each fold, a fresh clone fitted on the other folds."""
+    y = np.asarray(y, dtype=object).astype(str)
+    folds = np.asarray(folds, dtype=object).astype(str)
+    predicted = np.empty(len(y), dtype=object)
+    for i, fold in enumerate(sorted(set(folds))):
+        test = np.flatnonzero(folds == fold)
+        train = np.flatnonzero(folds != fold)
+        if len(train) == 0:
+            raise DataError("held-out evaluation needs at least two folds (models or seeds)")
+        model = clone(estimator)
+        if "random_state" in model.get_params():
+            model.set_params(random_state=random_state + i)
+        if len(set(y[train])) < 2:  # one class left to learn: predict it
+            predicted[test] = y[train][0]
+            continue
+        model.fit(_take(X, train), y[train])
+        predicted[test] = model.predict(_take(X, test))
+    return predicted.astype(str)
+
+
+def per_model_accuracy(predicted, y, models) -> dict[str, float]:
+    hit = np.asarray(predicted).astype(str) == np.asarray(y).astype(str)
+    frame = pd.DataFrame({"model": np.asarray(models).astype(str), "hit": hit})
+    return {str(m): float(v) for m, v in frame.groupby("model")["hit"].mean().items()}
+
+
+def _held_out_summary(predicted, y, models, *, n_boot: int, random_state: int) -> dict:
+    per_model = per_model_accuracy(predicted, y, models)
+    values = np.array(list(per_model.values()))
+    interval = bootstrap_mean_estimate(
+        values,
+        np.arange(len(values)),
+        n_boot=n_boot,
+        random_state=random_state,
+        unit="held-out models",
+    )
+    return {
+        "accuracy": mean_std(values) | {"per_model": per_model},
+        "interval": interval.to_dict(),
+        "pooled": float(np.mean(np.asarray(predicted).astype(str) == np.asarray(y).astype(str))),
+        "n": int(len(y)),
+        "n_models": int(len(values)),
+    }
+
+
+def permutation_null(
+    estimator,
+    X,
+    y,
+    models,
+    folds,
+    *,
+    n_permutations: int = 20,
+    observed: float | None = None,
+    random_state: int = 0,
+) -> dict:
+    """Held-out accuracy (mean over held-out models) with the method labels permuted across
+    models (each model keeps one label; the labels' counts over models are kept), over
+    ``n_permutations`` permutations, and where ``observed`` falls in that distribution."""
+    y = np.asarray(y, dtype=object).astype(str)
+    models = np.asarray(models, dtype=object).astype(str)
+    unique = sorted(set(models))
+    label_of = {}
+    for m in unique:
+        labels = set(y[models == m])
+        if len(labels) != 1:
+            raise DataError(f"model {m} has failures of several methods: {sorted(labels)}")
+        label_of[m] = labels.pop()
+    rng = np.random.default_rng(random_state)
+    original = np.array([label_of[m] for m in unique])
+    scores, permutations = [], []
+    for _ in range(n_permutations):
+        shuffled = dict(zip(unique, rng.permutation(original), strict=True))
+        y_perm = np.array([shuffled[m] for m in models])
+        predicted = held_out_predictions(estimator, X, y_perm, folds, random_state=random_state)
+        scores.append(float(np.mean(list(per_model_accuracy(predicted, y_perm, models).values()))))
+        permutations.append([shuffled[m] for m in unique])
+    scores_arr = np.asarray(scores)
+    out = {
+        "accuracies": scores,
+        "mean": float(scores_arr.mean()),
+        "std": float(scores_arr.std(ddof=1)) if len(scores) > 1 else 0.0,
+        "q95": float(np.quantile(scores_arr, 0.95)),
+        "n_permutations": int(n_permutations),
+        "n_distinct_permutations": int(len({tuple(p) for p in permutations})),
+        "how": "method labels permuted across models (each model keeps a single label), "
+        "classifier refitted in the same held-out folds",
+    }
+    if observed is not None:
+        out["observed"] = float(observed)
+        out["p_value"] = float((1 + np.sum(scores_arr >= observed - 1e-12)) / (1 + len(scores)))
+        out["percentile"] = float(np.mean(scores_arr < observed))
+    return out
+
+
+def topography(
+    features: pd.DataFrame,
+    methods,
+    *,
+    texts: Sequence[str] | None = None,
+    failure_rates: dict[str, float] | None = None,
+    seeds=None,
+    feature_sets: dict[str, Sequence[str]] | None = None,
+    n_null: int = 20,
+    n_boot: int = 1000,
+    random_state: int = 0,
+) -> dict:
+    """Protocol v2: method-from-failure accuracy on held-out models (see the module
+    docstring), every baseline and the permutation null in the same folds, and ablations.
+
+    ``features`` needs a ``model`` column; ``methods`` holds each failure's method (None:
+    left out); ``seeds`` each failure's model's training seed (for leave-one-seed-out);
+    ``failure_rates`` model → probe failure rate (the failure-rate-only baseline)."""
+    methods = pd.Series(list(methods), index=features.index, dtype=object)
+    keep = methods.notna().to_numpy()
+    features, methods = features[keep], methods[keep]
+    if texts is not None:
+        texts = [t for t, k in zip(texts, keep, strict=True) if k]
+    if seeds is not None:
+        seeds = [s for s, k in zip(list(seeds), keep, strict=True) if k]
+    classes = sorted(methods.unique())
+    if len(classes) < 2:
+        raise DataError(
+            f"topography needs failures of at least 2 post-training methods, got {classes}"
+        )
+    models = features["model"].astype(str).to_numpy()
+    if len(set(models)) < 3:
+        raise DataError(
+            f"held-out-model topography needs at least 3 models, got {sorted(set(models))}"
+        )
+    y = methods.astype(str).to_numpy()
+    scheme, folds = held_out_folds(models, y, seeds)
+    available = [f for f in (*FEATURES, *ABLATIONS) if f in features and features[f].notna().all()]
+    unavailable = [f for f in (*FEATURES, *ABLATIONS) if f not in available]
+    main = [f for f in FEATURES if f in available]
+    if not main:
+        raise DataError("no feature is available for every failure; topography cannot run")
+    if feature_sets is None:
+        feature_sets = {"features": main}
+        for f in main:
+            feature_sets[f"only {f}"] = [f]
+            if len(main) > 1:
+                feature_sets[f"without {f}"] = [g for g in main if g != f]
+        variants = [f for f in ABLATIONS if f in available]
+        if variants:
+            feature_sets["ablation variants"] = variants
+            feature_sets["features + variants"] = main + variants
+    else:
+        for name, cols in feature_sets.items():
+            bad = [c for c in cols if c not in available]
+            if bad:
+                raise ConfigError(f"feature set {name!r} uses unavailable features {bad}")
+
+    rs = random_state
+    model_methods = pd.Series(y, index=models).groupby(level=0).first()
+    methods_with_one_model = sorted(m for m, n in model_methods.value_counts().items() if n < 2)
+    out = {
+        "protocol_version": 2,
+        "classes": classes,
+        "n_failures": int(len(y)),
+        "n_models": int(len(set(models))),
+        "class_counts": {c: int((y == c).sum()) for c in classes},
+        "models_per_class": {c: int((model_methods == c).sum()) for c in classes},
+        "features_used": main,
+        "unavailable_features": unavailable,
+        "protocol": {
+            "cv": f"{scheme}: trained on the other models, tested on models never seen "
+            f"({len(set(folds))} folds)",
+            "interval": "mean ± std across held-out models; 95 % interval: bootstrap over "
+            "held-out models of the mean per-model accuracy",
+        },
+    }
+    if methods_with_one_model:
+        out["note"] = (
+            f"methods with a single model ({', '.join(methods_with_one_model)}) cannot be "
+            "predicted for that model: its method is absent from every training fold"
+        )
+
+    def run(estimator, X) -> tuple[np.ndarray, dict]:
+        predicted = held_out_predictions(estimator, X, y, folds, random_state=rs)
+        return predicted, _held_out_summary(predicted, y, models, n_boot=n_boot, random_state=rs)
+
+    predicted, out["classifier"] = run(MethodClassifier(features=main), features)
+    out["confusion"] = {
+        "labels": classes,
+        "matrix": confusion_matrix(y, predicted, labels=classes).tolist(),
+        "note": "rows: true method, columns: predicted; each failure once (held out)",
+    }
+    counts = pd.Series(y).value_counts()
+    share = float(counts.iloc[0] / len(y))
+    out["majority"] = {
+        "accuracy": {"mean": share, "std": 0.0, "n": 1},
+        "interval": rate_estimate(int(counts.iloc[0]), len(y)).to_dict(),
+        "n": int(len(y)),
+        "how": f"share of the most frequent method ({counts.index[0]})",
+    }
+    _, out["majority_in_folds"] = run(DummyClassifier(strategy="most_frequent"), features)
+    out["majority_in_folds"]["how"] = (
+        "the training folds' most frequent method, predicted for the held-out models"
+    )
+    if failure_rates is not None:
+        rate = pd.DataFrame(
+            {"failure_rate": [float(failure_rates[m]) for m in models]}, index=features.index
+        )
+        _, out["failure_rate_only"] = run(MethodClassifier(features=["failure_rate"]), rate)
+        out["failure_rate_only"]["how"] = "one number per model: its probe failure rate"
+    else:
+        out["failure_rate_only"] = None
+    centroids = features.groupby("model")[main].transform("mean")
+    _, out["model_centroid"] = run(MethodClassifier(features=main), centroids)
+    out["model_centroid"]["how"] = "every failure replaced by its model's mean features"
+    if texts is not None:
+        _, out["text_baseline"] = run(TextBaselineClassifier(), np.asarray(texts, dtype=object))
+    else:
+        out["text_baseline"] = None
+    observed = out["classifier"]["accuracy"]["mean"]
+    out["null"] = permutation_null(
+        MethodClassifier(features=main),
+        features,
+        y,
+        models,
+        folds,
+        n_permutations=n_null,
+        observed=observed,
+        random_state=rs,
+    )
+    out["ablations"] = {}
+    for name, cols in feature_sets.items():
+        if list(cols) == main and name == "features":
+            out["ablations"][name] = out["classifier"] | {"features": list(cols)}
+            continue
+        _, res = run(MethodClassifier(features=list(cols)), features)
+        out["ablations"][name] = res | {"features": list(cols)}
     return out

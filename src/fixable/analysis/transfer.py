@@ -7,9 +7,12 @@ source's scale), the cluster model (agreement of its clusters with the target's 
 labels), the topography classifier (accuracy on the target's methods; also with the
 standardisation refitted on the target's unlabelled features), the best fixed intervention
 (its rescue rate on the target at the budget) and the router's median thresholds (routed
-rescue rate on the target). In-family figures are cross-validated or cross-fitted where the
-quantity is trained (classifier, best fixed); the cluster model and router thresholds are
-unsupervised and are fitted on the family itself.
+rescue rate on the target). Protocol v2: the in-family classifier is evaluated on held-out
+models of the family (leave-one-seed-out, else leave-one-model-out); the best fixed
+intervention is chosen on the *labelling part* (of the source family, or of the other fold
+of the family's problems) and scored on the target's *scoring part*; the router's
+thresholds are frozen on the source family, or in family on the family's other
+calibration group (seeds, else halves of its models), never on the failures routed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.preprocessing import StandardScaler
 
+from fixable.analysis.evaluation import calibration_groups
 from fixable.analysis.regimes import RegimeClusterer, agreement, feature_matrix
 from fixable.analysis.routing import (
     BestFixedIntervention,
@@ -31,7 +35,12 @@ from fixable.analysis.routing import (
     route_failures,
 )
 from fixable.analysis.stats import bootstrap_mean_estimate
-from fixable.analysis.topography import MethodClassifier, grouped_cv
+from fixable.analysis.topography import (
+    MethodClassifier,
+    held_out_folds,
+    held_out_predictions,
+    per_model_accuracy,
+)
 from fixable.features import FAILURE_KEY, FEATURES
 
 logger = logging.getLogger(__name__)
@@ -49,6 +58,7 @@ def transfer(
     feature_cols: Sequence[str] = FEATURES,
     labels: Sequence | None = None,
     outcomes: Outcomes | None = None,
+    label_outcomes: Outcomes | None = None,
     budget: float = 16,
     clusterer: RegimeClusterer | None = None,
     n_seeds: int = 3,
@@ -58,8 +68,9 @@ def transfer(
     """Both directions between every pair of families in ``features["family"]``.
 
     ``features`` needs columns ``family``, ``method`` (None where unknown) and
-    ``feature_cols``; ``labels`` aligns with its rows; ``outcomes`` holds the rescue
-    outcomes (failures missing from it are left out of the routing quantities)."""
+    ``feature_cols``; ``labels`` aligns with its rows; ``outcomes`` holds the scoring
+    part's rescue outcomes and ``label_outcomes`` the labelling part's, aligned with it
+    (failures missing from them are left out of the routing quantities)."""
     feature_cols = list(feature_cols)
     families = sorted(f for f in features["family"].dropna().unique())
     if len(families) < 2:
@@ -121,6 +132,7 @@ def transfer(
                         src,
                         tgt,
                         outcomes,
+                        label_outcomes if label_outcomes is not None else outcomes,
                         outcome_index,
                         budget,
                         source == target,
@@ -144,17 +156,25 @@ def _classifier_transfer(src, tgt, cols, in_family, n_seeds, n_boot, random_stat
     y_t = tgt["method"].astype(str).to_numpy()
     majority = float(pd.Series(y_t).value_counts().iloc[0] / len(y_t))
     if in_family:
-        cv = grouped_cv(
-            MethodClassifier(features=cols),
-            tgt,
-            y_t,
-            groups,
-            n_seeds=n_seeds,
-            random_state=random_state,
+        models = tgt["model"].astype(str).to_numpy()
+        seeds = tgt["seed"].tolist() if "seed" in tgt else None
+        scheme, folds = held_out_folds(models, y_t, seeds)
+        per_method = tgt.groupby("method")["model"].nunique()
+        if len(set(folds)) < 2 or (per_method < 2).any():
+            return {
+                "note": "in-family held-out models impossible: a method has a single model in "
+                "this family (its method would be absent from training)",
+                "majority_share": majority,
+                "classes": shared,
+            }
+        predicted = held_out_predictions(
+            MethodClassifier(features=cols), tgt, y_t, folds, random_state=random_state
         )
+        hit = predicted == y_t
         return {
-            "accuracy": _grouped_mean(cv["row_accuracy"], groups, n_boot, random_state),
-            "how": f"grouped 5-fold CV within the family, {n_seeds} seeds",
+            "accuracy": _grouped_mean(hit, models, n_boot, random_state),
+            "per_model": per_model_accuracy(predicted, y_t, models),
+            "how": f"{scheme} within the family",
             "majority_share": majority,
             "classes": shared,
         }
@@ -176,13 +196,14 @@ def _classifier_transfer(src, tgt, cols, in_family, n_seeds, n_boot, random_stat
 
 
 def _routing_transfer(
-    src, tgt, outcomes, outcome_index, budget, in_family, n_boot, random_state
+    src, tgt, outcomes, label_outcomes, outcome_index, budget, in_family, n_boot, random_state
 ) -> dict:
-    def outcomes_of(frame) -> Outcomes:
+    def outcomes_of(frame, which=outcomes) -> Outcomes:
         keys = pd.MultiIndex.from_frame(frame[FAILURE_KEY])
-        return outcomes.subset(outcome_index.isin(keys))
+        return which.subset(outcome_index.isin(keys))
 
-    out_s, out_t = outcomes_of(src), outcomes_of(tgt)
+    out_s, out_t = outcomes_of(src, label_outcomes), outcomes_of(tgt)
+    lab_t = outcomes_of(tgt, label_outcomes)
     if len(out_s) == 0 or len(out_t) == 0:
         return {"best_fixed": {"note": "no rescue outcomes for one of the families"}}
     # the target's feature rows in the order of its outcome rows
@@ -196,25 +217,38 @@ def _routing_transfer(
     col = {s: i for i, s in enumerate(out_t.settings)}
     rows = np.arange(len(out_t))
     if in_family:
-        chosen, choices = cross_fitted_best_fixed(out_t, budget, random_state=random_state)
+        # chosen on the labelling part of the other fold of problems, scored on the scoring part
+        chosen, choices = cross_fitted_best_fixed(lab_t, budget, random_state=random_state)
         best = {
             "setting": choices,
-            "how": "cross-fitted: chosen on the other half of the family's problems",
+            "how": "cross-fitted: chosen on the labelling part of the other half of the "
+            "family's problems, scored on the scoring part",
         }
     else:
         setting = BestFixedIntervention(budget).fit(out_s).setting_
         chosen = np.full(len(out_t), setting, dtype=object)
-        best = {"setting": setting, "how": "chosen on all source failures"}
+        best = {
+            "setting": setting,
+            "how": "chosen on the labelling part of all source failures, scored on the "
+            "target's scoring part",
+        }
     best["rescue"] = _grouped_mean(p[rows, [col[s] for s in chosen]], groups, n_boot, random_state)
 
-    router = SignatureRouter()
-    if not in_family:
-        router = router.fit(src)
-    routed = route_failures(router, tgt_rows, out_t.settings, by=None)
+    if in_family:
+        scheme, cal = calibration_groups(tgt_rows)
+        if len(set(cal)) < 2:
+            return {"best_fixed": best}
+        routed = np.empty(len(tgt_rows), dtype=object)
+        for g in sorted(set(cal)):
+            router = SignatureRouter().fit(tgt_rows[cal != g])
+            routed[cal == g] = route_failures(router, tgt_rows[cal == g], out_t.settings)
+        how = f"thresholds frozen on the family's other calibration group ({scheme})"
+    else:
+        router = SignatureRouter().fit(src)
+        routed = route_failures(router, tgt_rows, out_t.settings, by=None)
+        how = "median thresholds of the source family"
     routed_rescue = {
         "rescue": _grouped_mean(p[rows, [col[s] for s in routed]], groups, n_boot, random_state),
-        "how": "median thresholds of the source family"
-        if not in_family
-        else "median thresholds of the family itself (pooled over its models)",
+        "how": how,
     }
     return {"best_fixed": best, "router_thresholds": routed_rescue}

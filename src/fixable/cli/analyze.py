@@ -50,7 +50,11 @@ STAGES = ("features", "labels", "regimes", "routing", "topography", "transfer")
     "--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples per interval."
 )
 @click.option(
-    "--n-seeds", type=int, default=10, show_default=True, help="Topography CV repetitions."
+    "--n-seeds",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Repetitions of the v1 problem-grouped topography CV (unused by protocol v2).",
 )
 @click.option(
     "--require-full-entropy",
@@ -65,9 +69,18 @@ STAGES = ("features", "labels", "regimes", "routing", "topography", "transfer")
     help="Analyse only these models (names or patterns such as '*-s1'; repeat for more).",
 )
 @click.option(
-    "--route-per-model",
-    is_flag=True,
-    help="Router thresholds = medians of each model's own failures (default: of all failures).",
+    "--calibration",
+    "calibration",
+    multiple=True,
+    help="Models (names or patterns) whose failures calibrate the router and are not "
+    "evaluated (default: cross-calibration: seeds, else halves of the models within each family, both ways).",
+)
+@click.option(
+    "--n-null",
+    type=int,
+    default=20,
+    show_default=True,
+    help="Permutations of every null (topography labels, regime features); at least 20.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 def command(
@@ -81,7 +94,8 @@ def command(
     n_seeds,
     require_full_entropy,
     models,
-    route_per_model,
+    calibration,
+    n_null,
     quiet,
 ):
     """Analyse RUN(s): features, labels, regimes, routing, topography, transfer."""
@@ -108,7 +122,8 @@ def command(
         n_boot=n_boot,
         n_seeds=n_seeds,
         require_full_entropy=require_full_entropy,
-        route_by="model" if route_per_model else None,
+        calibration=tuple(calibration),
+        n_null=n_null,
         random_state=seed,
     )
     table, sources = load_runs(runs, models=models or None)

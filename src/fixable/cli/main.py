@@ -28,6 +28,7 @@ COMMANDS = {
     "analyze": "analyze",
     "rescue": "rescue",
     "list": "listing",
+    "label": "label",
 }
 
 

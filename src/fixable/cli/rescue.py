@@ -82,7 +82,8 @@ def _thresholds(text: str) -> dict[str, float]:
 @click.option(
     "--thresholds",
     default=None,
-    help="Constant router thresholds, e.g. 'answer_dispersion=0.5,trajectory_uncertainty=0.3,reference_drift=0.2'.",
+    help="Constant router thresholds, e.g. 'answer_dispersion=0.5,trajectory_uncertainty=0.3,reference_drift=0.2' "
+    "(default: the thresholds shipped for the model's family, frozen on other models).",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Run seed of the rollout seeds."
@@ -130,22 +131,22 @@ def command(
     )
     if calibration and thresholds:
         raise ConfigError("give --calibration or --thresholds, not both")
-    if not (calibration or thresholds):
-        raise ConfigError(
-            "the routing rule needs thresholds: --calibration RUN (medians of the "
-            "model's failures in an earlier run) or --thresholds FEATURE=VALUE,..."
-        )
     settings = (
         [i.label for i in parse_grid(interventions)] if interventions else list(DEFAULT_SETTINGS)
     )
     engine = backends.create(
         backend, model, **(_parse_options(backend_options, "--backend-option") or {})
     )
+    source = None
     if calibration:
         # the run stores rollouts under the backend's model identity, not the CLI spelling
         router = _calibrated(calibration, engine.model_name)
-    else:
+    elif thresholds:
         router = SignatureRouter(thresholds=_thresholds(thresholds))
+    else:
+        router, source = _shipped(engine.model_name, model)
+    if source and not as_json:
+        click.echo(source)
     # a prompt of the user's own carries no task metadata (e.g. the chains solution a
     # task's full verify compares against): check its final answer only
     verifier = _AnswerOnly(the_task) if prompt is not None else the_task
@@ -225,6 +226,30 @@ def _problem(task, problem_id, index, prompt, answer, split, n_problems, seed, P
     if not 0 <= i < len(problems):
         raise ConfigError(f"--index must be in [0, {len(problems) - 1}], got {i}")
     return problems[i]
+
+
+def _shipped(model_name: str, spelled: str):
+    """The shipped frozen thresholds of the model's family, or the error that says how to
+    give thresholds."""
+    from fixable.analysis.thresholds import DEFAULTS_FILE, default_router, load_defaults
+    from fixable.demo import _zoo_info
+
+    family = _zoo_info(model_name).get("family") or _zoo_info(spelled).get("family")
+    router = default_router(model_name, family)
+    if router is None:
+        shipped = sorted(load_defaults().get("families") or {})
+        raise ConfigError(
+            "the routing rule needs thresholds: --calibration RUN (medians of the model's "
+            "failures in an earlier run) or --thresholds FEATURE=VALUE,... "
+            f"(frozen defaults ship only for the families {', '.join(shipped) or 'none'})"
+        )
+    note = (
+        f"router thresholds: shipped defaults of family {family}, frozen on "
+        f"{', '.join(router.calibration_models)} ({DEFAULTS_FILE.name})"
+    )
+    if model_name in router.calibration_models:
+        note += f"; note: {model_name} is one of those calibration models"
+    return router, note
 
 
 def _calibrated(run_dir: str, model: str):

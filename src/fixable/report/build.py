@@ -69,6 +69,10 @@ def analysis_is_current(directory: Path) -> bool:
         result = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
+    from fixable.analysis.result import FORMAT_VERSION
+
+    if result.get("format_version") != FORMAT_VERSION:
+        return False  # an analysis of an earlier protocol: recompute it
     sources = result.get("sources") or []
     seen = sum(int(s.get("rollouts") or 0) for s in sources)
     now = _rollout_count(directory)

@@ -318,8 +318,8 @@ def draw_rescue_matrix(result: dict, failures: pd.DataFrame | None) -> Figure:
 
 
 def caption_rescue_matrix(result: dict, failures: pd.DataFrame | None) -> str:
-    r = _get(result, "data", "R", "min")
-    rr = f"{r} rollouts" if r else "R rollouts"
+    r = _get(result, "data", "R_label", "min") or _get(result, "data", "R", "min")
+    rr = f"{r} labelling-part rollouts" if r else "R rollouts"
     return (
         f"The ground truth: each cell is the share of {rr} that an intervention setting got right "
         "on a failure the probe could not solve; look for the rows that are dark only away from "
@@ -398,8 +398,10 @@ def caption_rescue_curves(result: dict, failures: pd.DataFrame | None) -> str:
     else:
         detail = ""
     return (
-        "Rescue at a matched compute budget (mix charged double), with bootstrap 95 % bands; "
-        f"look for the black router curve above every baseline and close to the dashed oracle{detail}."
+        "Rescue at a matched compute budget (mix charged double) on the scoring part, with "
+        "hierarchical bootstrap 95 % bands; look for the black router curve above every "
+        "baseline and above its within-model shuffle, and close to the dashed oracle"
+        f"{detail}."
     )
 
 
@@ -441,12 +443,14 @@ def caption_topography_confusion(result: dict, failures: pd.DataFrame | None) ->
     detail = ""
     if acc:
         detail = (
-            f": {_pct(acc['mean'])} ± {_pct(acc['std'])} against {_pct(maj)} for the majority "
-            f"class (paper, on its models: {topography_text(result.get('paper'))})"
+            f": {_pct(acc['mean'])} ± {_pct(acc['std'])} across held-out models against "
+            f"{_pct(maj)} for the majority class and "
+            f"{_pct(_get(topo, 'null', 'mean'))} for methods permuted across models "
+            f"(paper, on its models: {topography_text(result.get('paper'))})"
         )
     return (
         "Which post-training method produced a failure, predicted from its three features alone "
-        f"(grouped cross-validation by problem); look for a strong diagonal{detail}."
+        f"on models the classifier never saw (held-out models); look for a strong diagonal{detail}."
     )
 
 

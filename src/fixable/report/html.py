@@ -116,10 +116,18 @@ def headline_box(result: dict) -> str:
         interval = topo["classifier"].get("interval") or {}
         maj = _get(topo, "majority", "accuracy", "mean")
         text = _get(topo, "text_baseline", "accuracy", "mean")
+        rate = _get(topo, "failure_rate_only", "accuracy", "mean")
+        centroid = _get(topo, "model_centroid", "accuracy", "mean")
+        null = topo.get("null") or {}
         lines = [
-            f"95 % CI {ci(interval.get('low'), interval.get('high'))} · n = {interval.get('n', topo.get('n_failures'))} failures",
+            f"held-out models ({esc(_get(topo, 'protocol', 'cv', default=''))}) · 95 % CI "
+            f"{ci(interval.get('low'), interval.get('high'))} · ± across {acc.get('n')} models",
             f"majority class {pct(maj)}"
-            + (f" · text baseline {pct(text)}" if text is not None else ""),
+            + (f" · text baseline {pct(text)}" if text is not None else "")
+            + (f" · failure rate only {pct(rate)}" if rate is not None else "")
+            + (f" · model centroid {pct(centroid)}" if centroid is not None else ""),
+            f"null (methods permuted across models, {null.get('n_permutations', 0)}×): "
+            f"{pct(null.get('mean'))}, 95th pct {pct(null.get('q95'))}, p = {fixed(null.get('p_value'), 2)}",
         ]
         cards.append(
             _card(
@@ -144,38 +152,51 @@ def headline_box(result: dict) -> str:
         )
 
     routing = result.get("routing")
-    sh = _get(routing, "subsets", "steerable-hard") or {}
-    if routing and sh.get("n"):
-        lift = sh["lift"]["best_fixed"]
-        retry = _get(sh, "lift", "retry") or {}
-        lines = [
-            f"95 % CI {ci(lift['low'], lift['high'], pts)} points · n = {sh['n']} failures",
-            f"over the best fixed intervention{_best_fixed(routing)} at budget "
-            f"{routing.get('budget_samples', 0):g} samples; over retry {pts(retry.get('value'))}",
-        ]
-        cards.append(
-            _card(
-                "Routing lift on steerable-hard",
-                f"{pts(lift['value'])} <small>points</small>",
-                lines,
-                f"<b>paper:</b> +{paper_lift * 100:.1f} points",
-                key=True,
+    for subset, title in (
+        ("all", "Routing lift, all failures"),
+        ("steerable-hard", "Routing lift on steerable-hard"),
+    ):
+        block = _get(routing, "subsets", subset) or {}
+        if routing and block.get("n"):
+            lift = block["lift"]["best_fixed"]
+            over = block.get("lift_over_best_fixed") or {}
+            lines = [
+                f"95 % CI {ci(lift['low'], lift['high'], pts)} points · n = {block['n']} failures "
+                f"of {block.get('n_models', '?')} models (hierarchical bootstrap)",
+                f"over the best fixed intervention{_best_fixed(routing)} at budget "
+                f"{routing.get('budget_samples', 0):g} samples, scoring part",
+                f"controls: routes shuffled within model {pts(_get(over, 'shuffled_within_model', 'value'))} · "
+                f"random with the router's shares {pts(_get(over, 'random_shares', 'value'))} · "
+                f"router charged for F3 {pts(_get(over, 'routed_charged', 'value'))}",
+            ]
+            flag = _get(routing, "calibration", "flag")
+            if flag:
+                lines.append(esc(flag))
+            cards.append(
+                _card(
+                    title,
+                    f"{pts(lift['value'])} <small>points</small>",
+                    lines,
+                    f"<b>paper:</b> +{paper_lift * 100:.1f} points"
+                    if subset == "steerable-hard"
+                    else "",
+                    key=True,
+                )
             )
-        )
-    else:
-        why = skipped.get("routing") or (
-            "no steerable-hard failures" if routing else "not computed"
-        )
-        cards.append(
-            _card(
-                "Routing lift on steerable-hard",
-                "",
-                [],
-                f"<b>paper:</b> +{paper_lift * 100:.1f} points",
-                key=True,
-                skip=why,
+        else:
+            why = skipped.get("routing") or (f"no {subset} failures" if routing else "not computed")
+            cards.append(
+                _card(
+                    title,
+                    "",
+                    [],
+                    f"<b>paper:</b> +{paper_lift * 100:.1f} points"
+                    if subset == "steerable-hard"
+                    else "",
+                    key=True,
+                    skip=why,
+                )
             )
-        )
 
     gap = _get(routing, "subsets", "all", "oracle_gap_closed")
     routed = _get(routing, "subsets", "all", "rates", "routed")
@@ -216,15 +237,21 @@ def headline_box(result: dict) -> str:
         )
 
     gmm = _get(result, "regimes", "gmm")
-    if gmm and gmm.get("bootstrap_stability"):
-        b = gmm["bootstrap_stability"]
+    if gmm and _get(gmm, "agreement", "nmi") is not None:
+        a, null = gmm["agreement"], gmm.get("null") or {}
+        b = gmm.get("bootstrap_stability") or {}
         cards.append(
             _card(
-                "Regime stability (GMM)",
-                fixed(b.get("value"), 2),
+                "Regimes (GMM) vs labels",
+                f"NMI {fixed(a.get('nmi'), 2)}",
                 [
-                    f"bootstrap ARI, range {ci(b.get('low'), b.get('high'), lambda v: fixed(v, 2))}",
-                    f"k = {gmm.get('n_regimes')} · NMI with labels {fixed(_get(gmm, 'agreement', 'nmi'), 2)}",
+                    f"permuted-feature null NMI {fixed(_get(null, 'nmi', 'mean'), 2)} "
+                    f"(95th pct {fixed(_get(null, 'nmi', 'q95'), 2)})",
+                    f"purity {fixed(a.get('purity'), 2)} vs majority label share "
+                    f"{fixed(a.get('majority_share'), 2)}",
+                    f"probe-split ARI {fixed(_get(gmm, 'probe_split_stability', 'ari'), 2)} vs null "
+                    f"{fixed(_get(null, 'probe_split_ari', 'mean'), 2)} · bootstrap ARI "
+                    f"{fixed(b.get('value'), 2)} (stability, not agreement) · k = {gmm.get('n_regimes')}",
                 ],
             )
         )
@@ -442,12 +469,24 @@ def routing_table(result: dict) -> str:
     )
     thresholds = routing.get("thresholds") or {}
     threshold_line = "; ".join(
-        ("" if group == "all" else f"{esc(group)}: ")
-        + ", ".join(f"{esc(f)} {fixed(v)}" for f, v in values.items() if v == v)
+        f"{esc(group)}: " + ", ".join(f"{esc(f)} {fixed(v)}" for f, v in values.items() if v == v)
         for group, values in thresholds.items()
     )
+    calibration = routing.get("calibration") or {}
     if threshold_line:
-        threshold_line = f" Median thresholds ({esc(routing.get('route_by', 'all failures'))}): {threshold_line}."
+        threshold_line = (
+            f" Thresholds frozen on calibration models ({esc(calibration.get('scheme', ''))}; "
+            f"each group routed with the medians of the other groups' failures): {threshold_line}."
+        )
+    if calibration.get("flag"):
+        threshold_line += f" <b>{esc(calibration['flag'])}</b>"
+    charge = routing.get("router_charge") or {}
+    if charge:
+        threshold_line += (
+            f" F3 scoring costs the router {fixed(charge.get('mean_samples'), 1)} "
+            "retry-equivalent samples per failure on average (charged in the "
+            "'charged' row, as in deployment)."
+        )
     return (
         table(
             [
@@ -463,7 +502,7 @@ def routing_table(result: dict) -> str:
             classes=classes,
             text_columns=(0, 1),
         )
-        + f'<p class="legend">Budget: {routing.get("budget_samples", 0):g} {esc(routing.get("budget_unit", ""))}. '
+        + f'<p class="legend">Scored on the scoring part (odd sample indices); subsets from the labelling part. Budget: {routing.get("budget_samples", 0):g} {esc(routing.get("budget_unit", ""))}. '
         f"The router sent failures to: {share_line or '–'}. Router: <code>{esc(routing.get('router', ''))}</code>.{threshold_line}</p>"
     )
 
@@ -488,9 +527,29 @@ def topography_table(result: dict) -> str:
         classes.append("em" if em else "")
 
     add("features (F1–F3)", topo["classifier"], em=True)
-    add("majority class", topo.get("majority", {}))
+    add("majority class (share)", topo.get("majority", {}))
+    if topo.get("majority_in_folds"):
+        add("training folds' majority", topo["majority_in_folds"])
+    if topo.get("failure_rate_only"):
+        add("failure rate only (one number per model)", topo["failure_rate_only"])
+    if topo.get("model_centroid"):
+        add("per-model feature centroid", topo["model_centroid"])
     if topo.get("text_baseline"):
         add("text baseline (TF-IDF over the failed rollouts)", topo["text_baseline"])
+    null = topo.get("null") or {}
+    if null:
+        rows.append(
+            [
+                esc(
+                    f"null: methods permuted across models ({null.get('n_permutations')}×; p = {fixed(null.get('p_value'), 2)})"
+                ),
+                pct(null.get("mean")),
+                pct(null.get("std")),
+                f"95th pct {pct(null.get('q95'))}",
+                "",
+            ]
+        )
+        classes.append("")
     for name, res in (topo.get("ablations") or {}).items():
         if name != "features":
             add(f"ablation: {name}", res)
@@ -500,7 +559,7 @@ def topography_table(result: dict) -> str:
     protocol = topo.get("protocol") or {}
     return (
         table(
-            ["predictor", "accuracy (mean over seeds)", "± std", "95 % CI", "n"],
+            ["predictor", "accuracy (mean over held-out models)", "± std", "95 % CI", "n"],
             rows,
             classes=classes,
         )
@@ -527,6 +586,10 @@ def regimes_table(result: dict) -> str:
                 fixed(_get(r, "agreement", "nmi"), 2),
                 fixed(_get(r, "agreement", "ari"), 2),
                 fixed(_get(r, "agreement", "purity"), 2),
+                fixed(_get(r, "agreement", "majority_share"), 2),
+                fixed(_get(r, "null", "nmi", "mean"), 2),
+                fixed(_get(r, "null", "purity", "mean"), 2),
+                fixed(_get(r, "null", "probe_split_ari", "mean"), 2),
             ]
         )
     if not rows:
@@ -542,9 +605,16 @@ def regimes_table(result: dict) -> str:
             "NMI",
             "ARI",
             "purity",
+            "majority share",
+            "null NMI",
+            "null purity",
+            "null probe-split ARI",
         ],
         rows,
         text_columns=(2,),
+    ) + (
+        '<p class="legend">Agreement with the labels of the labelling part; nulls: every '
+        "feature permuted independently across failures and the clusterer refitted.</p>"
     )
 
 
@@ -687,7 +757,9 @@ def render_page(
     result: dict, figures: list[RenderedFigure], *, run_label: str, manifest: dict | None = None
 ) -> str:
     from fixable import __version__
+    from fixable.analysis.result import read_analysis
 
+    result = read_analysis(result)
     data = result.get("data") or {}
     models = data.get("models") or {}
     families = sorted({m.get("family") for m in models.values() if m.get("family")})
@@ -700,6 +772,12 @@ def render_page(
         + f" · {data.get('n_failures', '–')} failures from {data.get('n_rollouts', '–')} rollouts"
         + (f" · K = {k}" if k else "")
         + (f" · R = {r}" if r else "")
+        + (
+            f" ({_get(data, 'R_label', 'min')} labelling + {_get(data, 'R_score', 'min')} scoring, "
+            "protocol v2)"
+            if _get(data, "R_score", "min")
+            else ""
+        )
     )
     toc = " ".join(f'<a href="#fig-{esc(f.name)}">{esc(f.title)}</a>' for f in figures)
     body = [

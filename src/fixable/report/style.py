@@ -32,6 +32,9 @@ STRATEGY_COLORS = {
     "best_fixed": "#009E73",
     "uniform": "#CC79A7",
     "random": "#E69F00",
+    "random_shares": "#F0E442",
+    "shuffled_within_model": "#D55E00",
+    "routed_charged": "#555555",
 }
 STRATEGY_NAMES = {
     "routed": "signature router",
@@ -40,6 +43,9 @@ STRATEGY_NAMES = {
     "best_fixed": "best fixed intervention",
     "uniform": "uniform split",
     "random": "random routing",
+    "random_shares": "random, with the router's shares",
+    "shuffled_within_model": "router's routes shuffled within each model",
+    "routed_charged": "signature router, charged for F3 scoring",
 }
 FAMILY_MARKERS = {"gpt": "o", "llama": "s"}
 FEATURE_NAMES = {
@@ -52,7 +58,17 @@ FEATURE_NAMES = {
 }
 REGIME_ORDER = ("resamplable", "steerable-hard", "steerable-weak", "structural")
 METHOD_ORDER = ("sft", "rl", "distill", "rft")
-STRATEGY_ORDER = ("routed", "best_fixed", "retry", "uniform", "random", "oracle")
+STRATEGY_ORDER = (
+    "routed",
+    "routed_charged",
+    "shuffled_within_model",
+    "random_shares",
+    "best_fixed",
+    "retry",
+    "uniform",
+    "random",
+    "oracle",
+)
 _FALLBACK = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#333333")
 
 RC = {

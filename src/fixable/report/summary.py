@@ -1,9 +1,13 @@
 """``summary.json``: the headline numbers of a run beside the paper's, and every figure of
 the analysis with its interval, in one flat, stable document.
 
-``headline`` holds the few numbers the report's headline box shows (topography accuracy,
-routing lift on steerable-hard, oracle gap closed, cluster stability, transfer, regime
-shares), each ``{id, name, value, low, high, n, interval, paper}``. ``estimates`` holds
+``headline`` holds the few numbers the report's headline box shows (protocol v2: topography
+on held-out models, routing lift over best fixed on all failures and on steerable-hard,
+routed rescue, oracle gap closed, regime agreement and probe-split stability, transfer,
+regime shares), each ``{id, name, value, low, high, n, interval, controls, paper}``:
+``controls`` holds the control or null each figure stands beside (SPEC §3: no headline
+without one). "Lift vs retry on steerable-hard" is not a headline: retry is near 0 there
+by the subset's definition. ``estimates`` holds
 every estimate of ``analysis.json`` — any object with ``value``/``low``/``high`` (an interval)
 or ``mean``/``std`` (over seeds) — keyed by its dotted path in analysis.json, so nothing the
 analysis measured is left out and each one can be traced back. ``curves`` keeps the
@@ -16,8 +20,9 @@ import datetime as _dt
 from collections.abc import Iterator
 
 from fixable.analysis.paper import PAPER
+from fixable.analysis.result import read_analysis
 
-FORMAT, FORMAT_VERSION = "fixable-summary", 1
+FORMAT, FORMAT_VERSION = "fixable-summary", 2
 
 
 def iter_estimates(node, path: str = "") -> Iterator[tuple[str, dict]]:
@@ -42,31 +47,53 @@ def _estimate(node: dict) -> dict:
     return {k: node[k] for k in keep if k in node}
 
 
+def _mean(block) -> float | None:
+    return ((block or {}).get("accuracy") or {}).get("mean")
+
+
 def headline(result: dict) -> list[dict]:
-    """The headline numbers, ours beside the paper's; absent stages are listed with why."""
-    paper = result.get("paper") or {}
+    """The headline numbers, each beside its controls and the paper's; absent stages are
+    listed with why."""
+    analysis = read_analysis(result)
+    paper = analysis.get("paper") or {}
     paper_topo = paper.get("topography_accuracy") or PAPER["topography_accuracy"]
     paper_lift = paper.get("routing_lift_steerable_hard", PAPER["routing_lift_steerable_hard"])
-    skipped = result.get("skipped") or {}
+    skipped = analysis.get("skipped") or {}
     rows: list[dict] = []
 
-    topo = result.get("topography")
+    topo = analysis.get("topography")
     if topo:
         acc = topo["classifier"]["accuracy"]
         interval = topo["classifier"].get("interval") or {}
-        majority = topo.get("majority", {}).get("accuracy", {}).get("mean")
-        text = (topo.get("text_baseline") or {}).get("accuracy", {}).get("mean")
+        null = topo.get("null") or {}
+        majority = _mean(topo.get("majority"))
         rows.append(
             {
                 "id": "topography_accuracy",
-                "name": "Topography accuracy (post-training method from a failure's features)",
+                "name": "Topography accuracy on held-out models (post-training method from a "
+                "failure's features)",
                 "value": acc.get("mean"),
                 "std": acc.get("std"),
                 "low": interval.get("low"),
                 "high": interval.get("high"),
-                "n": interval.get("n", topo.get("n_failures")),
-                "interval": interval.get("interval", "") + "; ± is the std over CV seeds",
-                "baselines": {"majority_class": majority, "text_baseline": text},
+                "n": acc.get("n"),
+                "interval": (topo.get("protocol") or {}).get("cv", "")
+                + "; ± is the std across held-out models; "
+                + interval.get("interval", ""),
+                "controls": {
+                    "majority_class": majority,
+                    "training_fold_majority": _mean(topo.get("majority_in_folds")),
+                    "failure_rate_only": _mean(topo.get("failure_rate_only")),
+                    "model_centroid": _mean(topo.get("model_centroid")),
+                    "text_baseline": _mean(topo.get("text_baseline")),
+                    "null_methods_permuted_mean": null.get("mean"),
+                    "null_methods_permuted_q95": null.get("q95"),
+                    "null_p_value": null.get("p_value"),
+                },
+                "baselines": {
+                    "majority_class": majority,
+                    "text_baseline": _mean(topo.get("text_baseline")),
+                },
                 "over_majority": None
                 if majority is None or acc.get("mean") is None
                 else acc["mean"] - majority,
@@ -85,88 +112,154 @@ def headline(result: dict) -> list[dict]:
             }
         )
 
-    routing = result.get("routing")
-    sh = (routing or {}).get("subsets", {}).get("steerable-hard", {})
-    if routing and sh.get("n"):
-        for baseline in ("best_fixed", "retry"):
-            lift = sh["lift"].get(baseline)
-            if not lift:
-                continue
+    routing = analysis.get("routing")
+    budget = (routing or {}).get("budget_samples")
+    for subset, row_id in (
+        ("all", "routing_lift_all_vs_best_fixed"),
+        ("steerable-hard", "routing_lift_steerable_hard_vs_best_fixed"),
+    ):
+        block = (routing or {}).get("subsets", {}).get(subset, {})
+        if not (routing and block.get("n")):
+            why = skipped.get("routing") or (f"no {subset} failures" if routing else "not computed")
             rows.append(
                 {
-                    "id": f"routing_lift_steerable_hard_vs_{baseline}",
-                    "name": f"Routing lift on steerable-hard over {baseline.replace('_', ' ')} "
-                    f"(budget {routing.get('budget_samples'):g} samples)",
-                    **_estimate(lift),
-                    "paper": paper_lift if baseline == "best_fixed" else None,
-                    "unit": "share (points / 100)",
+                    "id": row_id,
+                    "name": f"Routing lift over best fixed, {subset}",
+                    "value": None,
+                    "skipped": why,
+                    "paper": paper_lift if subset == "steerable-hard" else None,
                 }
             )
-    else:
-        why = skipped.get("routing") or (
-            "no steerable-hard failures" if routing else "not computed"
-        )
+            continue
+        over = block.get("lift_over_best_fixed") or {}
         rows.append(
             {
-                "id": "routing_lift_steerable_hard_vs_best_fixed",
-                "name": "Routing lift on steerable-hard",
-                "value": None,
-                "skipped": why,
-                "paper": paper_lift,
+                "id": row_id,
+                "name": f"Routing lift over best fixed on {subset} failures (scoring part, "
+                f"budget {budget:g} samples, router frozen on calibration models)",
+                **_estimate(block["lift"]["best_fixed"]),
+                "controls": {
+                    "shuffled_within_model": (over.get("shuffled_within_model") or {}).get("value"),
+                    "random_with_router_shares": (over.get("random_shares") or {}).get("value"),
+                    "router_charged_for_scoring": (over.get("routed_charged") or {}).get("value"),
+                    "oracle": (over.get("oracle") or {}).get("value"),
+                },
+                "paper": paper_lift if subset == "steerable-hard" else None,
+                "unit": "share (points / 100)",
             }
         )
     if routing:
-        gap = routing.get("subsets", {}).get("all", {}).get("oracle_gap_closed")
+        all_ = routing.get("subsets", {}).get("all", {})
+        rate = all_.get("rates", {}).get("routed")
+        if rate:
+            rates = all_["rates"]
+            rows.append(
+                {
+                    "id": "routed_rescue_all",
+                    "name": "Failures rescued by the router (all failures, scoring part)",
+                    **_estimate(rate),
+                    "controls": {
+                        s: (rates.get(s) or {}).get("value")
+                        for s in (
+                            "best_fixed",
+                            "retry",
+                            "shuffled_within_model",
+                            "random_shares",
+                            "routed_charged",
+                            "oracle",
+                        )
+                    },
+                    "paper": None,
+                    "unit": "share",
+                }
+            )
+        gap = all_.get("oracle_gap_closed")
         if gap:
             rows.append(
                 {
                     "id": "oracle_gap_closed_all",
                     "name": "Share of the oracle gap the router closes (all failures)",
                     **_estimate(gap),
-                    "paper": None,
-                    "unit": "share",
-                }
-            )
-        rate = routing.get("subsets", {}).get("all", {}).get("rates", {}).get("routed")
-        if rate:
-            rows.append(
-                {
-                    "id": "routed_rescue_all",
-                    "name": "Failures rescued by the router (all failures)",
-                    **_estimate(rate),
+                    "controls": {},
                     "paper": None,
                     "unit": "share",
                 }
             )
 
-    labels = result.get("labels")
+    gmm = (analysis.get("regimes") or {}).get("gmm")
+    if gmm and (gmm.get("agreement") or {}).get("nmi") is not None:
+        a, null = gmm["agreement"], gmm.get("null") or {}
+        rows.append(
+            {
+                "id": "regime_nmi_gmm",
+                "name": f"GMM regimes' agreement with the labels (NMI, k={gmm.get('n_regimes')})",
+                "value": a["nmi"],
+                "n": a.get("n"),
+                "controls": {
+                    "null_permuted_features_mean": (null.get("nmi") or {}).get("mean"),
+                    "null_permuted_features_q95": (null.get("nmi") or {}).get("q95"),
+                    "null_p_value": (null.get("nmi") or {}).get("p_value"),
+                },
+                "paper": None,
+                "unit": "NMI",
+            }
+        )
+        rows.append(
+            {
+                "id": "regime_purity_gmm",
+                "name": "GMM regimes' purity with respect to the labels",
+                "value": a["purity"],
+                "n": a.get("n"),
+                "controls": {
+                    "majority_label_share": a.get("majority_share"),
+                    "null_permuted_features_mean": (null.get("purity") or {}).get("mean"),
+                },
+                "paper": None,
+                "unit": "share",
+            }
+        )
+        split = (gmm.get("probe_split_stability") or {}).get("ari")
+        if split is not None:
+            rows.append(
+                {
+                    "id": "regime_probe_split_ari_gmm",
+                    "name": "GMM regimes' stability across probe halves (ARI)",
+                    "value": split,
+                    "controls": {
+                        "null_permuted_features_mean": (null.get("probe_split_ari") or {}).get(
+                            "mean"
+                        ),
+                        "null_permuted_features_q95": (null.get("probe_split_ari") or {}).get(
+                            "q95"
+                        ),
+                        "bootstrap_ari": (gmm.get("bootstrap_stability") or {}).get("value"),
+                    },
+                    "paper": None,
+                    "unit": "ARI",
+                }
+            )
+
+    labels = analysis.get("labels")
     if labels:
         for regime in ("resamplable", "steerable-hard", "steerable-weak", "structural"):
             block = labels["regimes"].get(regime, {}).get("all")
+            certain = labels["regimes"].get(regime, {}).get("certain_only") or {}
             if block:
                 rows.append(
                     {
                         "id": f"share_{regime}",
-                        "name": f"Share of failures labelled {regime}",
+                        "name": f"Share of failures labelled {regime} (labelling part)",
                         **_estimate(block),
+                        "controls": {
+                            "certain_count": certain.get("count"),
+                            "n_certain": labels.get("n_certain"),
+                        },
                         "paper": None,
                         "unit": "share",
                     }
                 )
 
-    gmm = (result.get("regimes") or {}).get("gmm")
-    if gmm and gmm.get("bootstrap_stability"):
-        rows.append(
-            {
-                "id": "cluster_stability_gmm",
-                "name": f"GMM regime stability (bootstrap ARI, k={gmm.get('n_regimes')})",
-                **_estimate(gmm["bootstrap_stability"]),
-                "paper": None,
-                "unit": "ARI",
-            }
-        )
-
-    pairs = (result.get("transfer") or {}).get("pairs") or []
+    pairs = (analysis.get("transfer") or {}).get("pairs") or []
     for p in pairs:
         if p.get("in_family"):
             continue
@@ -177,6 +270,7 @@ def headline(result: dict) -> list[dict]:
                     "id": f"transfer_topography_{p['source']}_to_{p['target']}",
                     "name": f"Topography accuracy, fitted on {p['source']}, tested on {p['target']}",
                     **_estimate(acc),
+                    "controls": {"majority_share": p["classifier"].get("majority_share")},
                     "paper": None,
                     "unit": "share",
                 }
@@ -212,6 +306,9 @@ def build_summary(
             },
             "K": data.get("K"),
             "R": data.get("R"),
+            "R_label": data.get("R_label"),
+            "R_score": data.get("R_score"),
+            "split": data.get("split"),
             "settings": data.get("settings"),
         },
         "paper": result.get("paper") or PAPER,
