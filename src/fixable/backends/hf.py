@@ -105,6 +105,17 @@ def _load_hint(source: str, error: Exception) -> str:
     )
 
 
+def locate(source: str) -> str:
+    """The directory of a built real-model variant (``fixable zoo build --real``) named
+    ``source``; anything else unchanged."""
+    if "/" in source or Path(source).exists():
+        return source
+    from fixable import realzoo
+
+    built = realzoo.resolve(source)
+    return source if built is None else str(built)
+
+
 def _resolve_device(device: str) -> str:
     import torch
 
@@ -126,7 +137,7 @@ class _Model:
 
         self.source = source
         self.gguf = gguf_source.resolve(source)
-        where, extra = source, {}
+        where, extra = locate(source), {}
         if self.gguf is not None:
             where, extra = self.gguf.directory, gguf_source.load_kwargs(self.gguf)
         try:
@@ -263,9 +274,13 @@ class HFBackend:
         self.chat_template = chat_template
         self.trust_remote_code = trust_remote_code
         self.source = str(model)
+        if checkpoints is None and locate(self.source) != self.source:
+            from fixable import realzoo
+
+            checkpoints = realzoo.checkpoints(self.source)  # a built real variant's own
         gguf = gguf_source.resolve(self.source)
-        self.dtype = resolve_dtype(dtype, self.device, self.source, gguf is not None)
-        where, extra = self.source, {}
+        self.dtype = resolve_dtype(dtype, self.device, locate(self.source), gguf is not None)
+        where, extra = locate(self.source), {}
         if gguf is not None:
             where, extra = gguf.directory, {"gguf_file": gguf.file}
         try:
@@ -344,7 +359,9 @@ class HFBackend:
                 "source": m.source,
                 # per-file hashes, remembered per process (the policy's were already
                 # taken by sampling.model_identity); None for a Hub id
-                "weights_sha256": weights_sha256(m.source) if Path(m.source).is_dir() else None,
+                "weights_sha256": (
+                    weights_sha256(locate(m.source)) if Path(locate(m.source)).is_dir() else None
+                ),
                 "hub_revision": getattr(m.lm.config, "_commit_hash", None),
             }
 
