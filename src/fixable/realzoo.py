@@ -290,12 +290,11 @@ def _save_model(lm, tok, out: Path) -> None:
     # a bf16 copy of the weights; the float32 master weights training goes on with are
     # left as they are
     state = {k: v.detach().to(torch.bfloat16) for k, v in lm.state_dict().items()}
-    dtype = lm.config.dtype
-    lm.config.dtype = torch.bfloat16
-    try:
-        lm.save_pretrained(tmp, state_dict=state)
-    finally:
-        lm.config.dtype = dtype
+    lm.save_pretrained(tmp, state_dict=state)
+    config = json.loads((tmp / "config.json").read_text())  # it records the live dtype
+    config["dtype"] = "bfloat16"
+    config.pop("torch_dtype", None)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     tok.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
