@@ -105,7 +105,9 @@ def matmul_params(lm) -> int:
 def bench_scoring(backend, requests, gens, peak: dict) -> dict:
     prompts = [r.prompt for r in requests]
     completions = [g.token_ids for g in gens]
-    tokens = sum(len(backend.encode_prompt(p)) + len(c) for p, c in zip(prompts, completions))
+    tokens = sum(
+        len(backend.encode_prompt(p)) + len(c) for p, c in zip(prompts, completions, strict=True)
+    )
     backend.score(prompts[:2], completions[:2])
     times = []
     for _ in range(2):
@@ -139,12 +141,16 @@ def bench_training(source: str, task_dir: Path, *, batch: int, length: int, step
     lm.train()
     task = GSM8KTask(path=task_dir)
     records = task.records("train")[: batch * (steps + 1)]
-    texts = [task.prompt(r.get("question")) + " " + worked_solution(r.get("answer")) for r in records]
+    texts = [
+        task.prompt(r.get("question")) + " " + worked_solution(r.get("answer")) for r in records
+    ]
     optim = torch.optim.AdamW(lm.parameters(), lr=1e-5)
     times, counted = [], 0
     for step in range(steps + 1):
         chunk = texts[step * batch : (step + 1) * batch]
-        enc = tok(chunk, return_tensors="pt", padding="max_length", truncation=True, max_length=length)
+        enc = tok(
+            chunk, return_tensors="pt", padding="max_length", truncation=True, max_length=length
+        )
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
         start = time.process_time()
         loss = lm(**enc, labels=labels).loss

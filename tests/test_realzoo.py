@@ -13,11 +13,10 @@ pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 pytest.importorskip("accelerate")
 
-from gguf_fixtures import tiny_llama, write_gguf  # noqa: E402
-
 from fixable import realzoo  # noqa: E402
 from fixable.errors import ConfigError  # noqa: E402
 from fixable.types import Verdict  # noqa: E402
+from gguf_fixtures import tiny_llama, write_gguf  # noqa: E402
 
 QUESTIONS = [
     ("Tom has 3 apples and gets 2 more. How many?", "3+2=<<3+2=5>>5\n#### 5"),
@@ -137,7 +136,9 @@ def test_rft_trains_on_accepted_samples_only(base, tmp_path, monkeypatch):
     assert 1 <= data["rft_pool"]["accepted"] <= 6
     assert data["examples"] == data["rft_pool"]["accepted"]
 
-    monkeypatch.setattr(GSM8KTask, "verify", lambda self, text, problem: Verdict(None, False, "no_answer"))
+    monkeypatch.setattr(
+        GSM8KTask, "verify", lambda self, text, problem: Verdict(None, False, "no_answer")
+    )
     with pytest.raises(ConfigError, match="solved none"):
         realzoo.build_one(recipe(base, "rft"), tmp_path / "none")
 
