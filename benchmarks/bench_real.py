@@ -126,7 +126,8 @@ def bench_scoring(backend, requests, gens, peak: dict) -> dict:
 
 
 def bench_training(source: str, task_dir: Path, *, batch: int, length: int, steps: int) -> dict:
-    """Tokens per CPU second of full bf16 fine-tuning steps on GSM8K train solutions."""
+    """Tokens per CPU second of fine-tuning steps on GSM8K train solutions, as
+    ``fixable.realzoo`` trains: float32 master weights, bf16 autocast, AdamW, clipping."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -136,7 +137,7 @@ def bench_training(source: str, task_dir: Path, *, batch: int, length: int, step
     gguf = gguf_source.resolve(source)
     tok = AutoTokenizer.from_pretrained(gguf.directory, gguf_file=gguf.file)
     lm = AutoModelForCausalLM.from_pretrained(
-        gguf.directory, dtype=torch.bfloat16, **gguf_source.load_kwargs(gguf)
+        gguf.directory, dtype=torch.float32, **gguf_source.load_kwargs(gguf)
     )
     lm.train()
     task = GSM8KTask(path=task_dir)
@@ -153,8 +154,10 @@ def bench_training(source: str, task_dir: Path, *, batch: int, length: int, step
         )
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
         start = time.process_time()
-        loss = lm(**enc, labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = lm(**enc, labels=labels).loss
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
         optim.step()
         optim.zero_grad(set_to_none=True)
         if step:  # the first step pays for allocation
@@ -163,39 +166,19 @@ def bench_training(source: str, task_dir: Path, *, batch: int, length: int, step
     return {"tokens_per_cpu_s": counted / sum(times), "step_cpu_s": statistics.median(times)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--per-prompt", type=int, default=4, help="samples per prompt (K)")
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--gemma", action="store_true", help="also time Gemma-3-270M")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes")
-    parser.add_argument("--data", type=Path, default=DATA, help="GSM8K directory")
-    args = parser.parse_args()
-    if args.quick:
-        args.prompts, args.per_prompt, args.new_tokens, args.repeats = 2, 2, 4, 1
-
+def sampling_sections(args, requests, rows: int, tokens: int) -> None:
+    """Sections 1-4 on SmolLM2 (bf16 and fp32 copies loaded here, freed on return)."""
     import torch
 
-    from fixable.backends.hf import HFBackend, bf16_is_native
+    from fixable.backends.hf import HFBackend
     from fixable.interventions import RETRY
 
-    torch.set_num_threads(1)
-    rows = args.prompts * args.per_prompt
-    requests = requests_for(args.data, args.prompts, args.per_prompt, args.new_tokens)
-    print(
-        f"SmolLM2-135M-Instruct; {args.prompts} GSM8K prompts x {args.per_prompt} samples = "
-        f"{rows} rows x {args.new_tokens} new tokens; torch {torch.__version__}; native bf16: "
-        f"{bf16_is_native('cpu')}; medians of {args.repeats}, calls alternated"
-    )
     t0 = time.perf_counter()
     bf16 = HFBackend("smollm2-135m-instruct", dtype="bfloat16", chat_template=True, batch_size=rows)
     fp32 = HFBackend("smollm2-135m-instruct", dtype="float32", chat_template=True, batch_size=rows)
     print(f"loaded bf16 and fp32 copies in {time.perf_counter() - t0:.0f} s")
     for b in (bf16, fp32):
         b.eos_ids = frozenset()  # no end-of-sequence: every row runs exactly N steps
-    tokens = rows * args.new_tokens
 
     def ours(backend=bf16):
         return lambda: backend.generate(requests, RETRY)
@@ -243,7 +226,40 @@ def main() -> None:
     t1, t2 = timed_pair(threads(1), threads(2), args.repeats, "threads")
     print(f"   1 thread {t1:.2f} s  2 threads {t2:.2f} s  1-thread speed-up {t2 / t1:.2f}x wall")
 
-    print("\n5. full bf16 fine-tuning step (forward, backward, AdamW), 8 x 256 tokens")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--per-prompt", type=int, default=4, help="samples per prompt (K)")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--gemma", action="store_true", help="also time Gemma-3-270M")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes")
+    parser.add_argument("--data", type=Path, default=DATA, help="GSM8K directory")
+    parser.add_argument(
+        "--training-only", action="store_true", help="only the fine-tuning tokens/s (5, 6)"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.prompts, args.per_prompt, args.new_tokens, args.repeats = 2, 2, 4, 1
+
+    import torch
+
+    from fixable.backends.hf import HFBackend, bf16_is_native
+    from fixable.interventions import RETRY
+
+    torch.set_num_threads(1)
+    rows = args.prompts * args.per_prompt
+    requests = requests_for(args.data, args.prompts, args.per_prompt, args.new_tokens)
+    print(
+        f"SmolLM2-135M-Instruct; {args.prompts} GSM8K prompts x {args.per_prompt} samples = "
+        f"{rows} rows x {args.new_tokens} new tokens; torch {torch.__version__}; native bf16: "
+        f"{bf16_is_native('cpu')}; medians of {args.repeats}, calls alternated"
+    )
+    tokens = rows * args.new_tokens
+    if not args.training_only:
+        sampling_sections(args, requests, rows, tokens)
+    print("\n5. fine-tuning step (fp32 master, bf16 autocast, AdamW), 8 x 256 tokens")
     steps = 1 if args.quick else 3
     train = bench_training("smollm2-135m-instruct", args.data, batch=8, length=256, steps=steps)
     print(
@@ -251,7 +267,6 @@ def main() -> None:
         f"CPU-s a step)"
     )
     if args.gemma:
-        del bf16, fp32
         print("\n6. Gemma-3-270M (base): sampling and fine-tuning")
         gemma = HFBackend("gemma-3-270m", dtype="bfloat16", batch_size=rows)
         gemma.eos_ids = frozenset()
