@@ -106,7 +106,7 @@ def test_serve_without_its_extra(capsys, monkeypatch):
 
 def test_require_names_the_extra(monkeypatch):
     hide(monkeypatch, "gguf")
-    with pytest.raises(MissingExtraError, match=r"pip install 'fixable\[hf\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'fixable\[real\]'"):
         require("gguf")
     with pytest.raises(ValueError):
         require("numpy")  # a core dependency, not an extra

@@ -19,7 +19,8 @@ from fixable.errors import FixableError
 EXTRAS: dict[str, tuple[str, str]] = {
     "transformers": ("hf", "the hf backend (transformers models)"),
     "tokenizers": ("hf", "exporting an organism to transformers"),
-    "gguf": ("hf", "loading GGUF model files"),
+    "gguf": ("real", "loading GGUF model files"),
+    "accelerate": ("real", "loading GGUF model files"),
     "fastapi": ("serve", "fixable serve"),
     "uvicorn": ("serve", "fixable serve"),
     "httpx": ("openai", "the openai backend (OpenAI-compatible servers)"),

@@ -15,9 +15,17 @@ does not pin the floating-point summation order across batch shapes, so a near-t
 in rare cases resolve differently in another batch — hence no ``seeded`` capability.
 
 Loading is local first: a directory written by ``save_pretrained`` (or
-``fixable zoo export``). A Hub id works where the user is online; with
-``HF_HUB_OFFLINE=1`` transformers refuses it with its own message. transformers is
-imported only when a backend is built.
+``fixable zoo export``), a GGUF file (``gguf:PATH``), or one of the real models that
+install from PyPI as GGUF files, by short name (``smollm2-135m-instruct``,
+``gemma-3-270m``; see ``fixable.backends.gguf_source``). A Hub id works where the user is
+online; with ``HF_HUB_OFFLINE=1`` transformers refuses it with its own message.
+transformers is imported only when a backend is built.
+
+Speed on a CPU: weights run in bfloat16 where the CPU has native bf16 matmuls (AVX512-BF16
+or AMX; ``dtype="auto"``, the default, for GGUF and 16-bit checkpoints), the process uses
+one torch thread unless told otherwise (on a shared machine more threads than free cores
+made decoding ten times slower), and tokens are drawn with ``fixable.fastnoise``, the same
+counter-based noise without its full-vocabulary float64 temporaries.
 """
 
 from __future__ import annotations
@@ -47,7 +55,47 @@ from fixable.registry import backends
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def bf16_is_native(device: str) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively (else bf16 is emulated and
+    slower than float32)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_bf16_supported())
+    if device != "cpu":
+        return False
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def stored_dtype(source: str) -> str | None:
+    """The dtype a model directory's config records (None for GGUF files and Hub ids)."""
+    config = Path(source) / "config.json"
+    if not config.is_file():
+        return None
+    import json
+
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get("dtype") or data.get("torch_dtype")
+    return str(value) if value else "float32"
+
+
+def resolve_dtype(dtype: str, device: str, source: str, is_gguf: bool) -> str:
+    """``"auto"``: a float32 checkpoint (or a Hub id) stays float32, so that its log-probs
+    are exact; a GGUF file or a 16-bit checkpoint runs in bfloat16 where the device does
+    bf16 natively, else in float32."""
+    if dtype != "auto":
+        return dtype
+    stored = None if is_gguf else stored_dtype(source)
+    if not is_gguf and stored in (None, "float32"):
+        return "float32"
+    return "bfloat16" if bf16_is_native(device) else "float32"
 
 
 def _load_hint(source: str, error: Exception) -> str:
@@ -55,6 +103,17 @@ def _load_hint(source: str, error: Exception) -> str:
         f"cannot load {source!r} with transformers: {error}. Give a local directory written "
         "by save_pretrained (e.g. `fixable zoo export NAME OUT`), or a Hub id while online"
     )
+
+
+def locate(source: str) -> str:
+    """The directory of a built real-model variant (``fixable zoo build --real``) named
+    ``source``; anything else unchanged."""
+    if "/" in source or Path(source).exists():
+        return source
+    from fixable import realzoo
+
+    built = realzoo.resolve(source)
+    return source if built is None else str(built)
 
 
 def _resolve_device(device: str) -> str:
@@ -74,10 +133,16 @@ class _Model:
         import torch
         from transformers import AutoModelForCausalLM
 
+        from fixable.backends import gguf_source
+
         self.source = source
+        self.gguf = gguf_source.resolve(source)
+        where, extra = locate(source), {}
+        if self.gguf is not None:
+            where, extra = self.gguf.directory, gguf_source.load_kwargs(self.gguf)
         try:
             self.lm = AutoModelForCausalLM.from_pretrained(
-                source, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+                where, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, **extra
             )
         except (OSError, ValueError) as e:
             raise ConfigError(_load_hint(source, e)) from None
@@ -151,12 +216,16 @@ class HFBackend:
     """Sampling and teacher-forced scoring with transformers, under every intervention.
 
     Args:
-        model: a directory written by ``save_pretrained`` (or a Hub id, online only).
+        model: a directory written by ``save_pretrained``, a GGUF file (``gguf:PATH``), a
+            packaged real model's short name (``smollm2-135m-instruct``,
+            ``gemma-3-270m``), or a Hub id (online only).
         reference: the reference model (same tokenizer) for ``mix`` and reference scoring.
         checkpoints: label → directory of earlier checkpoints, for ``checkpoint(c)``; a
             ``c`` that is not a label is taken as a directory.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
-        dtype: weights' dtype; log-probs and entropies are always computed in float32.
+        dtype: weights' dtype, or ``"auto"`` (see :func:`resolve_dtype`: bfloat16 for GGUF
+            and 16-bit checkpoints where the device has native bf16, else float32); log-probs
+            and entropies are always computed in float32.
         batch_size: rows decoded together (prompts × samples).
         chat_template: wrap each prompt as one user message in the tokenizer's chat
             template (for instruction-tuned models); off by default because task prompts
@@ -166,6 +235,8 @@ class HFBackend:
             token and its ``add_bos_token`` setting (or the organism export's marker) asks
             for it.
         trust_remote_code: passed to transformers.
+        threads: torch threads of this process on a CPU (default 1: one process per core
+            beats threads competing for shared cores); None leaves torch's setting alone.
     """
 
     name = "hf"
@@ -178,27 +249,43 @@ class HFBackend:
         reference: str | Path | None = None,
         checkpoints: Mapping[str, str | Path] | None = None,
         device: str = "cpu",
-        dtype: str = "float32",
+        dtype: str = "auto",
         batch_size: int = 64,
         chat_template: bool = False,
         add_bos: bool | None = None,
         trust_remote_code: bool = False,
+        threads: int | None = 1,
     ):
         if dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads must be a positive integer or None, got {threads!r}")
+        import torch
         from transformers import AutoTokenizer
 
+        from fixable.backends import gguf_source
+
         self.device = _resolve_device(device)
-        self.dtype = dtype
+        if self.device == "cpu" and threads is not None:
+            torch.set_num_threads(threads)
         self.batch_size = batch_size
         self.chat_template = chat_template
         self.trust_remote_code = trust_remote_code
         self.source = str(model)
+        if checkpoints is None and locate(self.source) != self.source:
+            from fixable import realzoo
+
+            checkpoints = realzoo.checkpoints(self.source)  # a built real variant's own
+        gguf = gguf_source.resolve(self.source)
+        self.dtype = resolve_dtype(dtype, self.device, locate(self.source), gguf is not None)
+        where, extra = locate(self.source), {}
+        if gguf is not None:
+            where, extra = gguf.directory, {"gguf_file": gguf.file}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(
-                self.source, trust_remote_code=trust_remote_code
+                where, trust_remote_code=trust_remote_code, **extra
             )
         except (OSError, ValueError) as e:
             raise ConfigError(_load_hint(self.source, e)) from None
@@ -261,11 +348,20 @@ class HFBackend:
         def model_id(m: _Model | None) -> dict | None:
             if m is None:
                 return None
+            if m.gguf is not None:
+                return {
+                    "source": m.source,
+                    "gguf_file": str(m.gguf.path),
+                    "gguf_sha256": m.gguf.sha256(),
+                    "hub_revision": None,
+                }
             return {
                 "source": m.source,
                 # per-file hashes, remembered per process (the policy's were already
                 # taken by sampling.model_identity); None for a Hub id
-                "weights_sha256": weights_sha256(m.source) if Path(m.source).is_dir() else None,
+                "weights_sha256": (
+                    weights_sha256(locate(m.source)) if Path(locate(m.source)).is_dir() else None
+                ),
                 "hub_revision": getattr(m.lm.config, "_commit_hash", None),
             }
 
@@ -441,7 +537,7 @@ class HFBackend:
     ) -> list[Generation]:
         import torch
 
-        from fixable.noise import gumbel_argmax
+        from fixable.fastnoise import gumbel_argmax
 
         n = len(prompts)
         seeds = torch.tensor([r.seed for r in requests], dtype=torch.int64)
@@ -455,32 +551,39 @@ class HFBackend:
         stops = [r.stop for r in requests]
 
         with torch.inference_mode():
-            ids, mask, positions = self._left_pad(prompts)
+            # rows sampling the same prompt (K rollouts of one problem) share its prefill:
+            # each distinct prompt is run once and its cache rows repeated
+            distinct: dict[tuple[int, ...], int] = {}
+            source_row = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+            ids, mask, positions = self._left_pad([list(p) for p in distinct])
             caches = [model.new_cache()]
             out = model.forward(
-                ids,
-                mask,
-                positions,
-                caches[0],
-                hidden=dola_layer is not None,
-                last_only=dola_layer is None,
+                ids, mask, positions, caches[0], hidden=dola_layer is not None, last_only=True
             )
-            ref_out = None
+            last = self._last(out, dola_layer)
+            ref_last = None
             if reference is not None:
                 caches.append(reference.new_cache())
                 ref_out = reference.forward(ids, mask, positions, caches[1], last_only=True)
+                ref_last = self._last(ref_out, None)
+            if len(distinct) < n:
+                index = torch.tensor(source_row, dtype=torch.long, device=self.device)
+                for cache in caches:
+                    cache.batch_select_indices(index)
+                mask, positions = mask[index], positions[index]
+                last = tuple(t[index] for t in last)
+                ref_last = None if ref_last is None else tuple(t[index] for t in ref_last)
             active = torch.arange(n)  # original row of each batch row
             next_pos = positions[:, -1] + 1
             step = 0
             while active.numel() > 0:
-                logits = out.logits[:, -1].float()
-                policy_lp = torch.log_softmax(logits, dim=-1)
+                policy_lp = torch.log_softmax(last[0].float(), dim=-1)
                 ref_lp = None
-                if ref_out is not None:
-                    ref_lp = torch.log_softmax(ref_out.logits[:, -1].float(), dim=-1)
+                if ref_last is not None:
+                    ref_lp = torch.log_softmax(ref_last[0].float(), dim=-1)
                 early_lp = None
                 if dola_layer is not None:
-                    early = model.early_exit_logits(out.hidden_states[dola_layer][:, -1])
+                    early = model.early_exit_logits(last[1])
                     early_lp = torch.log_softmax(early.float(), dim=-1)
                 sample_lp = sampling_logprobs(policy_lp, temperature, ref_lp, alpha, early_lp)
                 chosen = gumbel_argmax(sample_lp, seeds[active], step).to(self.device)
@@ -530,8 +633,10 @@ class HFBackend:
                     hidden=dola_layer is not None,
                     last_only=True,
                 )
+                last = self._last(out, dola_layer)
                 if reference is not None:
                     ref_out = reference.forward(step_ids, mask, step_pos, caches[1], last_only=True)
+                    ref_last = self._last(ref_out, None)
                 next_pos = next_pos + 1
 
         gens = []
@@ -552,6 +657,13 @@ class HFBackend:
                 )
             )
         return gens
+
+    @staticmethod
+    def _last(out, dola_layer: int | None) -> tuple:
+        """The last position's logits and, for DoLa, its hidden state at ``dola_layer``."""
+        if dola_layer is None:
+            return (out.logits[:, -1],)
+        return (out.logits[:, -1], out.hidden_states[dola_layer][:, -1])
 
     def _cut_at_stop(self, row: int, tokens, texts, stops) -> bool:
         """Whether row's text now contains a stop string; if so, remember it cut before it.

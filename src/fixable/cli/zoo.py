@@ -16,8 +16,14 @@ def command() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the cards as JSON.")
 @click.option("--markdown", is_flag=True, help="Print one table row per model (Markdown).")
 @click.option("--micro", is_flag=True, help="Also list the rebuild-check micro model.")
-def list_command(as_json: bool, markdown: bool, micro: bool) -> None:
+@click.option("--real", is_flag=True, help="List the built real-model variants instead.")
+def list_command(as_json: bool, markdown: bool, micro: bool, real: bool) -> None:
     """Print a model card per zoo model."""
+    if real:
+        from fixable.cli.realzoo import list_real
+
+        list_real(as_json)
+        return
     from fixable.organism import zoo
     from fixable.organism.cards import format_card, markdown_table
 
@@ -68,8 +74,18 @@ def list_command(as_json: bool, markdown: bool, micro: bool) -> None:
 )
 @click.option("--force", is_flag=True, help="Rebuild models that are already built.")
 @click.option("--micro", is_flag=True, help="Build only the rebuild-check micro model.")
-def build_command(names, device, threads, work_dir, zoo_dir, force, micro) -> None:
+@click.option(
+    "--real",
+    is_flag=True,
+    help="Build post-trained variants of the real models instead (fixable.realzoo).",
+)
+def build_command(names, device, threads, work_dir, zoo_dir, force, micro, real) -> None:
     """Rebuild zoo models from their recipes (default: every model; finished ones are skipped)."""
+    if real:
+        from fixable.cli.realzoo import build_real
+
+        build_real(names, threads=threads, zoo_dir=zoo_dir, force=force)
+        return
     import time
     from pathlib import Path
 
