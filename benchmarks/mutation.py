@@ -82,8 +82,14 @@ MODULES: dict[str, Module] = {
     "resume": Module(
         "fixable/sampling.py",
         ("x_plan*", "x_in_part*", "x__batches*", "xǁPlannedǁ*"),
-        ("test_sampling.py",),
-        "what a resumed run still has to sample",
+        ("test_boundaries_resume.py",),
+        "what a resumed run still has to sample (plan, keys, parts, batches)",
+    ),
+    "store-keys": Module(
+        "fixable/store.py",
+        ("xǁRunǁkeys*",),
+        ("test_boundaries_resume.py",),
+        "the keys a resumed run skips",
     ),
     "verifiers": Module(
         "fixable/tasks/gsm8k.py",
