@@ -219,9 +219,16 @@ def run_module(name: str, module: Module, workdir: Path, children: int, rerun: b
             continue
         diff = _mutmut(["show", mutant], work).stdout
         function = _function_of(mutant, dotted)
-        _, added = _changed_lines(diff)
+        removed, added = _changed_lines(diff)
         match = next(
-            (e for e in equivalents if e["function"] == function and e["line"] == added), None
+            (
+                e
+                for e in equivalents
+                if e["function"] == function
+                # a row "- <line>" names a deletion by the line it deletes
+                and (e["line"] == added or (not added and e["line"] == f"- {removed}"))
+            ),
+            None,
         )
         (equivalent if match else survivors).append((mutant, status, function, diff))
     counts = {
