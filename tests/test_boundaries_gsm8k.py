@@ -27,6 +27,7 @@ from fixable.tasks.gsm8k import canonical_number, extract_number, gold_of, numbe
         ("12..", "12"),
         ("1 000", "1000"),
         ("abc", None),
+        ("12X", None),  # only dots are stripped from the end
         ("Infinity", None),
     ],
 )
