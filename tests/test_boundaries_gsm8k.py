@@ -28,6 +28,7 @@ from fixable.tasks.gsm8k import canonical_number, extract_number, gold_of, numbe
         ("1 000", "1000"),
         ("abc", None),
         ("12X", None),  # only dots are stripped from the end
+        ("0.0000001", "0.0000001"),  # written out, never 1E-7
         ("Infinity", None),
     ],
 )
@@ -44,6 +45,7 @@ def test_canonical_numbers(text, number):
         ("\\boxed{} 9", "9"),  # an empty box holds no answer: the last number written
         ("\\boxed{6} and \\boxed{x} 1", "6"),  # a marker without a number: the one before
         ("The answer is 5. \\boxed{x} 13", "5"),  # the box ends at its brace
+        ("\\boxed{x 7} 13", "7"),  # not at its first space
         ("The answer is 5. \\boxed{x} 13 }", "5"),  # at its first closing brace
         ("The answer is: 42", "42"),
         ("Final answer: 3.25 kg", "3.25"),
@@ -63,6 +65,9 @@ def test_gold_is_the_number_after_the_last_marker():
     assert gold_of("She has 3 #### apples? no.\nSo 4 + 1 = 5\n#### 5") == "5"
     assert gold_of("x\n####  1,234 ") == "1234"
     assert gold_of("x\n#### 1 234") == "1234"
+    with pytest.raises(DataError) as caught:
+        gold_of("no marker here")
+    assert str(caught.value) == ": field 'answer' has no '#### <number>' line"
     with pytest.raises(DataError) as caught:
         gold_of("no marker here", "test.jsonl:3")
     assert str(caught.value) == "test.jsonl:3: field 'answer' has no '#### <number>' line"

@@ -134,3 +134,18 @@ def test_keys_can_be_filtered(tmp_path, task, problems):
     assert run.keys("phase = 'rescue'") == {
         ("fake-model", problems[0].id, "rescue", "temperature(T=0.3)", 0)
     }
+
+
+def test_a_batch_size_of_one_sends_one_request_per_call(tmp_path, task, problems):
+    backend = FakeBackend()
+    sample(
+        backend,
+        task,
+        problems[:2],
+        tmp_path / "run",
+        phase="rescue",
+        interventions=[COLD, HOT],
+        n=2,
+        batch_size=1,
+    )
+    assert backend.calls == [(COLD.label, 1)] * 4 + [(HOT.label, 1)] * 4
