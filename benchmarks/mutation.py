@@ -82,8 +82,14 @@ MODULES: dict[str, Module] = {
     "resume": Module(
         "fixable/sampling.py",
         ("x_plan*", "x_in_part*", "x__batches*", "xǁPlannedǁ*"),
-        ("test_sampling.py",),
-        "what a resumed run still has to sample",
+        ("test_boundaries_resume.py",),
+        "what a resumed run still has to sample (plan, keys, parts, batches)",
+    ),
+    "store-keys": Module(
+        "fixable/store.py",
+        ("xǁRunǁkeys*",),
+        ("test_boundaries_resume.py",),
+        "the keys a resumed run skips",
     ),
     "verifiers": Module(
         "fixable/tasks/gsm8k.py",
@@ -95,7 +101,7 @@ MODULES: dict[str, Module] = {
             "xǁGSM8KTaskǁcheck*",
             "xǁGSM8KTaskǁextract*",
         ),  # fmt: skip
-        ("test_tasks_gsm8k.py",),
+        ("test_boundaries_gsm8k.py", "test_tasks_gsm8k.py"),
         "GSM8K answer extraction and checking",
     ),
 }
@@ -198,6 +204,11 @@ def run_module(name: str, module: Module, workdir: Path, children: int, rerun: b
             ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__")
         )
         (work / "pyproject.toml").write_text(_pyproject_with_mutmut(module))
+        # tests find the benchmark data at ../shared/data beside their checkout (conftest)
+        shared = ROOT.parent / "shared"
+        for beside in (workdir / "shared", work / "shared"):
+            if shared.is_dir() and not beside.exists():
+                beside.symlink_to(shared)
         targets = globs
     started = time.monotonic()
     proc = _mutmut(["run", "--max-children", str(children), *targets], work) if targets else None
@@ -213,9 +224,16 @@ def run_module(name: str, module: Module, workdir: Path, children: int, rerun: b
             continue
         diff = _mutmut(["show", mutant], work).stdout
         function = _function_of(mutant, dotted)
-        _, added = _changed_lines(diff)
+        removed, added = _changed_lines(diff)
         match = next(
-            (e for e in equivalents if e["function"] == function and e["line"] == added), None
+            (
+                e
+                for e in equivalents
+                if e["function"] == function
+                # a row "- <line>" names a deletion by the line it deletes
+                and (e["line"] == added or (not added and e["line"] == f"- {removed}"))
+            ),
+            None,
         )
         (equivalent if match else survivors).append((mutant, status, function, diff))
     counts = {

@@ -23,6 +23,7 @@ from fixable.features import (
     failure_features,
     failure_texts,
     list_stats,
+    probe_rows,
     probe_subsets,
 )
 
@@ -374,3 +375,21 @@ def test_unknown_correctness_counts_as_not_correct_and_problems_come_sorted():
     assert status["n_correct"].tolist() == [1, 0] and status["failed"].tolist() == [False, True]
     assert status["n_probes"].tolist() == [2, 2]
     assert failed_problems(table, phase="rescue")["problem_id"].tolist() == ["y"]
+
+
+def test_probe_rows_keep_rows_without_a_status_and_drop_backend_errors():
+    rows = probe("p", ["1", "2", "3"])
+    rows[1]["status"] = None  # no status recorded: still a sample
+    rows[2]["status"] = "error"
+    rescue_row = probe("p", ["4"])[0] | {"phase": "rescue", "sample_index": 9}
+    table = rows_table([*rows, rescue_row])
+    assert probe_rows(table)["sample_index"].to_pylist() == [0, 1]  # "probe" by default
+    assert probe_rows(table, "rescue")["sample_index"].to_pylist() == [9]
+
+
+def test_failure_texts_of_another_phase_use_that_phase_failures():
+    rows = probe("p", ["1", "2"])
+    for row, text in zip(rows, ["x", "y"], strict=True):
+        row |= {"phase": "rescue", "text": text}
+    table = rows_table(rows + probe("q", ["1"]))
+    assert failure_texts(table, phase="rescue").to_dict() == {("m", "p"): "x\ny"}

@@ -537,3 +537,11 @@ def test_recorded_costs_need_no_token_counts():
     matrix = rescue_matrix(table).set_index("setting")
     # cost_tokens as recorded (rescue() records tokens x 1 here, even for mix)
     assert matrix["cost_per_sample"].to_dict() == {"mix(alpha=0.5)": 4.0, "retry": 10.0}
+
+
+def test_without_costs_or_token_counts_the_cost_is_unknown_not_guessed():
+    rows = rescue("p", "retry", 1, 2)
+    for row in rows:
+        row["cost_tokens"] = None
+    matrix = rescue_matrix(rows_table(rows).drop(["n_tokens"]))
+    assert math.isnan(matrix.loc[0, "cost_per_sample"]) and matrix.loc[0, "rate"] == 0.5

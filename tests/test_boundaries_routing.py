@@ -77,8 +77,14 @@ def test_outcomes_hold_the_matrix_figures_per_failure_and_setting():
     assert outcomes.successes[:, [retry, mix]].tolist() == [[1, 3], [0, 2]]
     assert outcomes.cost[:, [retry, mix]].tolist() == [[10, 7], [30, 5]]
     assert outcomes.unit_cost.tolist() == [10, 30]  # the retry cost: the budget's unit
+    assert list(outcomes.keys.index) == [0, 1] and list(outcomes.keys.columns) == [
+        "model",
+        "problem_id",
+    ]
     only_b = outcomes.subset([False, True])
     assert len(only_b) == 1 and only_b.keys["problem_id"].tolist() == ["b"]
+    assert list(only_b.keys.columns) == ["model", "problem_id"] and list(only_b.keys.index) == [0]
+    assert only_b.settings == outcomes.settings
     assert only_b.n.tolist() == outcomes.n[1:].tolist()
     assert only_b.cost.tolist() == outcomes.cost[1:].tolist()
     assert only_b.successes.tolist() == outcomes.successes[1:].tolist()
@@ -112,3 +118,30 @@ def test_outcomes_need_retry_and_samples_of_every_setting():
         Outcomes.from_matrix(matrix, ["retry", "dola(layer=1)"])
     assert str(caught.value) == "no rescue samples at all for settings ['dola(layer=1)']"
     assert np.isfinite(Outcomes.from_matrix(matrix).cost).all()
+
+
+def test_settings_of_errors_only_are_missing_and_one_sample_is_enough(caplog):
+    errors = [
+        {"problem_id": "c", "phase": "rescue", "setting": "mix(alpha=0.5)", "intervention": "mix",
+         "status": "error", "sample_index": 0, "entropies": None, "n_tokens": 0, "cost_tokens": 0.0}
+    ]  # fmt: skip
+    rows = rescue("a", "retry", 1, 1) + rescue("a", "mix(alpha=0.5)", 0, 1)  # one sample each
+    rows += rescue("b", "retry", 1, 4) + rescue("b", "mix(alpha=0.5)", 1, 4)
+    rows += rescue("c", "retry", 1, 4) + errors  # mix: errors only, no sample
+    with caplog.at_level("WARNING", logger="fixable.analysis.routing"):
+        outcomes = Outcomes.from_matrix(rescue_matrix(rows_table(rows)), SETTINGS)
+    assert outcomes.keys["problem_id"].tolist() == ["a", "b"]
+    assert outcomes.n.tolist() == [[1, 1], [4, 4]]
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 failures lack rescue samples for some setting; left out of routing evaluation"
+    ]
+
+
+def test_the_failures_asked_for_come_in_the_order_asked():
+    rows = []
+    for problem in ("a", "b", "c"):
+        rows += rescue(problem, "retry", 1, 4) + rescue(problem, "mix(alpha=0.5)", 2, 4)
+    matrix = rescue_matrix(rows_table(rows))
+    asked = pd.DataFrame({"model": ["m", "m"], "problem_id": ["c", "a"]})
+    outcomes = Outcomes.from_matrix(matrix, SETTINGS, asked)
+    assert outcomes.keys["problem_id"].tolist() == ["c", "a"]
