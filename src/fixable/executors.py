@@ -213,7 +213,7 @@ class ProcessExecutor:
             parent, child = context.Pipe()
             proc = context.Process(
                 target=_worker_main,
-                args=(child, self.threads),
+                args=(child, self.threads, os.getpid()),
                 name=f"fixable-sampler-{index}",
                 daemon=True,
             )
@@ -356,7 +356,25 @@ class ProcessExecutor:
         self.close()
 
 
-def _worker_main(conn, threads: int) -> None:
+def _tie_to_parent(parent_pid: int) -> None:
+    """Die with the driver: a worker must not write a chunk into a run after its driver was
+    killed (the resumed run would sample those keys again). Ctrl-C goes to the driver
+    alone, which then stops the workers."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: SIGKILL when the parent exits
+    except (OSError, AttributeError):  # not Linux: the pipe's EOF still stops an idle worker
+        return
+    if os.getppid() != parent_pid:  # the driver died before prctl took effect
+        os._exit(1)
+
+
+def _worker_main(conn, threads: int, parent_pid: int) -> None:
     """A sampling worker process: keeps the last backend and task it was sent, samples
     each chunk it receives into its run as one shard and answers with the counts."""
     import pickle
@@ -364,6 +382,7 @@ def _worker_main(conn, threads: int) -> None:
 
     import torch
 
+    _tie_to_parent(parent_pid)
     torch.set_num_threads(threads)
     worker = default_worker()
     backend = task = None
