@@ -143,3 +143,27 @@ def test_a_run_refuses_to_be_resumed_in_another_precision(tmp_path):
         sample(bf16, task, problems, tmp_path, n=4)
     with pytest.raises(ConfigError, match="dtype must be"):
         OrganismBackend("llama-micro", reference=None, dtype="half")
+
+
+class CrashingBackend(FakeBackend):
+    """Fails inside the worker with an error that is not a FixableError."""
+
+    def generate(self, requests, intervention):
+        raise RuntimeError("boom in the worker")
+
+
+def test_a_crash_in_a_worker_stops_the_call_with_its_traceback(tmp_path):
+    from fixable.errors import FixableError
+    from fixable.sampling import sample
+    from fixable.tasks import get_task
+
+    task = get_task("chains")
+    with ProcessExecutor(2) as executor, pytest.raises(FixableError, match="boom in the worker"):
+        sample(
+            CrashingBackend("gpt-sft-s0"),
+            task,
+            task.problems(4, seed=0),
+            tmp_path / "run",
+            n=2,
+            executor=executor,
+        )
