@@ -342,6 +342,8 @@ class CheckpointAlias:
         self.capabilities = backend.capabilities
 
     def __getattr__(self, name):
+        if name.startswith("__") or name == "_backend":  # unpickling a copy (worker processes)
+            raise AttributeError(name)
         return getattr(self._backend, name)
 
     @property
@@ -414,7 +416,9 @@ def _record(run, config: DemoConfig, command: str | None) -> None:
     run.update_manifest(change)
 
 
-def _probe_until_enough(backend, task, problems_all, run, config, model, progress, emit) -> list:
+def _probe_until_enough(
+    backend, task, problems_all, run, config, model, progress, emit, executor=None
+) -> list:
     """Probe the first ``config.problems`` problems, then more, until ``model`` has
     ``min_failures`` failures or ``max_problems`` problems; returns the problems probed."""
     from fixable.sampling import PROBE, failed_problems, sample
@@ -425,6 +429,7 @@ def _probe_until_enough(backend, task, problems_all, run, config, model, progres
         batch_size=config.batch_size,
         config=config.to_dict(),
         progress=progress,
+        executor=executor,
     )
     round_ = 1
     while True:
@@ -459,6 +464,7 @@ def run_demo(
     report: bool = True,
     command: str | None = None,
     threads: int | None = 1,
+    workers: int = 1,
     progress: Callable[[DemoEvent], None] | None = None,
 ) -> DemoResult:
     """Probe, rescue sweep, analysis (with transfer) and report, resumable by key.
@@ -475,6 +481,11 @@ def run_demo(
             models are 64 wide: one thread is fastest, and several threads on a busy
             machine are many times slower (docs/demo.md has the measurement). Results
             do not depend on it.
+        workers: sampling processes (``fixable.executors.ProcessExecutor``), each with
+            ``threads`` torch threads (one if None); ``fixable demo`` uses two on a machine
+            with two cores or more. Results do not depend on it: each process samples whole
+            units with its own copy of the backend, and a rollout's tokens are a function of
+            its key. More than one needs a backend that can be pickled.
         progress: called with a ``DemoEvent`` as the demo goes.
     """
     import torch
@@ -482,6 +493,11 @@ def run_demo(
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
+    executor = None
+    if workers > 1:
+        from fixable.executors import ProcessExecutor
+
+        executor = ProcessExecutor(workers, threads=threads or 1)
     try:
         return _run_demo(
             config,
@@ -492,13 +508,16 @@ def run_demo(
             report,
             command,
             progress or (lambda event: None),
+            executor,
         )
     finally:
+        if executor is not None:
+            executor.close()
         torch.set_num_threads(previous_threads)
 
 
 def _run_demo(
-    config, out, backend_factory, model_info, checkpoints, report, command, emit
+    config, out, backend_factory, model_info, checkpoints, report, command, emit, executor=None
 ) -> DemoResult:
     from fixable.analysis.pipeline import analyze, load_runs, write_analysis
     from fixable.backends.base import check_capabilities
@@ -537,7 +556,7 @@ def _run_demo(
             for intervention in grid:  # a symbolic checkpoint must exist before sampling starts
                 _concrete(intervention, backend.model_name, checkpoints)
             chosen = _probe_until_enough(
-                backend, task, problems_all, run, config, model, forward, note
+                backend, task, problems_all, run, config, model, forward, note, executor
             )
             # the rescue half of fixable.sampling.sweep, over the failures of every round
             failed, _ = rescue_failures(
@@ -556,6 +575,7 @@ def _run_demo(
                 max_tokens=config.max_tokens,
                 batch_size=config.batch_size,
                 config=config.to_dict(),
+                executor=executor,
             )
         finally:
             close = getattr(backend._backend, "close", None)

@@ -298,6 +298,13 @@ def _register(
                     f"({changed[0]} changed its sha256); new rollouts would mix two models: "
                     f"write to a new --out"
                 )
+            old_dtype, new_dtype = known["identity"].get("dtype"), identity.get("dtype")
+            if old_dtype is not None and new_dtype is not None and old_dtype != new_dtype:
+                raise StoreError(
+                    f"model {model!r} in {run.path} was sampled in {old_dtype}, now {new_dtype}: "
+                    f"the precision changes the rollouts; resume with dtype={old_dtype} or "
+                    f"write to a new --out"
+                )
             if known["identity"].get("backend") != identity["backend"]:
                 raise StoreError(
                     f"model {model!r} in {run.path} was sampled with backend "

@@ -16,6 +16,12 @@ by ``save_checkpoint``) and, with ``reference="auto"``, the base model of its fa
 On CPU a rollout's tokens are a pure function of its seed (``seeded``): the engine's
 results do not depend on batching. On a GPU the backend does not promise that (see
 docs/engine.md). Entropies are over the whole vocabulary (``full_entropy``).
+
+``dtype`` chooses the precision of the engine's linear layers: ``"float32"`` (the
+default), ``"bfloat16"`` (weights and their inputs in bf16; everything else fp32) or
+``"auto"`` (bf16 where the CPU multiplies bf16 in hardware). bf16 changes the rollouts, so
+the manifest records it and a run refuses to be resumed in another precision; see
+docs/engine.md for what it changes and why fp32 stays the default.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class OrganismBackend:
         max_tokens: the most tokens any completion may have (a request asking for more is
             cut to this); None leaves each request's own ``max_tokens``.
         zoo_dir: the zoo to resolve names in (default: the zoo shipped in the package).
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"auto"`` (bfloat16 where the CPU has
+            bf16 matrix instructions, else float32): the linear layers' precision.
     """
 
     name = "organism"
@@ -82,6 +90,7 @@ class OrganismBackend:
         batch_size: int = 512,
         max_tokens: int | None = None,
         zoo_dir: str | Path | None = None,
+        dtype: str = "float32",
     ):
         from fixable.organism import zoo
         from fixable.organism.tokenizer import CharTokenizer
@@ -91,6 +100,7 @@ class OrganismBackend:
         if max_tokens is not None and int(max_tokens) < 1:
             raise ConfigError(f"max_tokens must be >= 1 (or None for no cap), got {max_tokens!r}")
         self.batch_size = int(batch_size)
+        self.dtype = _resolve_dtype(dtype)
         self.max_tokens = None if max_tokens is None else int(max_tokens)
         self.zoo_dir = None if zoo_dir is None else Path(zoo_dir)
         self.device = _resolve_device(device)
@@ -160,6 +170,7 @@ class OrganismBackend:
             "reference_path": reference_path,
             "checkpoints": {k: str(v) for k, v in self.checkpoints().items()},
             "device": self.device,
+            "dtype": self.dtype,
             "max_tokens_cap": self.max_tokens,
             "engine": {
                 "min_rows": engine.MIN_ROWS,
@@ -232,6 +243,7 @@ class OrganismBackend:
                 max_new_tokens=limit,
                 eos_id=self.tokenizer.eos_id,
                 batch_size=self.batch_size,
+                dtype=self.dtype,
                 **settings,
             )
             share = (time.perf_counter() - t0) / len(rows)
@@ -309,7 +321,7 @@ class OrganismBackend:
         try:
             prompt_ids = [self.tokenizer.encode(p, bos=True) for p in prompts]
             return teacher_forced_logprobs(
-                model, prompt_ids, completions, batch_size=self.batch_size
+                model, prompt_ids, completions, batch_size=self.batch_size, dtype=self.dtype
             )
         except ValueError as e:
             raise ConfigError(str(e)) from None
@@ -332,6 +344,16 @@ def _stop_cut(tokens: Sequence[int], stops: Sequence[str], tokenizer) -> tuple[i
         if hits:
             return j + 1, text[: min(hits)]
     return None
+
+
+def _resolve_dtype(dtype: str) -> str:
+    from fixable.organism.decode import DTYPES, bf16_supported
+
+    if dtype == "auto":
+        return "bfloat16" if bf16_supported() else "float32"
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be 'float32', 'bfloat16' or 'auto', got {dtype!r}")
+    return str(dtype)
 
 
 def _resolve_device(device: str) -> str:

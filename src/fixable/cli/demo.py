@@ -4,6 +4,8 @@ paper's. A thin shell over ``fixable.demo.run_demo``."""
 
 from __future__ import annotations
 
+import os
+
 import click
 
 
@@ -74,7 +76,7 @@ class _Bars:
             self.key = None
 
 
-def _command(out, quick, config_file, models, problems, seed) -> str:
+def _command(out, quick, config_file, models, problems, seed, dtype=None) -> str:
     """The command that does this run again (what the manifest and the report show)."""
     import shlex
 
@@ -87,6 +89,8 @@ def _command(out, quick, config_file, models, problems, seed) -> str:
         words += ["--problems", str(problems)]
     if seed is not None:
         words += ["--seed", str(seed)]
+    if dtype is not None:
+        words += ["--dtype", dtype]
     words += ["--out", str(out)]
     return " ".join(shlex.quote(w) for w in words)
 
@@ -117,9 +121,25 @@ def _command(out, quick, config_file, models, problems, seed) -> str:
     show_default=True,
     help="Torch threads (one is fastest for the tiny zoo models; results do not depend on it).",
 )
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Sampling processes, one torch thread each (default: 2 on a machine with 2 or "
+    "more cores, else 1; results do not depend on it).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "auto"]),
+    default=None,
+    help="Precision of the organism engine's linear layers (sets backend_options.dtype; "
+    "bfloat16 changes the rollouts, docs/engine.md).",
+)
 @click.option("--no-report", is_flag=True, help="Stop after analysis.json.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def command(out, quick, config_file, models, problems, seed, threads, no_report, quiet):
+def command(
+    out, quick, config_file, models, problems, seed, threads, workers, dtype, no_report, quiet
+):
     """Probe, rescue sweep, analysis and report on the shipped zoo, resumable.
 
     Interrupt it at any time: running the same command again continues where it stopped.
@@ -142,6 +162,8 @@ def command(out, quick, config_file, models, problems, seed, threads, no_report,
         changes["problems"] = problems
     if seed is not None:
         changes["seed"] = seed
+    if dtype is not None:
+        changes["backend_options"] = {**config.backend_options, "dtype": dtype}
     if changes:
         config = config.replace(**changes)
     out = out or ("runs/quick" if quick else "runs/demo")
@@ -151,8 +173,9 @@ def command(out, quick, config_file, models, problems, seed, threads, no_report,
             config,
             out,
             report=not no_report,
-            command=_command(out, quick, config_file, models, problems, seed),
+            command=_command(out, quick, config_file, models, problems, seed, dtype),
             threads=threads,
+            workers=workers if workers is not None else min(2, os.cpu_count() or 1),
             progress=bars,
         )
     finally:

@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from fixable.noise import gumbel_argmax
-from fixable.organism.model import KVCache, OrganismLM, rotate_half
+from fixable.organism.model import OrganismLM, rotate_half
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ def decode(
     alpha: float = 0.0,
     dola_layer: int | None = None,
     batch_size: int = 512,
+    dtype: str | torch.dtype = "float32",
 ) -> Decoded:
     """Sample one completion per (prompt, seed) row.
 
@@ -85,7 +88,11 @@ def decode(
         dola_layer: contrast the final layer with the early exit after this many blocks
             (0 = the embeddings), in [0, n_layer - 1].
         batch_size: most rows decoded at once (memory: the KV cache of one batch).
+        dtype: ``"float32"`` or ``"bfloat16"``: the precision of the linear layers'
+            weights and inputs (``_forward``); log-softmax, entropies and log-probs are
+            fp32 either way.
     """
+    compute_dtype = resolve_dtype(dtype)
     _validate(
         model, prompts, seeds, temperature, max_new_tokens, reference, alpha, dola_layer, batch_size
     )
@@ -107,6 +114,7 @@ def decode(
         reference=reference if alpha > 0 else None,
         alpha=float(alpha),
         dola_layer=dola_layer,
+        dtype=compute_dtype,
     )
     # Group rows by padded prompt length (the cache layout), then by prompt, so that the
     # rows of one prompt share a prefill; the grouping never changes any row's result.
@@ -141,6 +149,7 @@ class _Settings:
     reference: OrganismLM | None
     alpha: float
     dola_layer: int | None
+    dtype: torch.dtype = torch.float32
 
 
 def _padded_length(length: int) -> int:
@@ -193,55 +202,191 @@ def _validate(
                 )
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"`` / ``"bfloat16"`` (or the torch dtype) → the torch dtype; else ValueError."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX): where it
+    does not, torch emulates bf16 and the bf16 path is slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()) and bool(
+            torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass
+class _LayerWeights:
+    # q, k, v projections stacked, q pre-scaled by 1/sqrt(head_dim); llama: then the same
+    # q and k rows rotated (rotate_half of a projection is a signed permutation of its rows)
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    input_norm: torch.Tensor  # norm weights (and biases, gpt), fp32
+    input_norm_bias: torch.Tensor | None
+    post_norm: torch.Tensor
+    post_norm_bias: torch.Tensor | None
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    up: torch.Tensor  # gpt: (Hm, C); llama: gate and up stacked, (2Hm, C)
+    up_bias: torch.Tensor | None
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+
+
+# Prepared weights per model, rebuilt when any parameter changes (training updates the
+# weights in place between decode calls, which bumps the tensors' version counters).
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights(model: OrganismLM, dtype: torch.dtype) -> list[_LayerWeights]:
+    """The weights of the linear layers as the decode loop uses them: q, k and v stacked
+    into one matrix (one matmul instead of three), llama's gate and up likewise, the
+    attention scale folded into q (exact when head_dim is a power of 4, as in the zoo),
+    all in ``dtype``. Norms, embeddings and the output head stay in fp32."""
+    version = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    cached = _PREPARED.get(model)
+    if cached is not None and cached[0] == version and dtype in cached[1]:
+        return cached[1][dtype]
+    if cached is None or cached[0] != version:
+        cached = (version, {})
+        _PREPARED[model] = cached
+    scale = 1.0 / math.sqrt(model.cfg.head_dim)
+    out = []
+    with torch.no_grad():
+        for block in model.layers:
+            attn, mlp = block.self_attn, block.mlp
+            q_w = attn.q_proj.weight * scale
+            qkv = torch.cat((q_w, attn.k_proj.weight, attn.v_proj.weight))
+            qkv_bias = None
+            if attn.q_proj.bias is not None:
+                qkv_bias = torch.cat((attn.q_proj.bias * scale, attn.k_proj.bias, attn.v_proj.bias))
+            if model.cfg.family == "llama":  # rows giving rotate_half(q) and rotate_half(k)
+                H, D = model.cfg.n_head, model.cfg.head_dim
+                qk = torch.cat((q_w, attn.k_proj.weight)).view(2, H, D, -1)
+                qkv = torch.cat(
+                    (
+                        qkv,
+                        rotate_half(qk.transpose(-1, -2))
+                        .transpose(-1, -2)
+                        .reshape(-1, qkv.shape[1]),
+                    )
+                )
+            if model.cfg.family == "gpt":
+                up, up_bias = mlp.up_proj.weight, mlp.up_proj.bias
+            else:
+                up, up_bias = torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight)), None
+
+            def cast(t):
+                return None if t is None else t.detach().to(dtype).contiguous()
+
+            norms = block.input_layernorm, block.post_attention_layernorm
+            out.append(
+                _LayerWeights(
+                    cast(qkv),
+                    cast(qkv_bias),
+                    *(
+                        t.detach().float() if t is not None else None
+                        for norm in norms
+                        for t in (norm.weight, getattr(norm, "bias", None))
+                    ),
+                    cast(attn.o_proj.weight),
+                    cast(attn.o_proj.bias),
+                    cast(up),
+                    cast(up_bias),
+                    cast(mlp.down_proj.weight),
+                    cast(mlp.down_proj.bias),
+                )
+            )
+    cached[1][dtype] = out
+    return out
+
+
+class _Cache:
+    """Keys and values of every layer for the rows of a batch; ``length`` slots are filled.
+
+    Keys are stored transposed, ``(layer, row, head, head_dim, slot)``, so that the
+    scores of the filled slots, ``q @ k[..., :length]``, read each (row, head)'s keys in
+    place: the CPU batched GEMM copies a slice of the untransposed layout first, which
+    cost about as much as the product itself. Values stay ``(..., slot, head_dim)``."""
+
+    def __init__(self, cfg, batch: int, max_len: int, device):
+        L, H, D = cfg.n_layer, cfg.n_head, cfg.head_dim
+        self.k = torch.zeros((L, batch, H, D, max_len), device=device)
+        self.v = torch.zeros((L, batch, H, max_len, D), device=device)
+        self.length = 0
+
+    def select_filled(self, rows: torch.Tensor) -> _Cache:
+        """The cache of ``rows`` (indices, repeats allowed), copying only the filled slots."""
+        out = _Cache.__new__(_Cache)
+        n = self.length
+        out.k = self.k.new_empty((self.k.shape[0], len(rows), *self.k.shape[2:]))
+        out.v = self.v.new_empty((self.v.shape[0], len(rows), *self.v.shape[2:]))
+        out.k[..., :n] = self.k[:, rows, ..., :n]
+        out.v[:, :, :, :n] = self.v[:, rows, :, :n]
+        out.length = n
+        return out
+
+
 class _Stream:
     """One model's KV cache over the rows of a chunk, stepped one token at a time."""
 
-    def __init__(self, model: OrganismLM, hidden_layer: int | None):
+    def __init__(self, model: OrganismLM, hidden_layer: int | None, dtype: torch.dtype):
         self.model = model
         self.hidden_layer = hidden_layer
-        self.cache: KVCache | None = None
+        self.dtype = dtype
+        self.weights = _weights(model, dtype)
+        self.cache: _Cache | None = None
+        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def prefill(self, idx, positions, key_mask, fan) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the unique prompts once, then fan their cache out to the rows (``fan``)."""
         U, P = idx.shape
-        cache = KVCache(self.model.cfg, U, key_mask.shape[1], device=idx.device)
+        cache = _Cache(self.model.cfg, U, key_mask.shape[1], device=idx.device)
+        self.rope = _rope_table(self.model, key_mask.shape[1], idx.device)
         allowed = torch.ones(P, P, dtype=torch.bool, device=idx.device).tril()[None]
         allowed = allowed & key_mask[:, None, :P]
         # a padding query attends to itself alone, so that no softmax row is empty (NaN)
         allowed = allowed | torch.eye(P, dtype=torch.bool, device=idx.device)[None]
         logits, early = _forward(
-            self.model, idx, positions, _bias(allowed[:, None]), cache, self.hidden_layer
+            self.model,
+            self.weights,
+            self.dtype,
+            idx,
+            positions,
+            _bias(allowed[:, None]),
+            cache,
+            self.hidden_layer,
+            self.rope,
         )
-        self.cache = _select_filled(cache, fan)
+        self.cache = cache.select_filled(fan)
         return logits[:, -1][fan], None if early is None else early[:, -1][fan]
 
     def select(self, rows: torch.Tensor) -> None:
-        self.cache = _select_filled(self.cache, rows)
+        self.cache = self.cache.select_filled(rows)
 
-    def step(self, tokens, positions, key_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
-        S = self.cache.length + 1
+    def step(self, tokens, positions, bias) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits, early = _forward(
             self.model,
+            self.weights,
+            self.dtype,
             tokens[:, None],
             positions[:, None],
-            _bias(key_mask[:, None, None, :S]),
+            bias,
             self.cache,
             self.hidden_layer,
+            self.rope,
         )
         return logits[:, 0], None if early is None else early[:, 0]
-
-
-def _select_filled(cache: KVCache, rows: torch.Tensor) -> KVCache:
-    """``cache.select(rows)`` that copies only the filled slots (the rest are written later)."""
-    out = KVCache.__new__(KVCache)
-    L, _, H, max_len, D = cache.k.shape
-    shape = (L, len(rows), H, max_len, D)
-    out.k = cache.k.new_empty(shape)
-    out.v = cache.v.new_empty(shape)
-    out.k[:, :, :, : cache.length] = cache.k[:, rows, :, : cache.length]
-    out.v[:, :, :, : cache.length] = cache.v[:, rows, :, : cache.length]
-    out.length = cache.length
-    return out
 
 
 def _bias(allowed: torch.Tensor) -> torch.Tensor:
@@ -249,48 +394,78 @@ def _bias(allowed: torch.Tensor) -> torch.Tensor:
     return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
 
 
+def _rope_table(model: OrganismLM, length: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """cos and sin of the rotary angles of positions 0..length-1, (length, head_dim) each
+    (None for the gpt family, whose positions are learned)."""
+    if model.cfg.family == "gpt":
+        return None
+    freqs = torch.arange(length, device=device)[:, None].float() * model.inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
 def _forward(
-    model: OrganismLM, idx, positions, bias, cache: KVCache, hidden_layer: int | None
+    model: OrganismLM,
+    weights: list[_LayerWeights],
+    dtype: torch.dtype,
+    idx,
+    positions,
+    bias,
+    cache: _Cache,
+    hidden_layer: int | None,
+    rope_table,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``model.forward`` with a KV cache, written with batch-invariant operations.
 
-    Same modules and weights as ``OrganismLM.forward``; only the attention is spelled out
-    (two batched matmuls and a softmax, each row on its own) instead of
+    Same weights as ``OrganismLM.forward``: the attention is spelled out (two batched
+    matmuls and a softmax, each (row, head) on its own) instead of
     ``scaled_dot_product_attention``, whose fused CPU kernel sums in an order that depends
-    on the batch and the thread split. Returns (B, T, V) logits and, when ``hidden_layer``
-    is set, the logits of the early exit after that many blocks.
+    on the batch and the thread split. The linear layers run in ``dtype`` on the prepared
+    ``weights`` (``_weights``); the residual stream, norms, rotary embedding, attention,
+    KV cache and output head stay fp32 (with bf16 only the inputs and outputs of the
+    linear layers are rounded to bf16). Returns (B, T, V) fp32 logits and, when
+    ``hidden_layer`` is set, the logits of the early exit after that many blocks.
     """
     cfg = model.cfg
     B, T = idx.shape
     H, D, C = cfg.n_head, cfg.head_dim, cfg.n_embd
+    gpt = cfg.family == "gpt"
     x = model.embed_tokens(idx)
-    rope = None
-    if cfg.family == "gpt":
+    if gpt:
         x = x + model.embed_positions(positions)
+        norm = F.layer_norm
     else:
-        freqs = positions[..., None].float() * model.inv_freq  # (B, T, D/2)
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, D)
-        rope = (emb.cos().to(x.dtype), emb.sin().to(x.dtype))
+        cos = rope_table[0][positions][:, :, None, None]  # (B, T, 1, 1, D)
+        sin = rope_table[1][positions][:, :, None, None]
+
+        def norm(x, shape, weight, bias, eps):
+            return F.rms_norm(x, shape, weight, eps)
+
     start = cache.length
     S = start + T
-    scale = 1.0 / math.sqrt(D)
+    eps = cfg.norm_eps
     early = model.head(x) if hidden_layer == 0 else None
-    for i, block in enumerate(model.layers):
-        attn = block.self_attn
-        h = block.input_layernorm(x)
-        q = attn.q_proj(h).view(B, T, H, D).transpose(1, 2)
-        k = attn.k_proj(h).view(B, T, H, D).transpose(1, 2)
-        v = attn.v_proj(h).view(B, T, H, D).transpose(1, 2)
-        if rope is not None:
-            cos, sin = rope
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-        cache.k[i, :, :, start:S] = k
-        cache.v[i, :, :, start:S] = v
-        scores = torch.matmul(q, cache.k[i, :, :, :S].transpose(-1, -2)) * scale + bias
+    for i, w in enumerate(weights):
+        h = norm(x, (C,), w.input_norm, w.input_norm_bias, eps).to(dtype)
+        qkv = F.linear(h, w.qkv, w.qkv_bias).float().view(B, T, -1, H, D)
+        qk = qkv[:, :, :2]
+        if not gpt:  # rotary: rows 3 and 4 hold rotate_half(q) and rotate_half(k)
+            qk = qk * cos + qkv[:, :, 3:5] * sin
+        q = qk[:, :, 0].transpose(1, 2)  # (B, H, T, D), scaled by 1/sqrt(D) in the weights
+        cache.k[i, :, :, :, start:S] = qk[:, :, 1].permute(0, 2, 3, 1)
+        cache.v[i, :, :, start:S] = qkv[:, :, 2].transpose(1, 2)
+        scores = torch.matmul(q, cache.k[i, ..., :S]) + bias
         y = torch.matmul(torch.softmax(scores, dim=-1), cache.v[i, :, :, :S])
-        x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, C))
-        x = x + block.mlp(block.post_attention_layernorm(x))
+        y = y.transpose(1, 2).reshape(B, T, C).to(dtype)
+        x = x + F.linear(y, w.o, w.o_bias)
+        h = norm(x, (C,), w.post_norm, w.post_norm_bias, eps).to(dtype)
+        up = F.linear(h, w.up, w.up_bias)
+        if gpt:
+            up = F.gelu(up)
+        else:
+            gate, up = up.chunk(2, dim=-1)
+            up = F.silu(gate) * up
+        x = x + F.linear(up, w.down, w.down_bias)
         if hidden_layer == i + 1:
             early = model.head(x)
     cache.length = S
@@ -335,18 +510,18 @@ def _decode_chunk(
         lengths[u] = len(prompt)
     positions = (torch.arange(P, device=device)[None] - (P - lengths)[:, None]).clamp(min=0)
 
-    policy = _Stream(model, s.dola_layer)
+    policy = _Stream(model, s.dola_layer, s.dtype)
     logits, early = policy.prefill(idx, positions, key_mask, fan)
     reference = None
     ref_logits = None
     if s.reference is not None:
-        reference = _Stream(s.reference, None)
+        reference = _Stream(s.reference, None, s.dtype)
         ref_logits, _ = reference.prefill(idx, positions, key_mask, fan)
 
     B = len(fan_list)
     row_id = torch.arange(B, device=device)  # chunk row each batch row holds (>= n_real: filler)
     row_len = lengths[fan]
-    row_mask = key_mask[fan]
+    row_bias = _bias(key_mask[fan][:, None, None, :])  # (B, 1, 1, P + N)
     seed_t = torch.tensor([_to_int64(x) for x in row_seeds], dtype=torch.int64, device=device)
     # GPT-family positions are learned up to block_size: a row stops there ("length")
     last_position = _last_position(model, s.reference)
@@ -375,16 +550,8 @@ def _decode_chunk(
             token_logp = sampled.gather(1, token[:, None])[:, 0]
         policy_token_logp = policy_logp.gather(1, token[:, None])[:, 0]
         live = ~done
-        records.append(
-            (
-                row_id[live],
-                torch.full_like(row_id[live], t),
-                token[live],
-                token_logp[live],
-                entropy[live],
-                policy_token_logp[live],
-            )
-        )
+        # whole batch rows, filtered once at the end: fewer small ops per step
+        records.append((t, row_id, live, token, token_logp, entropy, policy_token_logp))
         is_eos = token == s.eos_id
         stopped_now = live & is_eos
         rows_now = row_id[stopped_now]
@@ -399,10 +566,10 @@ def _decode_chunk(
             if len(keep) < MIN_ROWS:  # top up with finished rows as filler
                 extra = torch.nonzero(done)[:, 0][: MIN_ROWS - len(keep)]
                 keep = torch.cat((keep, extra))
-            row_id, row_len, row_mask, seed_t = (
+            row_id, row_len, row_bias, seed_t = (
                 row_id[keep],
                 row_len[keep],
-                row_mask[keep],
+                row_bias[keep],
                 seed_t[keep],
             )
             limit, done, token = limit[keep], done[keep], token[keep]
@@ -413,9 +580,10 @@ def _decode_chunk(
         position = row_len + t
         if last_position is not None:  # finished filler rows may run past the last position
             position = position.clamp(max=last_position)
-        logits, early = policy.step(token, position, row_mask)
+        bias = row_bias[..., : P + t + 1]
+        logits, early = policy.step(token, position, bias)
         if reference is not None:
-            ref_logits, _ = reference.step(token, position, row_mask)
+            ref_logits, _ = reference.step(token, position, bias)
     _collect(records, stopped, n_real, out, out_rows)
 
 
@@ -434,8 +602,12 @@ def _to_int64(seed: int) -> int:
 
 
 def _collect(records, stopped, n_real, out: Decoded, out_rows: list[int]) -> None:
+    steps = torch.cat([torch.full_like(r[1], r[0]) for r in records])
+    rows, live, tokens, logps, ents, plps = (
+        torch.cat(col) for col in list(zip(*records, strict=True))[1:]
+    )
     rows, steps, tokens, logps, ents, plps = (
-        torch.cat(col).cpu() for col in zip(*records, strict=True)
+        x[live].cpu() for x in (rows, steps, tokens, logps, ents, plps)
     )
     order = torch.argsort(rows * (1 << 20) + steps)
     rows, tokens, logps, ents, plps = (
@@ -465,13 +637,15 @@ def teacher_forced_logprobs(
     completions: Sequence[Sequence[int]],
     *,
     batch_size: int = 512,
+    dtype: str | torch.dtype = "float32",
 ) -> list[list[float]]:
     """log p_model(token | prefix) of every completion token, teacher-forced, in batches.
 
     ``prompts`` start with <bos> as in ``decode``. Like ``decode``, a row's values do not
     depend on the batch it is scored in (same bucketing and attention), so stored
-    reference log-probs are reproducible under any batching.
+    reference log-probs are reproducible under any batching. ``dtype`` as in ``decode``.
     """
+    compute_dtype = resolve_dtype(dtype)
     if len(prompts) != len(completions):
         raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
     if batch_size < 1:
@@ -493,6 +667,7 @@ def teacher_forced_logprobs(
     padded = {i: _padded_length(len(sequences[i])) for i in todo}
     todo.sort(key=lambda i: (padded[i], i))
     device = next(model.parameters()).device
+    weights = _weights(model, compute_dtype)
     with torch.inference_mode():
         start = 0
         while start < len(todo):
@@ -513,9 +688,13 @@ def teacher_forced_logprobs(
             allowed = (allowed & key_mask[:, None, :]) | torch.eye(
                 P, dtype=torch.bool, device=device
             )[None]
-            cache = KVCache(model.cfg, len(rows), P, device=device)
-            logits, _ = _forward(model, idx, positions, _bias(allowed[:, None]), cache, None)
-            logp = torch.log_softmax(logits.float()[:, :-1], dim=-1)
+            cache = _Cache(model.cfg, len(rows), P, device=device)
+            bias = _bias(allowed[:, None])
+            rope = _rope_table(model, P, device)
+            logits, _ = _forward(
+                model, weights, compute_dtype, idx, positions, bias, cache, None, rope
+            )
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
             picked = logp.gather(-1, idx[:, 1:, None])[..., 0].cpu()
             for r, i in enumerate(rows):
                 n = len(completions[i])
