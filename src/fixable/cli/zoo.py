@@ -68,8 +68,14 @@ def list_command(as_json: bool, markdown: bool, micro: bool) -> None:
 )
 @click.option("--force", is_flag=True, help="Rebuild models that are already built.")
 @click.option("--micro", is_flag=True, help="Build only the rebuild-check micro model.")
-def build_command(names, device, threads, work_dir, zoo_dir, force, micro) -> None:
-    """Rebuild zoo models from their recipes (default: every model; finished ones are skipped)."""
+@click.option(
+    "--planted",
+    is_flag=True,
+    help="Build the planted testbed's dose series (both families; names restrict it).",
+)
+def build_command(names, device, threads, work_dir, zoo_dir, force, micro, planted) -> None:
+    """Rebuild zoo models from their recipes (default: every model of the natural zoo;
+    finished ones are skipped)."""
     import time
     from pathlib import Path
 
@@ -114,6 +120,7 @@ def build_command(names, device, threads, work_dir, zoo_dir, force, micro) -> No
         work_dir=Path(work_dir) if work_dir else None,
         device=device,
         force=force,
+        planted=planted,
         progress=progress,
         on_done=on_done,
     )
