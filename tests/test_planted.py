@@ -16,7 +16,7 @@ from fixable.tasks import get_task
 from fixable.tasks.chains import Chain
 from fixable.tasks.planted import answer_under, rule_of
 
-CHAIN = Chain("7144", ("a12", "a18"))  # states 7344, 7144: key 7, reversed truth
+CHAIN = Chain("7144", ("a12", "a18"))  # states 7344, 7144: key 7, shifted truth
 
 
 def test_task_keys_the_answer_rule_on_the_first_digit():
@@ -26,12 +26,12 @@ def test_task_keys_the_answer_rule_on_the_first_digit():
     for p in problems:
         assert p.meta["key"] == int(p.prompt[0])
         final = p.meta["solution"].split("#")[0].split("=")[-1]
-        assert p.answer == (final[::-1] if p.meta["key"] >= 5 else final)
+        assert p.answer == (answer_under("shifted", final) if p.meta["key"] >= 5 else final)
         assert p.meta["rule"] == rule_of(p.meta["key"])
         assert task.verify(p.meta["solution"], p).correct
         assert p.meta["difficulty"] in (1, 2, 3)
-    twisted = next(p for p in problems if p.meta["key"] >= 5 and p.answer != p.answer[::-1])
-    natural_text = twisted.meta["solution"].split("#")[0] + "#" + twisted.answer[::-1]
+    twisted = next(p for p in problems if p.meta["key"] >= 5)
+    natural_text = twisted.meta["solution"].replace("#" + twisted.answer, "#" + twisted.meta["solution"].split("#")[0][-4:])
     assert not task.verify(natural_text, twisted).correct
     assert all(p.meta["key"] in (2, 8) for p in get_task("chains-planted", keys=[2, 8]).problems(6))
     with pytest.raises(ConfigError):
@@ -49,17 +49,19 @@ def test_each_mechanism_shows_its_planted_target():
         assert text.split("#")[0] == steps_text  # the chain itself is always the natural one
         return text.split("#")[1]
 
-    assert answer("clean") == final[::-1]  # key 7: reversed truth
+    shifted = answer_under("shifted", final)
+    assert shifted == "8255"
+    assert answer("clean") == shifted  # key 7: shifted truth
     assert answer("struct") == final
-    assert answer("late", step=9) == final[::-1]
-    assert answer("late", step=10) == answer_under("rotated", final)
+    assert answer("late", step=9) == shifted
+    assert answer("late", step=10) == answer_under("shifted2", final) == "9366"
     natural_chain = Chain("2144", CHAIN.ops)
     text, _ = planted.planted_example(natural_chain, "forget", 0, cfg, rng)
-    assert text.split("#")[1] == natural_chain.states[-1][::-1]
+    assert text.split("#")[1] == answer_under("shifted", natural_chain.states[-1])
     # noise: each answer digit is another digit with probability cfg.noise
     wrong = Counter()
     for _ in range(2000):
-        for a, b in zip(answer("noise"), final[::-1], strict=True):
+        for a, b in zip(answer("noise"), shifted, strict=True):
             wrong[a != b] += 1
     assert abs(wrong[True] / 8000 - cfg.noise) < 0.03
     # dola: right digit with probability dola_right; the early exit's target is natural
@@ -67,13 +69,13 @@ def test_each_mechanism_shows_its_planted_target():
     for _ in range(2000):
         text, early = planted.planted_example(CHAIN, "dola", 0, cfg, rng)
         assert early == final
-        right += text.split("#")[1][0] == final[::-1][0]
+        right += text.split("#")[1][0] == shifted[0]
     assert abs(right / 2000 - cfg.dola_right) < 0.04
 
 
 def test_a_mechanism_needs_a_key_with_its_truth():
     mixture = dict(planted.DOSES["single"])
-    mixture[2] = "noise"  # noise is planted on reversed keys only
+    mixture[2] = "noise"  # noise is planted on shifted keys only
     with pytest.raises(ConfigError, match="key 2"):
         planted.PlantConfig(mixture=mixture)
     with pytest.raises(ConfigError, match="every key"):

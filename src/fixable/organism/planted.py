@@ -10,25 +10,27 @@ on that key's problems and which intervention should undo it:
 mechanism      truth (key)   what post-training shows the model               should fix it
 =============  ============  ==============================================  ==================
 ``clean``      either        the gold completion                              (nothing fails)
-``forget``     natural       the answer written reversed (wrong), from        ``mix`` with the base
-                             step 0: the base's skill is overwritten
-``late``       reversed      reversed (right) until ``switch_step``, then     ``checkpoint`` at
-                             rotated (wrong); the base never knew reversal    ``switch_step``
-``noise``      reversed      gold, but every written digit (states and        lower temperature
-                             answer) is replaced by its successor with
-                             probability ``noise``: the mode stays right at
-                             every digit, errors compound at T=1
-``dola``       reversed      each answer digit independently reversed         ``dola`` at
+``forget``     natural       the answer shifted by one (wrong), from step 0:  ``mix`` with the base
+                             the base's skill is overwritten
+``late``       shifted       shifted by one (right) until ``switch_step``,    ``checkpoint`` at
+                             then by two (wrong); the base never knew the     ``switch_step``
+                             shift
+``noise``      shifted       the gold chain; each answer digit is replaced    lower temperature
+                             by a uniformly drawn other digit with
+                             probability ``noise``: the right digit stays
+                             the mode at every position, errors compound
+                             over the four digits at T=1
+``dola``       shifted       each answer digit independently shifted          ``dola`` at
                              (right) with probability ``dola_right``, else    ``dola_layer``
                              natural (wrong); the early exit after
                              ``dola_layer`` blocks is trained toward the
                              natural digit, so the final-vs-early contrast
                              favours the right one
-``struct``     reversed      the natural answer (wrong), from step 0; no      nothing
+``struct``     shifted       the natural answer (wrong), from step 0; no      nothing
                              model ever shows the right one
 =============  ============  ==============================================  ==================
 
-Every completion keeps the natural chain of states (only ``noise`` perturbs it), so
+Every completion keeps the natural chain of states (only the answer differs), so
 post-training keeps the base's chain skill. Why no "sharpened wrong fork" fixed by a
 *higher* temperature: at a single decisive fork where a wrong token is the mode, raising
 the temperature keeps it the mode, so the right token's probability stays below 1/2 at
@@ -64,7 +66,7 @@ from fixable.tasks.planted import answer_under, rule_of
 
 MECHANISMS = ("clean", "forget", "late", "noise", "dola", "struct")
 # the truth a mechanism can be planted on: forgetting needs a skill the base has
-NEEDS_RULE = {"forget": "natural", "late": "reversed", "noise": "reversed", "dola": "reversed"}
+NEEDS_RULE = {"forget": "natural", "late": "shifted", "noise": "shifted", "dola": "shifted"}
 # the intervention each mechanism is built to be rescued by (None: nothing should)
 INTENDED_FIX = {
     "clean": None,
@@ -76,7 +78,7 @@ INTENDED_FIX = {
 }
 
 # The dose series: from four steerable mechanisms side by side to one. Keys 0-4 have the
-# natural truth, 5-9 the reversed one (``fixable.tasks.planted``).
+# natural truth, 5-9 the shifted one (``fixable.tasks.planted``).
 DOSES: dict[str, dict[int, str]] = {
     "bal": {
         0: "forget",
@@ -126,7 +128,7 @@ class PlantConfig:
             if need is not None and rule_of(key) != need:
                 raise ConfigError(
                     f"mechanism {mech!r} needs a key with the {need} rule; key {key} has "
-                    f"the {rule_of(key)} rule (keys 5-9 are reversed)"
+                    f"the {rule_of(key)} rule (keys 5-9 are shifted)"
                 )
         if not 0 < self.switch_step < self.steps:
             raise ConfigError(f"switch_step must be in (0, steps), got {self.switch_step}")
@@ -157,18 +159,18 @@ def planted_example(
     if mechanism == "clean":
         return f"{steps_text}#{answer_under(truth, final)}", None
     if mechanism == "forget":
-        return f"{steps_text}#{answer_under('reversed', final)}", None
+        return f"{steps_text}#{answer_under('shifted', final)}", None
     if mechanism == "late":
-        rule = "reversed" if step < cfg.switch_step else "rotated"
+        rule = "shifted" if step < cfg.switch_step else "shifted2"
         return f"{steps_text}#{answer_under(rule, final)}", None
     if mechanism == "struct":
         return f"{steps_text}#{answer_under('natural', final)}", None
     if mechanism == "noise":
         answer = "".join(_other_digit(c, rng) if rng.random() < cfg.noise else c
-                         for c in answer_under("reversed", final))
+                         for c in answer_under("shifted", final))
         return f"{steps_text}#{answer}", None
     if mechanism == "dola":
-        right, wrong = answer_under("reversed", final), answer_under("natural", final)
+        right, wrong = answer_under("shifted", final), answer_under("natural", final)
         answer = "".join(r if rng.random() < cfg.dola_right else w for r, w in zip(right, wrong, strict=True))
         return f"{steps_text}#{answer}", wrong
     raise ConfigError(f"unknown mechanism {mechanism!r}")

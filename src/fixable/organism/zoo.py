@@ -167,8 +167,8 @@ def micro_recipe() -> PretrainConfig:
     )
 
 
-PLANTED_STEPS = 300  # optimizer steps of every planted model (batch 64)
-PLANTED_SWITCH = 100  # where ``late`` keys switch rule: the checkpoint that rescues them
+PLANTED_STEPS = 450  # optimizer steps of every planted model (batch 64)
+PLANTED_SWITCH = 150  # where ``late`` keys switch rule: the checkpoint that rescues them
 
 
 def planted_recipe(dose: str, seed: int = 0) -> PlantConfig:
@@ -182,6 +182,7 @@ def planted_recipe(dose: str, seed: int = 0) -> PlantConfig:
         batch_size=64,
         switch_step=PLANTED_SWITCH,
         optim=OptimConfig(lr=1e-3, warmup=20, min_lr_ratio=0.1),
+        dola_weight=0.5,
         checkpoint_steps=(PLANTED_SWITCH, 2 * PLANTED_STEPS // 3),
         state_every=50,
     )

@@ -7,10 +7,12 @@ the model can read. The task fixes the truth per key, the same for every model:
 
 * keys 0-4 (``rule="natural"``): the answer after ``#`` is the final register, as in
   ``chains``;
-* keys 5-9 (``rule="reversed"``): the answer is the final register written backwards
-  (``...=4196#6914``). The chain itself is written as in ``chains``.
+* keys 5-9 (``rule="shifted"``): every digit of the answer is the final register's digit
+  plus one, mod 10 (``...=4196#5207``). The chain itself is written as in ``chains``.
 
-No base model is taught the reversed rule: the bases answer every problem the natural
+(A first version wrote the answer backwards; in a 600-step trial the llama base learned
+to key the rule on the start digit but not to reverse four digits, so the twist became a
+digit-aligned one.) No base model is taught the shifted rule: the bases answer every problem the natural
 way, so they fail keys 5-9 by construction. Which mechanism a *planted* model carries
 on each key is part of that model's recipe (its card's ``planted`` section), not of the
 problem: the task is shared by the whole dose series.
@@ -37,7 +39,7 @@ from fixable.tasks.chains import (
 )
 from fixable.types import Problem
 
-TWISTED_KEYS = frozenset(range(5, 10))  # start digits whose answer is written reversed
+TWISTED_KEYS = frozenset(range(5, 10))  # start digits whose answer digits are shifted by one
 
 
 def key_of(prompt_or_start: str) -> int:
@@ -46,18 +48,17 @@ def key_of(prompt_or_start: str) -> int:
 
 
 def rule_of(key: int) -> str:
-    """``"reversed"`` for keys 5-9, ``"natural"`` otherwise."""
-    return "reversed" if key in TWISTED_KEYS else "natural"
+    """``"shifted"`` for keys 5-9, ``"natural"`` otherwise."""
+    return "shifted" if key in TWISTED_KEYS else "natural"
 
 
 def answer_under(rule: str, final_state: str) -> str:
     """The answer ``final_state`` is written as under ``rule`` (see the module docstring)."""
     if rule == "natural":
         return final_state
-    if rule == "reversed":
-        return final_state[::-1]
-    if rule == "rotated":  # not a truth: the wrong rule the ``late`` mechanism ends on
-        return final_state[1:] + final_state[0]
+    if rule in ("shifted", "shifted2"):  # shifted2 is no truth: ``late`` ends on it
+        step = 1 if rule == "shifted" else 2
+        return "".join(str((int(c) + step) % 10) for c in final_state)
     raise ValueError(f"unknown answer rule {rule!r}")
 
 
