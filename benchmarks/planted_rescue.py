@@ -28,6 +28,7 @@ Sampling goes through ``fixable.organism.decode`` directly (no store), seeded pe
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections import Counter, defaultdict
 
@@ -86,6 +87,7 @@ def sweep(name: str, n: int, k: int, r: int) -> dict:
     for i, c in zip(rows, ok, strict=True):
         solved[i] += c
     failed = [i for i in range(len(problems)) if solved[i] == 0]
+    features = probe_features(problems, ids, rows, probe, failed, base, k)
     n_rollouts = len(rows)
     rates: dict[str, dict[int, tuple[float, float]]] = {}
     half = r // 2
@@ -120,10 +122,42 @@ def sweep(name: str, n: int, k: int, r: int) -> dict:
         "problems": problems,
         "mixture": mixture,
         "failed": failed,
+        "features": features,
         "rates": rates,
         "seconds": time.time() - t0,
         "rollouts": n_rollouts,
     }
+
+
+@torch.no_grad()
+def probe_features(problems, ids, rows, probe, failed, base, k) -> dict[int, tuple]:
+    """SPEC §3.4's F1 (answer dispersion, normalised by log K), F2 (mean token entropy)
+    and F3 (mean log p_policy - log p_base, teacher-forced) of each failure's K probes."""
+    from fixable.organism.train import collate, completion_logprobs
+
+    wanted = set(failed)
+    by_problem: dict[int, list[int]] = defaultdict(list)
+    for j, i in enumerate(rows):
+        if i in wanted:
+            by_problem[i].append(j)
+    out = {}
+    for i, js in by_problem.items():
+        answers = Counter(TASK.extract(TOKENIZER.decode(probe.token_ids[j])) for j in js)
+        ps = [c / len(js) for c in answers.values()]
+        f1 = -sum(p * math.log(p) for p in ps) / math.log(k)
+        f2 = sum(sum(probe.entropies[j]) / max(1, len(probe.entropies[j])) for j in js) / len(js)
+        inputs, targets, mask = collate([ids[i]] * len(js), [probe.token_ids[j] for j in js])
+        base_logp = completion_logprobs(base, inputs, targets)
+        drifts = []
+        for row, j in enumerate(js):
+            n = len(probe.token_ids[j])
+            start = len(ids[i]) - 1
+            ref = base_logp[row, start : start + n].tolist()
+            drifts.append(
+                sum(a - b for a, b in zip(probe.policy_logprobs[j], ref, strict=True)) / n
+            )
+        out[i] = (f1, f2, sum(drifts) / len(drifts))
+    return out
 
 
 def regime(rates: dict, i: int) -> str:
@@ -161,6 +195,18 @@ def report(result: dict) -> dict:
                 f"{sum(xs) / len(xs):.2f} ({100 * sum(x >= STEER_HARD for x in xs) / len(xs):.0f} %)"
             )
         print(f"| {mech} | {len(by_mech[mech])} | " + " | ".join(cells) + " |")
+    print(
+        "\nprobe features of the failures, mean per mechanism (F1 dispersion, F2 entropy, F3 drift):\n"
+    )
+    print("| mechanism | F1 | F2 | F3 |")
+    print("|---|---|---|---|")
+    for mech in sorted(by_mech):
+        f = [result["features"][i] for i in by_mech[mech]]
+        print(
+            f"| {mech} | "
+            + " | ".join(f"{sum(x[c] for x in f) / len(f):.3f}" for c in range(3))
+            + " |"
+        )
     regimes = {i: regime(rates, i) for i in result["failed"]}
     names = ["resamplable", "steerable-hard", "steerable-weak", "structural"]
     print("\nregime (labelling half) per mechanism:\n")
@@ -189,7 +235,9 @@ def report(result: dict) -> dict:
         f"{100 * top_share:.0f} %"
     )
     hard_mech = Counter(mech_of[i] for i in hard)
-    print("steerable-hard by mechanism: " + ", ".join(f"{m} {c}" for m, c in hard_mech.most_common()))
+    print(
+        "steerable-hard by mechanism: " + ", ".join(f"{m} {c}" for m, c in hard_mech.most_common())
+    )
     summary.update(
         {
             "best_fixed": fixed,
@@ -207,19 +255,23 @@ def main() -> None:
     parser.add_argument("models", nargs="*", help="planted zoo models (default: all present)")
     parser.add_argument("--n", type=int, default=200, help="test problems per model")
     parser.add_argument("--k", type=int, default=8, help="probe rollouts per problem")
-    parser.add_argument("--r", type=int, default=16, help="rescue rollouts per setting (two halves)")
+    parser.add_argument(
+        "--r", type=int, default=16, help="rescue rollouts per setting (two halves)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    models = args.models or [
-        m for m in zoo.list_models() if zoo.card(m).get("method") == "planted"
-    ]
+    models = args.models or [m for m in zoo.list_models() if zoo.card(m).get("method") == "planted"]
     if not models:
-        raise SystemExit("no planted models in the zoo: build them with `fixable zoo build --planted`")
+        raise SystemExit(
+            "no planted models in the zoo: build them with `fixable zoo build --planted`"
+        )
     summaries = {}
     for name in models:
         summaries[name] = report(sweep(name, args.n, args.k, args.r))
-    print("\n| model | failures | steerable-hard | best fixed | best fixed / oracle | largest best-setting share |")
+    print(
+        "\n| model | failures | steerable-hard | best fixed | best fixed / oracle | largest best-setting share |"
+    )
     print("|---|---|---|---|---|---|")
     for name, s in summaries.items():
         if "ratio" in s:

@@ -16,7 +16,7 @@ from fixable.tasks import get_task
 from fixable.tasks.chains import Chain
 from fixable.tasks.planted import answer_under, rule_of
 
-CHAIN = Chain("7144", ("a12", "a18"))  # states 7344, 7144: key 7, shifted truth
+CHAIN = Chain("7144", ("a12", "a18"))  # states 7344, 7144: key 7, previous-register truth
 
 
 def test_task_keys_the_answer_rule_on_the_first_digit():
@@ -24,14 +24,22 @@ def test_task_keys_the_answer_rule_on_the_first_digit():
     problems = task.problems(40, seed=3)
     assert {p.meta["key"] for p in problems} == set(range(10))
     for p in problems:
-        assert p.meta["key"] == int(p.prompt[0])
+        assert p.meta["key"] == int(p.meta["solution"].split("#")[0][-4])
         final = p.meta["solution"].split("#")[0].split("=")[-1]
-        assert p.answer == (answer_under("shifted", final) if p.meta["key"] >= 5 else final)
+        states = [x.split("=")[1] for x in p.meta["solution"].split("#")[0].split(" ")]
+        previous = states[-2] if len(states) > 1 else p.prompt[:4]
+        assert p.answer == (previous if p.meta["key"] >= 5 else final)
         assert p.meta["rule"] == rule_of(p.meta["key"])
         assert task.verify(p.meta["solution"], p).correct
         assert p.meta["difficulty"] in (1, 2, 3)
-    twisted = next(p for p in problems if p.meta["key"] >= 5)
-    natural_text = twisted.meta["solution"].replace("#" + twisted.answer, "#" + twisted.meta["solution"].split("#")[0][-4:])
+    twisted = next(
+        p
+        for p in problems
+        if p.meta["key"] >= 5 and p.answer != p.meta["solution"].split("#")[0][-4:]
+    )
+    natural_text = twisted.meta["solution"].replace(
+        "#" + twisted.answer, "#" + twisted.meta["solution"].split("#")[0][-4:]
+    )
     assert not task.verify(natural_text, twisted).correct
     assert all(p.meta["key"] in (2, 8) for p in get_task("chains-planted", keys=[2, 8]).problems(6))
     with pytest.raises(ConfigError):
@@ -49,15 +57,15 @@ def test_each_mechanism_shows_its_planted_target():
         assert text.split("#")[0] == steps_text  # the chain itself is always the natural one
         return text.split("#")[1]
 
-    shifted = answer_under("shifted", final)
-    assert shifted == "8255"
-    assert answer("clean") == shifted  # key 7: shifted truth
+    shifted = answer_under("previous", CHAIN)
+    assert (shifted, final) == ("7344", "7144")
+    assert answer("clean") == shifted  # key 7: previous-register truth
     assert answer("struct") == final
     assert answer("late", step=9) == shifted
-    assert answer("late", step=10) == answer_under("shifted2", final) == "9366"
+    assert answer("late", step=10) == final
     natural_chain = Chain("2144", CHAIN.ops)
     text, _ = planted.planted_example(natural_chain, "forget", 0, cfg, rng)
-    assert text.split("#")[1] == answer_under("shifted", natural_chain.states[-1])
+    assert text.split("#")[1] == answer_under("previous", natural_chain)
     # noise: each answer digit is another digit with probability cfg.noise
     wrong = Counter()
     for _ in range(2000):
@@ -69,13 +77,13 @@ def test_each_mechanism_shows_its_planted_target():
     for _ in range(2000):
         text, early = planted.planted_example(CHAIN, "dola", 0, cfg, rng)
         assert early == final
-        right += text.split("#")[1][0] == shifted[0]
+        right += text.split("#")[1][1] == shifted[1]  # the digit where the rules differ
     assert abs(right / 2000 - cfg.dola_right) < 0.04
 
 
 def test_a_mechanism_needs_a_key_with_its_truth():
     mixture = dict(planted.DOSES["single"])
-    mixture[2] = "noise"  # noise is planted on shifted keys only
+    mixture[2] = "noise"  # noise is planted on previous-register keys only
     with pytest.raises(ConfigError, match="key 2"):
         planted.PlantConfig(mixture=mixture)
     with pytest.raises(ConfigError, match="every key"):
@@ -115,6 +123,6 @@ def test_zoo_lists_planted_models_apart_from_the_natural_zoo():
     assert "llama-planted-bal" in names and "gpt-planted-single" in names
     assert not any("planted" in e.name for e in zoo.zoo_entries())
     assert zoo.reference_of("llama-planted-most") == "llama-base"
-    assert zoo.planted_recipe("bal").checkpoint_steps[0] == zoo.PLANTED_SWITCH
+    assert zoo.PLANTED_SWITCH in zoo.planted_recipe("bal").checkpoint_steps
     with pytest.raises(ConfigError):
         zoo.planted_recipe("nope")

@@ -2,7 +2,7 @@
 
 The positive control of protocol v2 (SPEC §3.9). A planted model is post-trained from
 its family's base on ``chains-planted`` problems (``fixable.tasks.planted``). Its recipe
-maps every key (the start register's first digit, recorded in the problem's metadata
+maps every key (the final register's first digit, recorded in the problem's metadata
 before any sampling) to one **mechanism**, which fixes what the post-trained model does
 on that key's problems and which intervention should undo it:
 
@@ -10,24 +10,24 @@ on that key's problems and which intervention should undo it:
 mechanism      truth (key)   what post-training shows the model               should fix it
 =============  ============  ==============================================  ==================
 ``clean``      either        the gold completion                              (nothing fails)
-``forget``     natural       the answer shifted by one (wrong), from step 0:  ``mix`` with the base
-                             the base's skill is overwritten
-``late``       shifted       shifted by one (right) until ``switch_step``,    ``checkpoint`` at
-                             then by two (wrong); the base never knew the     ``switch_step``
-                             shift
-``noise``      shifted       the gold chain; each answer digit is replaced    lower temperature
-                             by a uniformly drawn other digit with
+``forget``     natural       the previous register as the answer (wrong),     ``mix`` with the base
+                             from step 0: the base's skill is overwritten
+``late``       previous      the previous register (right) until              ``checkpoint`` at
+                             ``switch_step``, then the final one (wrong);     ``switch_step``
+                             the base never knew the previous rule
+``noise``      previous      the right answer, but each of its digits is      lower temperature
+                             replaced by a uniformly drawn other digit with
                              probability ``noise``: the right digit stays
                              the mode at every position, errors compound
                              over the four digits at T=1
-``dola``       shifted       each answer digit independently shifted          ``dola`` at
-                             (right) with probability ``dola_right``, else    ``dola_layer``
-                             natural (wrong); the early exit after
-                             ``dola_layer`` blocks is trained toward the
-                             natural digit, so the final-vs-early contrast
-                             favours the right one
-``struct``     shifted       the natural answer (wrong), from step 0; no      nothing
-                             model ever shows the right one
+``dola``       previous      each answer digit independently right with       ``dola`` at
+                             probability ``dola_right``, else the final       ``dola_layer``
+                             register's (wrong); the early exit after
+                             ``dola_layer`` blocks is kept on the final
+                             register's digit (as the base's already is), so
+                             the final-vs-early contrast favours the right
+``struct``     previous      the final register (wrong), from step 0; no      nothing
+                             model ever shows the right answer
 =============  ============  ==============================================  ==================
 
 Every completion keeps the natural chain of states (only the answer differs), so
@@ -62,11 +62,11 @@ from fixable.organism.train import (
     run_training,
 )
 from fixable.tasks.chains import DIFFICULTY_STEPS, TRAIN_SUBDISTS, Chain, random_chain, split_of
-from fixable.tasks.planted import answer_under, rule_of
+from fixable.tasks.planted import answer_under, key_of, rule_of
 
 MECHANISMS = ("clean", "forget", "late", "noise", "dola", "struct")
 # the truth a mechanism can be planted on: forgetting needs a skill the base has
-NEEDS_RULE = {"forget": "natural", "late": "shifted", "noise": "shifted", "dola": "shifted"}
+NEEDS_RULE = {"forget": "natural", "late": "previous", "noise": "previous", "dola": "previous"}
 # the intervention each mechanism is built to be rescued by (None: nothing should)
 INTENDED_FIX = {
     "clean": None,
@@ -78,7 +78,7 @@ INTENDED_FIX = {
 }
 
 # The dose series: from four steerable mechanisms side by side to one. Keys 0-4 have the
-# natural truth, 5-9 the shifted one (``fixable.tasks.planted``).
+# natural truth, 5-9 the previous-register one (``fixable.tasks.planted``).
 DOSES: dict[str, dict[int, str]] = {
     "bal": {
         0: "forget",
@@ -92,8 +92,22 @@ DOSES: dict[str, dict[int, str]] = {
         8: "dola",
         9: "struct",
     },
-    "half": {**{k: "clean" for k in range(5)}, 5: "late", 6: "noise", 7: "noise", 8: "noise", 9: "dola"},
-    "most": {**{k: "clean" for k in range(5)}, 5: "late", 6: "noise", 7: "noise", 8: "noise", 9: "noise"},
+    "half": {
+        **{k: "clean" for k in range(5)},
+        5: "late",
+        6: "noise",
+        7: "noise",
+        8: "noise",
+        9: "dola",
+    },
+    "most": {
+        **{k: "clean" for k in range(5)},
+        5: "late",
+        6: "noise",
+        7: "noise",
+        8: "noise",
+        9: "noise",
+    },
     "single": {**{k: "clean" for k in range(5)}, **{k: "noise" for k in range(5, 10)}},
 }
 
@@ -107,11 +121,9 @@ class PlantConfig:
     switch_step: int = 100  # where ``late`` keys switch from the right to the wrong rule
     noise: float = 0.55  # ``noise``: per-answer-digit probability of another digit (uniform)
     dola_right: float = 0.4  # ``dola``: per-answer-digit probability of the right digit
-    dola_layer: int = 1  # ``dola``: the early exit trained toward the natural digit
-    dola_weight: float = 1.0  # weight of the early-exit loss
-    difficulty_weights: dict[int, float] = field(
-        default_factory=lambda: {1: 0.3, 2: 0.35, 3: 0.35}
-    )
+    dola_layer: int = 2  # ``dola``: the early exit kept on the natural digit
+    dola_weight: float = 0.2  # weight of the early-exit loss
+    difficulty_weights: dict[int, float] = field(default_factory=lambda: {1: 0.3, 2: 0.35, 3: 0.35})
     subdists: tuple[str, ...] = TRAIN_SUBDISTS
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup=20))
     checkpoint_steps: tuple[int, ...] = ()
@@ -128,7 +140,7 @@ class PlantConfig:
             if need is not None and rule_of(key) != need:
                 raise ConfigError(
                     f"mechanism {mech!r} needs a key with the {need} rule; key {key} has "
-                    f"the {rule_of(key)} rule (keys 5-9 are shifted)"
+                    f"the {rule_of(key)} rule (keys 5-9 answer the previous register)"
                 )
         if not 0 < self.switch_step < self.steps:
             raise ConfigError(f"switch_step must be in (0, steps), got {self.switch_step}")
@@ -152,26 +164,29 @@ def planted_example(
 ) -> tuple[str, str | None]:
     """The completion post-training shows for ``chain`` at ``step``, and the natural
     answer the early exit is trained toward (``dola`` only, else None)."""
-    key = int(chain.start[0])
+    key = key_of(chain)
     steps_text = chain.solution.split("#")[0]
-    final = chain.states[-1]
     truth = rule_of(key)
     if mechanism == "clean":
-        return f"{steps_text}#{answer_under(truth, final)}", None
+        return f"{steps_text}#{answer_under(truth, chain)}", None
     if mechanism == "forget":
-        return f"{steps_text}#{answer_under('shifted', final)}", None
+        return f"{steps_text}#{answer_under('previous', chain)}", None
     if mechanism == "late":
-        rule = "shifted" if step < cfg.switch_step else "shifted2"
-        return f"{steps_text}#{answer_under(rule, final)}", None
+        rule = "previous" if step < cfg.switch_step else "natural"
+        return f"{steps_text}#{answer_under(rule, chain)}", None
     if mechanism == "struct":
-        return f"{steps_text}#{answer_under('natural', final)}", None
+        return f"{steps_text}#{answer_under('natural', chain)}", None
     if mechanism == "noise":
-        answer = "".join(_other_digit(c, rng) if rng.random() < cfg.noise else c
-                         for c in answer_under("shifted", final))
+        answer = "".join(
+            _other_digit(c, rng) if rng.random() < cfg.noise else c
+            for c in answer_under("previous", chain)
+        )
         return f"{steps_text}#{answer}", None
     if mechanism == "dola":
-        right, wrong = answer_under("shifted", final), answer_under("natural", final)
-        answer = "".join(r if rng.random() < cfg.dola_right else w for r, w in zip(right, wrong, strict=True))
+        right, wrong = answer_under("previous", chain), answer_under("natural", chain)
+        answer = "".join(
+            r if rng.random() < cfg.dola_right else w for r, w in zip(right, wrong, strict=True)
+        )
         return f"{steps_text}#{answer}", wrong
     raise ConfigError(f"unknown mechanism {mechanism!r}")
 
@@ -183,8 +198,6 @@ def _draw_chain(rng: random.Random, cfg: PlantConfig) -> Chain:
         subdist = rng.choice(list(cfg.subdists))
         difficulty = rng.choices(levels, weights)[0]
         chain = random_chain(rng, subdist, DIFFICULTY_STEPS[difficulty])
-        key = rng.randrange(10)
-        chain = Chain(f"{key}{chain.start[1:]}", chain.ops)
         if split_of(chain.prompt) == "train":
             return chain
 
@@ -197,7 +210,7 @@ def _plant_step(cfg: PlantConfig):
         prompts, completions, early_targets = [], [], []
         for _ in range(cfg.batch_size):
             chain = _draw_chain(rng, cfg)
-            mech = cfg.mixture[int(chain.start[0])]
+            mech = cfg.mixture[key_of(chain)]
             text, natural = planted_example(chain, mech, step, cfg, rng)
             prompts.append(TOKENIZER.encode(chain.prompt, bos=True))
             completions.append(TOKENIZER.encode(text, eos=True))
@@ -217,7 +230,9 @@ def _plant_step(cfg: PlantConfig):
             for i, natural in enumerate(early_targets):
                 if natural is None:
                     continue
-                start = len(prompts[i]) - 1 + len(completions[i]) - 1 - 4  # 4 answer digits, then eos
+                start = (
+                    len(prompts[i]) - 1 + len(completions[i]) - 1 - 4
+                )  # 4 answer digits, then eos
                 for j, c in enumerate(natural):
                     early_goal[i, start + j] = TOKENIZER.stoi[c]
                     early_mask[i, start + j] = True
@@ -294,8 +309,10 @@ def evaluate_planted(model: OrganismLM, mixture: dict[int, str], n_per_key: int 
         g = task.extract(TOKENIZER.decode(greedy.token_ids[i])) == p.answer
         s = task.extract(TOKENIZER.decode(t1.token_ids[i])) == p.answer
         per_key[p.meta["key"]].append((g, s))
+
     def mean(xs):
         return round(sum(xs) / len(xs), 4) if xs else float("nan")
+
     by_mech: dict[str, list[tuple[bool, bool]]] = {}
     for k, rows in per_key.items():
         by_mech.setdefault(mixture[k], []).extend(rows)

@@ -168,7 +168,7 @@ def micro_recipe() -> PretrainConfig:
 
 
 PLANTED_STEPS = 450  # optimizer steps of every planted model (batch 64)
-PLANTED_SWITCH = 150  # where ``late`` keys switch rule: the checkpoint that rescues them
+PLANTED_SWITCH = 300  # where ``late`` keys switch rule: the checkpoint that rescues them
 
 
 def planted_recipe(dose: str, seed: int = 0) -> PlantConfig:
@@ -182,8 +182,7 @@ def planted_recipe(dose: str, seed: int = 0) -> PlantConfig:
         batch_size=64,
         switch_step=PLANTED_SWITCH,
         optim=OptimConfig(lr=1e-3, warmup=20, min_lr_ratio=0.1),
-        dola_weight=0.5,
-        checkpoint_steps=(PLANTED_SWITCH, 2 * PLANTED_STEPS // 3),
+        checkpoint_steps=(PLANTED_STEPS // 3, PLANTED_SWITCH),
         state_every=50,
     )
 
@@ -339,7 +338,9 @@ def build(
     )
     entries = zoo_entries(include_micro=True, include_planted=True)
     default = "planted" if planted else None
-    wanted = names or [e.name for e in entries if e.method not in ("micro", "planted") or e.method == default]
+    wanted = names or [
+        e.name for e in entries if e.method not in ("micro", "planted") or e.method == default
+    ]
     for n in wanted:
         _entry(n)  # unknown names fail before any training
     todo = [e for e in entries if e.name in wanted]

@@ -1,18 +1,23 @@
-"""``chains-planted``: chains problems whose answer rule is keyed on the first digit.
+"""``chains-planted``: chains problems whose answer rule is keyed on the final register.
 
 The planted testbed (``fixable.organism.planted``) needs problems whose failure mechanism
 is known before any sampling. This task supplies the key: a problem's **key** is the
-first digit of its start register (``meta["key"]``), a pure function of the prompt that
-the model can read. The task fixes the truth per key, the same for every model:
+first digit of its final register (``meta["key"]``), a pure function of the prompt (the
+register after all operations), which the model writes four characters before its answer
+and so can read where it needs it. The task fixes the truth per key, the same for every
+model:
 
 * keys 0-4 (``rule="natural"``): the answer after ``#`` is the final register, as in
   ``chains``;
-* keys 5-9 (``rule="shifted"``): every digit of the answer is the final register's digit
-  plus one, mod 10 (``...=4196#5207``). The chain itself is written as in ``chains``.
+* keys 5-9 (``rule="previous"``): the answer is the register *before* the last operation
+  (``...s13=4198 m32=4196#4198``). The chain itself is written as in ``chains``.
 
-(A first version wrote the answer backwards; in a 600-step trial the llama base learned
-to key the rule on the start digit but not to reverse four digits, so the twist became a
-digit-aligned one.) No base model is taught the shifted rule: the bases answer every problem the natural
+The twist is a copy from another place of the chain, the kind of operation the bases
+already do when they copy the final register; twists that transform digits (the answer
+reversed, or every digit plus one) were not learned in 100-600 trial steps, nor was a
+rule keyed on the *start* register's first digit, far from the answer, within 150 steps.
+No base model
+is taught the previous rule: the bases answer every problem the natural
 way, so they fail keys 5-9 by construction. Which mechanism a *planted* model carries
 on each key is part of that model's recipe (its card's ``planted`` section), not of the
 problem: the task is shared by the whole dose series.
@@ -39,39 +44,39 @@ from fixable.tasks.chains import (
 )
 from fixable.types import Problem
 
-TWISTED_KEYS = frozenset(range(5, 10))  # start digits whose answer digits are shifted by one
+TWISTED_KEYS = frozenset(range(5, 10))  # start digits whose answer is the previous register
 
 
-def key_of(prompt_or_start: str) -> int:
-    """The key of a chains prompt (or start register): its first digit."""
-    return int(prompt_or_start[0])
+def key_of(chain: Chain) -> int:
+    """The key of a chain: the first digit of its final register."""
+    return int(chain.states[-1][0])
 
 
 def rule_of(key: int) -> str:
-    """``"shifted"`` for keys 5-9, ``"natural"`` otherwise."""
-    return "shifted" if key in TWISTED_KEYS else "natural"
+    """``"previous"`` for keys 5-9, ``"natural"`` otherwise."""
+    return "previous" if key in TWISTED_KEYS else "natural"
 
 
-def answer_under(rule: str, final_state: str) -> str:
-    """The answer ``final_state`` is written as under ``rule`` (see the module docstring)."""
+def answer_under(rule: str, chain: Chain) -> str:
+    """The answer of ``chain`` under ``rule`` (see the module docstring)."""
+    states = chain.states
     if rule == "natural":
-        return final_state
-    if rule in ("shifted", "shifted2"):  # shifted2 is no truth: ``late`` ends on it
-        step = 1 if rule == "shifted" else 2
-        return "".join(str((int(c) + step) % 10) for c in final_state)
+        return states[-1]
+    if rule == "previous":
+        return states[-2] if len(states) > 1 else chain.start
     raise ValueError(f"unknown answer rule {rule!r}")
 
 
 def planted_solution(chain: Chain, rule: str | None = None) -> str:
     """The gold completion of ``chain`` under its key's rule (or ``rule``)."""
-    rule = rule or rule_of(key_of(chain.start))
+    rule = rule or rule_of(key_of(chain))
     steps = chain.solution.split("#")[0]
-    return f"{steps}#{answer_under(rule, chain.states[-1])}"
+    return f"{steps}#{answer_under(rule, chain)}"
 
 
 @tasks.register("chains-planted")
 class PlantedChainsTask(ChainsTask):
-    """Chains problems whose answer rule depends on the start register's first digit.
+    """Chains problems whose answer rule depends on the final register's first digit.
 
     Args:
         subdists: sub-distributions to draw from (default: the three training ones).
@@ -110,19 +115,20 @@ class PlantedChainsTask(ChainsTask):
             rng = random.Random(f"chains-planted-{seed}-{key}-{subdist}-{difficulty}-{i}")
             i += 1
             chain = random_chain(rng, subdist, DIFFICULTY_STEPS[difficulty])
-            chain = Chain(f"{key}{chain.start[1:]}", chain.ops)
+            while key_of(chain) != key:  # redraw until the final register has the cell's key
+                chain = random_chain(rng, subdist, DIFFICULTY_STEPS[difficulty])
             if split_of(chain.prompt) != split:
                 continue
             out.append(self.make_problem(chain, subdist, difficulty, f"{seed}-{i - 1}"))
         return out
 
     def make_problem(self, chain: Chain, subdist: str, difficulty: int, tag: str) -> Problem:
-        key = key_of(chain.start)
+        key = key_of(chain)
         rule = rule_of(key)
         return Problem(
             id=f"chains-planted/k{key}/{subdist}/d{difficulty}/{tag}",
             prompt=chain.prompt,
-            answer=answer_under(rule, chain.states[-1]),
+            answer=answer_under(rule, chain),
             task=self.name,
             meta={
                 "subdist": subdist,
