@@ -126,3 +126,17 @@ def test_zoo_lists_planted_models_apart_from_the_natural_zoo():
     assert zoo.PLANTED_SWITCH in zoo.planted_recipe("bal").checkpoint_steps
     with pytest.raises(ConfigError):
         zoo.planted_recipe("nope")
+
+
+def test_build_planted_starts_with_the_planted_models_and_needs_their_bases(tmp_path):
+    with pytest.raises(ConfigError, match="gpt-planted-bal needs its base gpt-base"):
+        zoo.build(planted=True, zoo_dir=tmp_path / "zoo", work_dir=tmp_path / "work")
+
+
+def test_build_without_planted_starts_with_the_natural_bases(tmp_path, monkeypatch):
+    def refuse(cfg, run_dir, **kwargs):
+        raise RuntimeError(f"would pretrain {kwargs['meta']['name']}")
+
+    monkeypatch.setattr(zoo, "pretrain", refuse)
+    with pytest.raises(RuntimeError, match="would pretrain gpt-base"):
+        zoo.build(zoo_dir=tmp_path / "zoo", work_dir=tmp_path / "work")

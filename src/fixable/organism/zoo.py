@@ -337,10 +337,8 @@ def build(
         or Path(os.environ.get("FIXABLE_CACHE", Path.home() / ".cache" / "fixable")) / "zoo-build"
     )
     entries = zoo_entries(include_micro=True, include_planted=True)
-    default = "planted" if planted else None
-    wanted = names or [
-        e.name for e in entries if e.method not in ("micro", "planted") or e.method == default
-    ]
+    group = ("planted",) if planted else ("base", *METHODS)
+    wanted = names or [e.name for e in entries if e.method in group]
     for n in wanted:
         _entry(n)  # unknown names fail before any training
     todo = [e for e in entries if e.name in wanted]
