@@ -13,9 +13,9 @@ model:
   (``...s13=4198 m32=4196#4198``). The chain itself is written as in ``chains``.
 
 The twist is a copy from another place of the chain, the kind of operation the bases
-already do when they copy the final register; twists that transform digits (the answer
-reversed, or every digit plus one) were not learned in 100-600 trial steps, nor was a
-rule keyed on the *start* register's first digit, far from the answer, within 150 steps.
+already do when they copy the final register; in llama trial runs keyed on the *start*
+register's first digit, twists that transform digits (the answer reversed, or every digit
+plus one) were not learned in 450-600 steps, and the keying itself formed slowly.
 No base model
 is taught the previous rule: the bases answer every problem the natural
 way, so they fail keys 5-9 by construction. Which mechanism a *planted* model carries
