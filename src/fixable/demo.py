@@ -267,7 +267,8 @@ class DemoResult:
 
 def demo_models(config: DemoConfig) -> list[str]:
     """The models to study: ``config.models``, or every post-trained zoo model whose
-    training seed is in ``config.seeds`` (both families, all four methods)."""
+    training seed is in ``config.seeds`` (both families, all four methods; the planted
+    testbed, which needs its own task, is left out)."""
     if config.models:
         return list(config.models)
     from fixable.organism import zoo
@@ -276,7 +277,7 @@ def demo_models(config: DemoConfig) -> list[str]:
     chosen = []
     for name in present:
         info = _zoo_info(name)
-        if info.get("method") in (None, "base", "micro"):
+        if info.get("method") in (None, "base", "micro", "planted"):
             continue
         if info.get("seed") in config.seeds:
             chosen.append(name)

@@ -79,8 +79,18 @@ def list_command(as_json: bool, markdown: bool, micro: bool, real: bool) -> None
     is_flag=True,
     help="Build post-trained variants of the real models instead (fixable.realzoo).",
 )
-def build_command(names, device, threads, work_dir, zoo_dir, force, micro, real) -> None:
-    """Rebuild zoo models from their recipes (default: every model; finished ones are skipped)."""
+@click.option(
+    "--planted",
+    is_flag=True,
+    help="Build the planted testbed's dose series (both families; names restrict it).",
+)
+def build_command(names, device, threads, work_dir, zoo_dir, force, micro, real, planted) -> None:
+    """Rebuild zoo models from their recipes (default: every model of the natural zoo;
+    finished ones are skipped)."""
+    if real and planted:
+        from fixable.errors import ConfigError
+
+        raise ConfigError("--real and --planted build different zoos: give one of them")
     if real:
         from fixable.cli.realzoo import build_real
 
@@ -130,6 +140,7 @@ def build_command(names, device, threads, work_dir, zoo_dir, force, micro, real)
         work_dir=Path(work_dir) if work_dir else None,
         device=device,
         force=force,
+        planted=planted,
         progress=progress,
         on_done=on_done,
     )

@@ -132,6 +132,8 @@ def format_card(name: str, card: dict) -> str:
         f"mean_entropy={card.get('mean_entropy', float('nan')):.3f} nats "
         f"checkpoints={','.join(card.get('checkpoints', [])) or '-'}",
     ]
+    if card.get("planted"):
+        lines += _planted_lines(card["planted"])
     levels = list(DIFFICULTY_STEPS)
     header = "  " + " " * 14 + " ".join(f"{'d' + str(d):>6}" for d in levels) + f" {'all':>6}"
     lines.append(header)
@@ -154,6 +156,30 @@ def format_card(name: str, card: dict) -> str:
                 + f" {_pct(by_s.get(s))}"
             )
     return "\n".join(lines)
+
+
+def _planted_lines(planted: dict) -> list[str]:
+    """The planted mixture (share of keys per mechanism, which keys) and its measured
+    greedy / T=1 accuracy per mechanism on ``chains-planted``."""
+    by_mech: dict[str, list[str]] = {}
+    for key, mech in sorted(planted["mixture"].items()):
+        by_mech.setdefault(mech, []).append(key)
+    shares = planted.get("shares", {})
+    lines = [
+        f"  planted ({planted.get('dose')}): "
+        + ", ".join(
+            f"{m} {100 * shares.get(m, 0):.0f}% (keys {''.join(keys)})"
+            for m, keys in by_mech.items()
+        )
+    ]
+    measured = planted.get("measured")
+    if measured:
+        greedy, t1 = measured["greedy_by_mechanism"], measured["t1_by_mechanism"]
+        lines.append(
+            "  planted accuracy greedy / T=1: "
+            + ", ".join(f"{m} {_pct(greedy[m]).strip()} / {_pct(t1[m]).strip()}" for m in greedy)
+        )
+    return lines
 
 
 def markdown_table(cards: dict[str, dict]) -> str:

@@ -6,7 +6,8 @@ The zoo ships inside the package (``src/fixable/zoo/``), one directory per model
     zoo/gpt-rl-s0/card.json                          what it can do (see ``cards``)
     zoo/gpt-rl-s0/checkpoints/step-100/              intermediate checkpoints of its run
 
-Names are ``{family}-base`` and ``{family}-{method}-s{seed}``. Every post-trained model's
+Names are ``{family}-base``, ``{family}-{method}-s{seed}`` and, for the planted testbed
+(``fixable.organism.planted``), ``{family}-planted-{dose}``. Every post-trained model's
 reference is the base of its family. ``build`` retrains every model from its recipe
 below; it skips models whose card is already written and resumes an interrupted run from
 its last state file, so a crash costs little. The API works on whatever is present under
@@ -29,6 +30,7 @@ import torch
 
 from fixable.errors import ConfigError, UnknownNameError
 from fixable.organism.model import ModelConfig, OrganismLM, load_checkpoint
+from fixable.organism.planted import DOSES, PlantConfig, plant
 from fixable.organism.posttrain import METHODS, PostTrainConfig, posttrain
 from fixable.organism.train import OptimConfig, PretrainConfig, Progress, pretrain
 
@@ -165,34 +167,64 @@ def micro_recipe() -> PretrainConfig:
     )
 
 
+PLANTED_STEPS = 450  # optimizer steps of every planted model (batch 64)
+PLANTED_SWITCH = 300  # where ``late`` keys switch rule: the checkpoint that rescues them
+
+
+def planted_recipe(dose: str, seed: int = 0) -> PlantConfig:
+    """The planted model ``{family}-planted-{dose}``: the mixture of ``DOSES[dose]``."""
+    if dose not in DOSES:
+        raise ConfigError(f"planted dose must be one of {list(DOSES)}, got {dose!r}")
+    return PlantConfig(
+        mixture=DOSES[dose],
+        seed=seed,
+        steps=PLANTED_STEPS,
+        batch_size=64,
+        switch_step=PLANTED_SWITCH,
+        optim=OptimConfig(lr=1e-3, warmup=20, min_lr_ratio=0.1),
+        checkpoint_steps=(PLANTED_STEPS // 3, PLANTED_SWITCH),
+        state_every=50,
+    )
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
     family: str
-    method: str  # "base", one of METHODS, or "micro"
+    method: str  # "base", one of METHODS, "planted" or "micro"
     seed: int
+    dose: str | None = None  # planted models: the key of ``planted.DOSES``
 
     @property
     def base(self) -> str | None:
         return None if self.method in ("base", "micro") else f"{self.family}-base"
 
 
-def zoo_entries(include_micro: bool = False) -> list[ZooEntry]:
+def planted_entries() -> list[ZooEntry]:
+    """The planted testbed's dose series, per family (``fixable zoo build --planted``)."""
+    return [
+        ZooEntry(f"{f}-planted-{dose}", f, "planted", 0, dose) for f in FAMILIES for dose in DOSES
+    ]
+
+
+def zoo_entries(include_micro: bool = False, include_planted: bool = False) -> list[ZooEntry]:
     """Every model ``build`` makes, bases first (post-training needs them)."""
     entries = [ZooEntry(f"{f}-base", f, "base", 0) for f in FAMILIES]
     entries += [
         ZooEntry(f"{f}-{m}-s{s}", f, m, s) for f in FAMILIES for m in METHODS for s in SEEDS
     ]
+    if include_planted:
+        entries += planted_entries()
     if include_micro:
         entries.append(ZooEntry(MICRO, "llama", "micro", 0))
     return entries
 
 
 def _entry(name: str) -> ZooEntry:
-    for e in zoo_entries(include_micro=True):
+    for e in zoo_entries(include_micro=True, include_planted=True):
         if e.name == name:
             return e
-    raise UnknownModelError("zoo model", name, [e.name for e in zoo_entries(True)])
+    raise UnknownModelError("zoo model", name, [e.name for e in zoo_entries(True, True)])
 
 
 # --- the API --------------------------------------------------------------------------
@@ -204,7 +236,7 @@ def list_models(include_micro: bool = False, zoo_dir: Path | None = None) -> lis
     ``llama-micro`` (the rebuild-check model, too small to study) is listed only when
     ``include_micro``."""
     root = Path(zoo_dir or ZOO_DIR)
-    order = {e.name: i for i, e in enumerate(zoo_entries(include_micro=True))}
+    order = {e.name: i for i, e in enumerate(zoo_entries(include_micro=True, include_planted=True))}
     names = [p.parent.name for p in root.glob("*/config.json")] if root.exists() else []
     names = [n for n in names if include_micro or n != MICRO]
     return sorted(names, key=lambda n: (order.get(n, len(order)), n))
@@ -259,7 +291,7 @@ def _has_card(name: str, zoo_dir: Path | None) -> bool:
 def reference_of(name: str) -> str | None:
     """The base model of ``name``'s family (None for a base)."""
     base_name = str(name).split("@")[0]
-    known = {e.name: e for e in zoo_entries(include_micro=True)}
+    known = {e.name: e for e in zoo_entries(include_micro=True, include_planted=True)}
     if base_name not in known:
         raise UnknownModelError("zoo model", str(name), known)
     return known[base_name].base
@@ -286,11 +318,13 @@ def build(
     work_dir: Path | None = None,
     device: str = "cpu",
     force: bool = False,
+    planted: bool = False,
     card_problems_per_cell: int = CARD_PROBLEMS_PER_CELL,
     progress: ProgressFactory | None = None,
     on_done: Callable[[str, dict], None] | None = None,
 ) -> list[str]:
-    """Train, card and ship the zoo models ``names`` (default: all but the micro model).
+    """Train, card and ship the zoo models ``names`` (default: all but the micro model and
+    the planted testbed; ``planted``: the planted testbed's dose series).
 
     Finished models (a ``card.json`` present) are skipped unless ``force``; an interrupted
     run resumes from its state file under ``work_dir``. A post-trained model starts from
@@ -302,8 +336,9 @@ def build(
         work_dir
         or Path(os.environ.get("FIXABLE_CACHE", Path.home() / ".cache" / "fixable")) / "zoo-build"
     )
-    entries = zoo_entries(include_micro=True)
-    wanted = names or [e.name for e in entries if e.method != "micro"]
+    entries = zoo_entries(include_micro=True, include_planted=True)
+    group = ("planted",) if planted else ("base", *METHODS)
+    wanted = names or [e.name for e in entries if e.method in group]
     for n in wanted:
         _entry(n)  # unknown names fail before any training
     todo = [e for e in entries if e.name in wanted]
@@ -331,10 +366,16 @@ def build(
                     f"run `fixable zoo build {entry.base}`"
                 )
             base, _ = load(entry.base, device=device, zoo_dir=root)
-            cfg = posttrain_recipe(entry.method, entry.seed)
-            if progress:
-                callback = progress(entry.name, cfg.steps)
-            posttrain(base, cfg, run_dir, progress=callback, meta=_identity(entry))
+            if entry.method == "planted":
+                plant_cfg = planted_recipe(entry.dose, entry.seed)
+                if progress:
+                    callback = progress(entry.name, plant_cfg.steps)
+                plant(base, plant_cfg, run_dir, progress=callback, meta=_identity(entry))
+            else:
+                cfg = posttrain_recipe(entry.method, entry.seed)
+                if progress:
+                    callback = progress(entry.name, cfg.steps)
+                posttrain(base, cfg, run_dir, progress=callback, meta=_identity(entry))
         train_seconds = time.time() - t0
         model_card = _ship(
             entry, run_dir, root, card_problems_per_cell if entry.method != "micro" else 8, device
@@ -356,6 +397,7 @@ def _identity(entry: ZooEntry) -> dict:
         "zoo_method": entry.method,
         "seed": entry.seed,
         "base": entry.base,
+        **({"dose": entry.dose} if entry.dose else {}),
     }
 
 
@@ -375,6 +417,15 @@ def _ship(entry: ZooEntry, run_dir: Path, root: Path, n_per_cell: int, device: s
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
     measured = evaluate(model, n_per_cell=n_per_cell)
     history = meta.get("history_tail", [])
+    extra = {}
+    if entry.method == "planted":
+        from fixable.organism.planted import evaluate_planted
+
+        extra["planted"] = {
+            **meta["planted"],
+            "dose": entry.dose,
+            "measured": evaluate_planted(model, DOSES[entry.dose]),
+        }
     return {
         "name": entry.name,
         "family": entry.family,
@@ -390,6 +441,7 @@ def _ship(entry: ZooEntry, run_dir: Path, root: Path, n_per_cell: int, device: s
         "train_tokens": meta.get("train_tokens"),
         "final_train_metrics": history[-1] if history else {},
         **measured,
+        **extra,
     }
 
 

@@ -9,6 +9,7 @@ from fixable.tasks.gsm8k import GSM8KTask
 from fixable.tasks.humaneval import HumanEvalTask
 from fixable.tasks.jsonl import JsonlTask
 from fixable.tasks.math500 import MATH500Task
+from fixable.tasks.planted import PlantedChainsTask
 
 
 def get_task(name: str, **kwargs) -> Task:
@@ -24,6 +25,7 @@ __all__ = [
     "HumanEvalTask",
     "JsonlTask",
     "MATH500Task",
+    "PlantedChainsTask",
     "Task",
     "get_task",
     "registry",
