@@ -177,8 +177,9 @@ class ProcessExecutor:
 
     The driver builds the backend as ``LocalExecutor`` does (it answers what ``sample``
     asks before sampling and records the manifest's identity); ``sample_planned`` sends a
-    pickled copy of it to every worker, cuts the plan into chunks of whole units (as the
-    Ray executor does: ``chunks``) and hands them to whichever worker is free; each chunk
+    pickled copy of it to every worker, cuts the plan into chunks of whole units of one
+    setting and prompt-length band (``_length_chunks``) and hands them, largest first, to
+    whichever worker is free; each chunk
     becomes one shard, written by its worker under its own name. A seeded backend gives
     every rollout the tokens it would get in one process (a rollout's seed is a function
     of its key, and the organism engine's rows do not depend on their batch).
@@ -282,8 +283,7 @@ class ProcessExecutor:
         self._start()
         from multiprocessing.connection import wait
 
-        size = max(1, min(batch_size, math.ceil(len(todo) / self.workers)))
-        queue = collections.deque(chunks(todo, size))
+        queue = collections.deque(_length_chunks(todo, batch_size))
         run_path = str(Path(run.path).resolve())
         started = time.monotonic()
         settled = 0
@@ -368,6 +368,29 @@ class ProcessExecutor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+PROMPT_GROUP = 32  # prompts whose lengths (characters) fall in one such band share a chunk
+
+
+def _length_chunks(todo: Sequence[Planned], size: int) -> list[list[Planned]]:
+    """Chunks for worker processes: whole units grouped by (phase, setting, prompt length
+    band), each group cut into pieces of at most ``size`` rollouts, largest first.
+
+    A decoding engine runs one step loop per batch of similar prompt lengths (the organism
+    engine buckets prompts by length; each loop costs a fixed amount per step whatever its
+    rows), so splitting one length group over two workers would run its loop twice; giving
+    each worker whole groups keeps the number of loops that of one process. Largest first
+    balances the workers (the longest-processing-time rule)."""
+    groups: dict[tuple, list[list[Planned]]] = {}
+    for unit in units(todo):
+        head = unit[0]
+        band = len(head.problem.prompt) // PROMPT_GROUP
+        groups.setdefault((head.phase, head.intervention.label, band), []).append(unit)
+    out: list[list[Planned]] = []
+    for group in groups.values():
+        out.extend(chunks([p for unit in group for p in unit], size))
+    return sorted(out, key=lambda c: -len(c) * c[0].intervention.cost_factor)
 
 
 def _tie_to_parent(parent_pid: int) -> None:
