@@ -28,12 +28,20 @@ def smollm2_dir(tmp_path_factory):
         gguf = resolve("smollm2-135m-instruct")
     except FixableError as e:
         pytest.skip(str(e))
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path_factory.mktemp("smollm2-hf")
     AutoTokenizer.from_pretrained(gguf.directory, gguf_file=gguf.file).save_pretrained(out)
-    model = AutoModelForCausalLM.from_pretrained(gguf.directory, gguf_file=gguf.file)
-    model.save_pretrained(out)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.directory, gguf_file=gguf.file)
+    # a model loaded from GGUF refuses save_pretrained (its quantizer is not serialisable):
+    # copy its de-quantised weights into a plain model of the same config
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    dense = AutoModelForCausalLM.from_config(config)
+    dense.load_state_dict(loaded.state_dict())
+    dense.to(torch.bfloat16).save_pretrained(out)
     return out
 
 
