@@ -18,10 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from llamacpp import llamacpp_python, llamacpp_server, smollm2_gguf  # noqa: E402
-
 from fixable.backends.base import GenerationRequest  # noqa: E402
 from fixable.interventions import Intervention  # noqa: E402
+from llamacpp import llamacpp_python, llamacpp_server, smollm2_gguf  # noqa: E402
 
 
 def timed(backend, requests) -> tuple[float, int, float]:
@@ -60,10 +59,14 @@ def main() -> None:
         timed(server, requests[:1])  # warm-up
         lc_wall, lc_tokens, _ = timed(server, requests)
     print(f"{len(requests)} completions of at most {args.max_tokens} tokens, one thread each")
-    print(f"hf backend (bf16 where supported, batched): {hf_tokens} tokens in {hf_wall:.1f} s "
-          f"= {hf_tokens / hf_wall:.1f} tokens/s")
-    print(f"llama.cpp server (Q4_1, one request at a time): {lc_tokens} tokens in {lc_wall:.1f} s "
-          f"= {lc_tokens / lc_wall:.1f} tokens/s")
+    print(
+        f"hf backend (bf16 where supported, batched): {hf_tokens} tokens in {hf_wall:.1f} s "
+        f"= {hf_tokens / hf_wall:.1f} tokens/s"
+    )
+    print(
+        f"llama.cpp server (Q4_1, one request at a time): {lc_tokens} tokens in {lc_wall:.1f} s "
+        f"= {lc_tokens / lc_wall:.1f} tokens/s"
+    )
     print(f"ratio hf / llama.cpp: {(hf_tokens / hf_wall) / (lc_tokens / lc_wall):.2f}x")
 
 

@@ -44,9 +44,21 @@ def llamacpp_server(model: Path, python: str, threads: int = 1, timeout_s: float
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     argv = [
-        python, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-        "--port", str(port), "--n_threads", str(threads), "--n_ctx", "2048",
-        "--verbose", "False",
+        python,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_threads",
+        str(threads),
+        "--n_ctx",
+        "2048",
+        "--verbose",
+        "False",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -55,13 +67,17 @@ def llamacpp_server(model: Path, python: str, threads: int = 1, timeout_s: float
         deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"llama.cpp server exited: {proc.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(
+                    f"llama.cpp server exited: {proc.stderr.read().decode()[-2000:]}"
+                )
             try:
                 urllib.request.urlopen(f"{url}/models", timeout=2).read()
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"llama.cpp server did not answer in {timeout_s} s") from None
+                    raise RuntimeError(
+                        f"llama.cpp server did not answer in {timeout_s} s"
+                    ) from None
                 time.sleep(0.5)
         yield url
     finally:

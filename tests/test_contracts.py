@@ -13,23 +13,14 @@ from dataclasses import replace
 
 import pytest
 
+import test_backend_organism
 from fixable.backends.base import Generation
 from fixable.backends.organism import OrganismBackend
-from fixable.organism.model import save_checkpoint
 from fixable.registry import backends, tasks
 from fixable.testing import ContractError, check_backend, check_task
-from test_backend_organism import tiny
 
 ORGANISM_PROMPTS = ["4821|a27 s13|", "0000|x01|"]
-
-
-@pytest.fixture(scope="module")
-def zoo_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    save_checkpoint(tiny(0), root / "llama-base")
-    save_checkpoint(tiny(1), root / "llama-sft-s0")
-    save_checkpoint(tiny(2), root / "llama-sft-s0" / "checkpoints" / "step-5")
-    return root
+zoo_dir = test_backend_organism.zoo_dir  # the same throwaway zoo of tiny models (a fixture)
 
 
 @pytest.fixture(scope="module")

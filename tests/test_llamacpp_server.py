@@ -8,12 +8,12 @@ count and a cost, and the probe must get K completions per problem."""
 from __future__ import annotations
 
 import pytest
-from llamacpp import llamacpp_python, llamacpp_server, smollm2_gguf
 
 from fixable.backends.openai import OpenAIBackend
 from fixable.sampling import sample
 from fixable.store import Run
 from fixable.tasks import get_task
+from llamacpp import llamacpp_python, llamacpp_server, smollm2_gguf
 
 pytestmark = pytest.mark.llamacpp
 
@@ -38,13 +38,19 @@ def test_probe_stores_k_counted_completions_per_problem(
     task = get_task("gsm8k", path=str(shared_data / "gsm8k"))
     problems = task.problems(3, seed=0)
     backend = OpenAIBackend(
-        "smollm2", base_url=server_url, top_logprobs=5, concurrency=2,
-        samples_per_request=samples_per_request, timeout_s=120,
+        "smollm2",
+        base_url=server_url,
+        top_logprobs=5,
+        concurrency=2,
+        samples_per_request=samples_per_request,
+        timeout_s=120,
     )
     sample(backend, task, problems, tmp_path / "run", n=K, max_tokens=32, score_reference=False)
-    rows = Run(tmp_path / "run").query(
-        "SELECT problem_id, text, n_tokens, cost_tokens, status FROM rollouts"
-    ).to_pylist()
+    rows = (
+        Run(tmp_path / "run")
+        .query("SELECT problem_id, text, n_tokens, cost_tokens, status FROM rollouts")
+        .to_pylist()
+    )
     per_problem = {}
     for row in rows:
         per_problem[row["problem_id"]] = per_problem.get(row["problem_id"], 0) + 1

@@ -50,7 +50,9 @@ def backend(smollm2_dir):
     from fixable.backends.vllm import VLLMBackend
 
     return VLLMBackend(
-        str(smollm2_dir), dtype="bfloat16", top_logprobs=5,
+        str(smollm2_dir),
+        dtype="bfloat16",
+        top_logprobs=5,
         engine_options={"max_model_len": 2048, "enforce_eager": True},
     )
 
