@@ -15,7 +15,7 @@ if not hasattr(vllm, "LLM"):
     pytest.skip("vllm is not installed (see benchmarks/vllm_setup.sh)", allow_module_level=True)
 
 from fixable.backends.base import GenerationRequest  # noqa: E402
-from fixable.interventions import RETRY, Intervention  # noqa: E402
+from fixable.interventions import RETRY  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,8 @@ def test_seeded_sampling_of_long_prompts_reproduces(backend, shared_data):
         for i, p in enumerate(prompts)
         for j in range(2)
     ]
-    first = backend.generate(requests, Intervention(RETRY))
-    again = backend.generate(list(reversed(requests)), Intervention(RETRY))[::-1]
+    first = backend.generate(requests, RETRY)
+    again = backend.generate(list(reversed(requests)), RETRY)[::-1]
     assert all(g.finish_reason != "error" for g in first), [g.error for g in first]
     assert all(len(g.token_ids) > 0 for g in first)
     for a, b in zip(first, again, strict=True):
