@@ -113,7 +113,7 @@ BUGS = (
     Bug(
         "sandbox: pass without a clean exit",
         "sandbox/worker.py",
-        "        if exited_cleanly:\n",
+        "        if exited_cleanly and judge_cleanly:\n",
         "        if True:\n",
         ("test_sandbox_verdict.py",),
     ),
