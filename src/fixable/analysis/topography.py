@@ -223,26 +223,7 @@ def topography_by_problem(
         )
     groups = features["problem_id"].astype(str).to_numpy()
     y = methods.astype(str).to_numpy()
-    available = [f for f in (*FEATURES, *ABLATIONS) if f in features and features[f].notna().all()]
-    unavailable = [f for f in (*FEATURES, *ABLATIONS) if f not in available]
-    main = [f for f in FEATURES if f in available]
-    if not main:
-        raise DataError("no feature is available for every failure; topography cannot run")
-    if feature_sets is None:
-        feature_sets = {"features": main}
-        for f in main:
-            feature_sets[f"only {f}"] = [f]
-            if len(main) > 1:
-                feature_sets[f"without {f}"] = [g for g in main if g != f]
-        variants = [f for f in ABLATIONS if f in available]
-        if variants:
-            feature_sets["ablation variants"] = variants
-            feature_sets["features + variants"] = main + variants
-    else:
-        for name, cols in feature_sets.items():
-            bad = [c for c in cols if c not in available]
-            if bad:
-                raise ConfigError(f"feature set {name!r} uses unavailable features {bad}")
+    main, unavailable, feature_sets = _feature_sets(features, feature_sets)
 
     common = {"n_splits": n_splits, "n_seeds": n_seeds, "random_state": random_state}
     out = {
@@ -449,26 +430,7 @@ def topography(
         )
     y = methods.astype(str).to_numpy()
     scheme, folds = held_out_folds(models, y, seeds)
-    available = [f for f in (*FEATURES, *ABLATIONS) if f in features and features[f].notna().all()]
-    unavailable = [f for f in (*FEATURES, *ABLATIONS) if f not in available]
-    main = [f for f in FEATURES if f in available]
-    if not main:
-        raise DataError("no feature is available for every failure; topography cannot run")
-    if feature_sets is None:
-        feature_sets = {"features": main}
-        for f in main:
-            feature_sets[f"only {f}"] = [f]
-            if len(main) > 1:
-                feature_sets[f"without {f}"] = [g for g in main if g != f]
-        variants = [f for f in ABLATIONS if f in available]
-        if variants:
-            feature_sets["ablation variants"] = variants
-            feature_sets["features + variants"] = main + variants
-    else:
-        for name, cols in feature_sets.items():
-            bad = [c for c in cols if c not in available]
-            if bad:
-                raise ConfigError(f"feature set {name!r} uses unavailable features {bad}")
+    main, unavailable, feature_sets = _feature_sets(features, feature_sets)
 
     rs = random_state
     model_methods = pd.Series(y, index=models).groupby(level=0).first()
@@ -551,3 +513,31 @@ def topography(
         _, res = run(MethodClassifier(features=list(cols)), features)
         out["ablations"][name] = res | {"features": list(cols)}
     return out
+
+
+def _feature_sets(features: pd.DataFrame, feature_sets: dict | None) -> tuple[list, list, dict]:
+    """(the three features known for every failure, the unavailable ones, the feature sets
+    to score): the three features, each alone
+    and each left out, and the ablation variants, among those known for every failure;
+    or the caller's sets, checked against what is available."""
+    available = [f for f in (*FEATURES, *ABLATIONS) if f in features and features[f].notna().all()]
+    unavailable = [f for f in (*FEATURES, *ABLATIONS) if f not in available]
+    main = [f for f in FEATURES if f in available]
+    if not main:
+        raise DataError("no feature is available for every failure; topography cannot run")
+    if feature_sets is not None:
+        for name, cols in feature_sets.items():
+            bad = [c for c in cols if c not in available]
+            if bad:
+                raise ConfigError(f"feature set {name!r} uses unavailable features {bad}")
+        return main, unavailable, feature_sets
+    sets = {"features": main}
+    for f in main:
+        sets[f"only {f}"] = [f]
+        if len(main) > 1:
+            sets[f"without {f}"] = [g for g in main if g != f]
+    variants = [f for f in ABLATIONS if f in available]
+    if variants:
+        sets["ablation variants"] = variants
+        sets["features + variants"] = main + variants
+    return main, unavailable, sets
