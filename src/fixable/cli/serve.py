@@ -97,7 +97,8 @@ def command(
     from fixable.extras import require
     from fixable.serve import ServeLimits, serve
 
-    require("fastapi"), require("uvicorn")  # before a model is loaded or a line printed
+    for library in ("fastapi", "uvicorn"):  # before a model is loaded or a line printed
+        require(library)
 
     if batch_window_ms < 0:
         raise ConfigError(f"--batch-window-ms must be >= 0, got {batch_window_ms}")
