@@ -17,7 +17,10 @@ Printed per model:
 * on the steerable-hard failures (labelling half): the share of them for which each
   setting is the best one (labelling half), and the best single fixed setting's rescue
   (chosen on the labelling half, scored on the scoring half) against the oracle's (each
-  failure's best setting on the labelling half, scored on the scoring half).
+  failure's best setting on the labelling half, scored on the scoring half). The fixed
+  setting is chosen on the labelling half of the *same* failures, not cross-fitted over
+  problems as protocol v2's router evaluation does: samples are disjoint, problems are
+  not, which can only favour the fixed choice (the ratio is not flattered downwards).
 
 Sampling goes through ``fixable.organism.decode`` directly (no store), seeded per
 (model, problem, setting, sample index), so a rerun prints the same numbers.
