@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -43,10 +44,13 @@ def task(shared_data_dir):
     return GSM8KTask(path=shared_data_dir / "gsm8k")
 
 
+# not imported from conftest: with tests/vllm/conftest.py also collected, the module
+# named "conftest" is whichever pytest loaded last
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
 @pytest.fixture(scope="module")
 def shared_data_dir():
-    from conftest import SHARED_DATA
-
     if not SHARED_DATA.exists():
         pytest.skip(f"benchmark data not found at {SHARED_DATA}")
     return SHARED_DATA
