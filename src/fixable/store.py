@@ -430,6 +430,69 @@ class Run:
         self._manifest = manifest
         return manifest
 
+    # ---------------------------------------------------------------- compatibility
+
+    def register_model(
+        self,
+        model: str,
+        identity: dict,
+        sampling: dict,
+        *,
+        run_seed: int,
+        invocation: dict | None = None,
+    ) -> dict:
+        """Record that ``model`` is sampled into this run, refusing what would mix
+        rollouts that cannot be compared: another run seed, other weights (a file's
+        sha256), another precision or backend, or other sampling parameters (``sampling``,
+        e.g. max_tokens and stop). ``invocation`` is appended to the manifest's
+        invocations. This is the one compatibility check of a run's sampling; a study
+        adds its own fields with ``record_study``."""
+
+        def change(manifest: dict) -> None:
+            if manifest.get("run_seed") is None:
+                manifest["run_seed"] = run_seed
+            elif manifest["run_seed"] != run_seed:
+                raise StoreError(
+                    f"{self.path} was sampled with seed {manifest['run_seed']}, got seed "
+                    f"{run_seed}: resume with --seed {manifest['run_seed']} or write to a new --out"
+                )
+            models = manifest.setdefault("models", {})
+            known = models.get(model)
+            if known is None:
+                models[model] = {"identity": identity, "sampling": sampling}
+            else:
+                _check_same_model(self.path, model, known, identity, sampling)
+            if invocation is not None:
+                manifest.setdefault("invocations", []).append(invocation)
+
+        return self.update_manifest(change)
+
+    def record_study(
+        self, name: str, config: dict, *, content: Sequence[str], command: str | None = None
+    ) -> dict:
+        """Store a study's resolved ``config`` under ``name`` (its history under
+        ``{name}_history``), refusing to resume a run made with other values of the
+        ``content`` fields: those that change the rollouts."""
+        stored = {"config": config, "command": command}
+
+        def change(manifest: dict) -> None:
+            previous = (manifest.get(name) or {}).get("config")
+            if previous is not None:
+                changed = [f for f in content if previous.get(f) != config.get(f)]
+                if changed:
+                    field = changed[0]
+                    raise StoreError(
+                        f"{self.path} was sampled by a {name} with {field}="
+                        f"{previous.get(field)!r}, now {config.get(field)!r}: resume with the "
+                        f"same configuration (`fixable {name} --config {self.path}`) or write "
+                        f"to a new --out"
+                    )
+            history = manifest.setdefault(f"{name}_history", [])
+            history.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **stored})
+            manifest[name] = stored
+
+        return self.update_manifest(change)
+
     # ---------------------------------------------------------------- migrations
 
     def migrate(self) -> int:
@@ -703,9 +766,19 @@ class Run:
             yield from fetch(batch_size)
 
     def rollouts(
-        self, where: str | None = None, columns: Sequence[str] | None = None, *, order: bool = True
+        self,
+        where: str | None = None,
+        columns: Sequence[str] | None = None,
+        *,
+        order: bool = True,
+        exclude: dict | None = None,
+        **filters: Any,
     ) -> pa.Table:
-        """Rollouts as a pyarrow Table, filtered by the SQL condition ``where``, in key order."""
+        """Rollouts as a pyarrow Table, in key order, filtered by keywords over their
+        columns: ``run.rollouts(model="m", phase="probe", problem_id=[...])``, and
+        ``exclude={"phase": "probe"}`` for the negation. ``where`` (an SQL condition, for
+        ``fixable query``-style use) is combined with them."""
+        where = _where(where, filters, exclude)
         wanted = list(columns) if columns else schema.ROLLOUTS.names
         unknown = [c for c in wanted if c not in schema.ROLLOUTS.names]
         if unknown:
@@ -724,8 +797,10 @@ class Run:
     def problems(self) -> pa.Table:
         return self.query("SELECT * FROM problems ORDER BY task, problem_id").cast(schema.PROBLEMS)
 
-    def keys(self, where: str | None = None) -> set[tuple]:
-        """The keys (``fixable.schema.KEY`` tuples) present, optionally filtered by ``where``."""
+    def keys(self, where: str | None = None, **filters: Any) -> set[tuple]:
+        """The keys (``fixable.schema.KEY`` tuples) present, filtered by keywords over the
+        rollout columns as in ``rollouts`` (or an SQL condition ``where``)."""
+        where = _where(where, filters, None)
         sql = f"SELECT {', '.join(schema.KEY)} FROM rollouts"
         if where:
             sql += f" WHERE {where}"
@@ -739,6 +814,22 @@ class Run:
             f"SELECT {key}, count(*) AS copies FROM rollouts GROUP BY {key} "
             f"HAVING count(*) > 1 ORDER BY {key}"
         )
+
+    def spending(self, model: str, phase: str = "rescue") -> dict[str, dict]:
+        """Per setting of ``model`` in ``phase``: problems, rollouts, tokens and
+        cost_tokens spent (the rescue budget the manifest records)."""
+        table = self.query(
+            "SELECT setting, count(DISTINCT problem_id) AS problems, count(*) AS rollouts, "
+            "sum(n_tokens) AS tokens, sum(cost_tokens) AS cost_tokens FROM rollouts "
+            f"WHERE {_conditions({'model': model, 'phase': phase})} GROUP BY setting "
+            "ORDER BY setting"
+        )
+        return {
+            r.pop("setting"): {
+                k: (float(v) if k == "cost_tokens" else int(v)) for k, v in r.items()
+            }
+            for r in table.to_pylist()
+        }
 
     def counts(self) -> pa.Table:
         """Rollouts, problems, correct and error counts per model and phase."""
@@ -813,6 +904,91 @@ def _short(error: BaseException) -> str:
 
 def _dump(manifest: dict) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def _check_same_model(path: Path, model: str, known: dict, identity: dict, sampling: dict) -> None:
+    """Refuse sampling ``model`` again with other weights, precision, backend or sampling
+    parameters than those the manifest records for it (``known``)."""
+    old_hashes, new_hashes = _hashes(known["identity"]), _hashes(identity)
+    changed = [k for k in old_hashes.keys() & new_hashes.keys() if old_hashes[k] != new_hashes[k]]
+    if changed:
+        raise StoreError(
+            f"model {model!r} in {path} was sampled from other weights "
+            f"({changed[0]} changed its sha256); new rollouts would mix two models: "
+            f"write to a new --out"
+        )
+    old_dtype, new_dtype = known["identity"].get("dtype"), identity.get("dtype")
+    if old_dtype is not None and new_dtype is not None and old_dtype != new_dtype:
+        raise StoreError(
+            f"model {model!r} in {path} was sampled in {old_dtype}, now {new_dtype}: "
+            f"the precision changes the rollouts; resume with dtype={old_dtype} or "
+            f"write to a new --out"
+        )
+    if known["identity"].get("backend") != identity["backend"]:
+        raise StoreError(
+            f"model {model!r} in {path} was sampled with backend "
+            f"{known['identity'].get('backend')!r}, now {identity['backend']!r}: "
+            f"write to a new --out"
+        )
+    for name, value in sampling.items():
+        if known["sampling"].get(name) != value:
+            raise StoreError(
+                f"model {model!r} in {path} was sampled with {name}="
+                f"{known['sampling'].get(name)!r}, now {value!r}: use the same value "
+                f"to resume, or write to a new --out"
+            )
+
+
+def _hashes(identity: Any, prefix: str = "") -> dict[str, str]:
+    """Every file hash in a (nested) identity, by its path in the identity."""
+    out: dict[str, str] = {}
+    if isinstance(identity, dict):
+        for key, value in identity.items():
+            if key == "weights_sha256" and isinstance(value, dict):
+                out.update({f"{prefix}{name}": h for name, h in value.items()})
+            else:
+                out.update(_hashes(value, f"{prefix}{key}/"))
+    return out
+
+
+def _conditions(filters: dict, exclude: dict | None = None) -> str | None:
+    """The SQL condition of keyword filters over rollout columns: ``column=value``
+    (equality) or ``column=[values]`` (any of them); ``exclude`` the same, negated."""
+    parts = []
+    for negate, given in ((False, filters), (True, exclude or {})):
+        for column, value in given.items():
+            if column not in schema.ROLLOUTS.names:
+                raise StoreError(
+                    f"unknown rollout column {column!r} to filter on; "
+                    f"columns are {', '.join(schema.ROLLOUTS.names)}"
+                )
+            if isinstance(value, (list, tuple, set, frozenset)):
+                values = sorted(value, key=str)
+                if not values:
+                    parts.append("TRUE" if negate else "FALSE")
+                    continue
+                listed = ", ".join(_literal(v) for v in values)
+                parts.append(f"{column} {'NOT IN' if negate else 'IN'} ({listed})")
+            elif value is None:
+                parts.append(f"{column} IS {'NOT ' if negate else ''}NULL")
+            else:
+                parts.append(f"{column} {'<>' if negate else '='} {_literal(value)}")
+    return " AND ".join(parts) or None
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(float(value))
+    return sql_string(str(value))
+
+
+def _where(where: str | None, filters: dict, exclude: dict | None) -> str | None:
+    conditions = [c for c in (where, _conditions(filters, exclude)) if c]
+    return " AND ".join(f"({c})" for c in conditions) or None
 
 
 @contextlib.contextmanager
