@@ -1,6 +1,6 @@
 """Wall time, throughput, budget and peak memory of a full sweep on one zoo model.
 
-A sweep is the protocol of SPEC §3 through the public API (``fixable.sampling.sweep``,
+A sweep is the protocol of SPEC §3 through the public API (``fixable.protocol.sweep``,
 which calls ``sample`` for each phase) into a run directory:
 
 1. probe: N problems of the chains test split × K rollouts at the default config;
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     from fixable import get_task
+    from fixable.protocol import sweep
     from fixable.registry import backends
-    from fixable.sampling import sweep
 
     task = get_task("chains")
     problems = task.problems(args.problems, split="test")

@@ -34,8 +34,9 @@ def main(argv=None) -> int:
     from fixable.demo import _zoo_info
     from fixable.features import failure_features
     from fixable.organism import zoo
+    from fixable.provenance import git_revision
     from fixable.registry import backends
-    from fixable.sampling import PROBE, _git_revision, sample
+    from fixable.sampling import PROBE, sample
     from fixable.store import Run
     from fixable.tasks import get_task
 
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
             "k": args.k,
             "backend": "organism",
             "run_seed": 0,
-            "git": _git_revision(),
+            "git": git_revision(),
         },
     )
     path = write_defaults(doc, args.out)

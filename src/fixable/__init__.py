@@ -29,7 +29,7 @@ except PackageNotFoundError:  # a source tree on sys.path, not installed
 # verb → module that defines it, imported on first use
 _LAZY = {
     "sample": "fixable.sampling",
-    "sweep": "fixable.sampling",
+    "sweep": "fixable.protocol",
     "Run": "fixable.store",
     "analyze": "fixable.analysis",
     "rescue": "fixable.analysis",

@@ -483,7 +483,7 @@ class SamplingActor:
         """The backend's name, capabilities, model and (when asked) the manifest identity."""
         if self.error is not None:
             return {"error": self.error}
-        from fixable.sampling import model_identity
+        from fixable.provenance import model_identity
 
         backend = self.backend
         return {
@@ -506,7 +506,7 @@ class SamplingActor:
         model = self.backend.model_name
         dropped = 0
         if retry:
-            present = run.keys(_unit_filter(model, chunk))
+            present = run.keys(**_unit_filter(model, chunk))
             kept = [p for p in chunk if p.key(model) not in present]
             dropped, chunk = len(chunk) - len(kept), kept
         counts = dict.fromkeys(_COUNTERS, 0)
@@ -552,13 +552,16 @@ class SamplingActor:
             close()
 
 
-def _unit_filter(model: str, chunk: Sequence[Planned]) -> str:
+def _unit_filter(model: str, chunk: Sequence[Planned]) -> dict:
+    """The keyword filters (``Run.keys``) of a chunk's unit: its model, phase, setting
+    and problems."""
     head = chunk[0]
-    ids = ", ".join(sorted({sql_string(p.problem.id) for p in chunk}))
-    return (
-        f"model = {sql_string(model)} AND phase = {sql_string(head.phase)} AND "
-        f"setting = {sql_string(head.intervention.label)} AND problem_id IN ({ids})"
-    )
+    return {
+        "model": model,
+        "phase": head.phase,
+        "setting": head.intervention.label,
+        "problem_id": sorted({p.problem.id for p in chunk}),
+    }
 
 
 def _raise_remote(error: tuple[str, str], where: str) -> None:

@@ -3,8 +3,11 @@
 ``sample`` plans every key (model, problem, phase, setting, sample index), skips the keys
 already in the run, samples the rest in batches, verifies each completion with the task,
 teacher-forces probe rollouts under the reference model when the backend has one, and
-writes shards as it goes. ``sweep`` is the protocol of SPEC §3: a probe of K rollouts per
-problem, then R rollouts per failed problem (0/K correct) and intervention setting.
+writes shards as it goes: planning, and rows from generations. The protocol built on it
+(``sweep``: a probe of K rollouts per problem, then R rollouts per failed problem and
+intervention setting) is ``fixable.protocol``; what the manifest records about the model
+and the environment is ``fixable.provenance``; the check that a resumed run stays
+comparable is ``fixable.store.Run.register_model``.
 
 Every rollout's seed is ``rollout_seed(run_seed, f"{model}/{problem_id}",
 f"{phase}/{setting}", sample_index)``, a pure function of its key, so with a seeded
@@ -15,11 +18,7 @@ one, whatever the batching or the number of workers.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import logging
-import platform
-import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -31,13 +30,8 @@ from typing import Any
 from fixable.backends.base import SCORE, SEEDED, Backend, GenerationRequest, check_capabilities
 from fixable.errors import CapabilityError, ConfigError, StoreError
 from fixable.interventions import RETRY, Intervention
-from fixable.store import (
-    DEFAULT_FLUSH_EVERY,
-    QuarantinedShard,
-    Run,
-    default_worker,
-    sql_string,
-)
+from fixable.provenance import environment, model_identity
+from fixable.store import DEFAULT_FLUSH_EVERY, QuarantinedShard, Run, default_worker
 from fixable.tasks.base import Task
 from fixable.types import Problem, rollout_seed
 
@@ -45,20 +39,6 @@ log = logging.getLogger(__name__)
 
 PROBE, RESCUE = "probe", "rescue"
 DEFAULT_K, DEFAULT_R = 8, 32
-_PACKAGES = (
-    "fixable",
-    "torch",
-    "numpy",
-    "pyarrow",
-    "duckdb",
-    "safetensors",
-    "transformers",
-    "tokenizers",
-    "vllm",
-    "httpx",
-    "scikit-learn",
-    "math-verify",
-)
 
 
 @dataclass(frozen=True)
@@ -119,16 +99,6 @@ class SampleReport:
         return d
 
 
-@dataclass
-class SweepReport:
-    """Probe, the failures it found, and the rescue sweep over them."""
-
-    probe: SampleReport
-    failed: list[str]  # problem ids with 0 of K probe rollouts correct
-    rescue: SampleReport | None
-    budget: dict[str, dict]  # setting → rollouts, tokens and cost_tokens spent on it (whole run)
-
-
 # --------------------------------------------------------------------------- planning
 
 
@@ -161,105 +131,6 @@ def plan(
     return out
 
 
-# --------------------------------------------------------------------------- provenance
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) → sha256, per process
-
-
-def weights_sha256(directory: str | Path) -> dict[str, str]:
-    """sha256 of every weights and config file of a model directory, by file name.
-
-    Hashes are remembered per process by path, size and modification time: a sweep
-    registers its model twice, and multi-gigabyte weights take seconds to hash.
-    """
-    directory = Path(directory)
-    patterns = ("*.safetensors", "*.bin", "*.pt", "*.gguf", "config.json", "tokenizer*.json")
-    out = {}
-    for pattern in patterns:
-        for path in sorted(directory.glob(pattern)):
-            stat = path.stat()
-            memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-            if memo not in _HASHES:
-                h = hashlib.sha256()
-                with open(path, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
-                _HASHES[memo] = h.hexdigest()
-            out[path.name] = _HASHES[memo]
-    return out
-
-
-def _model_directory(name: str) -> Path | None:
-    path = Path(name)
-    if path.is_dir():
-        return path
-    try:
-        from fixable.organism import zoo
-    except ImportError:
-        return None
-    try:
-        return Path(zoo.resolve(name))
-    except Exception:  # not a zoo name: a served model id, or a Hub id
-        return None
-
-
-def model_identity(backend: Backend) -> dict:
-    """The policy's name, backend and, where its files are reachable, their sha256.
-
-    A backend may add its own fields through an optional ``identity()`` method (served
-    model revisions, reference and checkpoint paths, …).
-    """
-    identity: dict[str, Any] = {"name": backend.model_name, "backend": backend.name}
-    directory = _model_directory(backend.model_name)
-    if directory is not None:
-        identity["path"] = str(directory.resolve())
-        identity["weights_sha256"] = weights_sha256(directory)
-    hook = getattr(backend, "identity", None)
-    if callable(hook):
-        identity.update(hook())
-    return identity
-
-
-def _git_revision() -> dict:
-    source = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if rev.returncode != 0:
-            return {"revision": None}
-        dirty = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return {"revision": rev.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"revision": None}
-
-
-def environment() -> dict:
-    """Git revision, package versions, Python and platform: what the manifest records."""
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return {
-        "git": _git_revision(),
-        "packages": versions,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "host": socket.gethostname(),
-    }
-
-
 # --------------------------------------------------------------------------- sampling
 
 
@@ -270,69 +141,15 @@ def _open_run(run: Run | str | Path) -> Run:
 def _register(
     run: Run, backend: Backend, *, run_seed: int, max_tokens: int, stop: tuple, invocation: dict
 ) -> None:
-    """Record this call in the manifest, refusing one that would mix incompatible rollouts."""
-    identity = model_identity(backend)
-    sampling = {"max_tokens": max_tokens, "stop": list(stop)}
-    model = backend.model_name
-
-    def change(manifest: dict) -> None:
-        if manifest.get("run_seed") is None:
-            manifest["run_seed"] = run_seed
-        elif manifest["run_seed"] != run_seed:
-            raise StoreError(
-                f"{run.path} was sampled with seed {manifest['run_seed']}, got seed {run_seed}: "
-                f"resume with --seed {manifest['run_seed']} or write to a new --out"
-            )
-        models = manifest.setdefault("models", {})
-        known = models.get(model)
-        if known is None:
-            models[model] = {"identity": identity, "sampling": sampling}
-        else:
-            old_hashes, new_hashes = _hashes(known["identity"]), _hashes(identity)
-            changed = [
-                k for k in old_hashes.keys() & new_hashes.keys() if old_hashes[k] != new_hashes[k]
-            ]
-            if changed:
-                raise StoreError(
-                    f"model {model!r} in {run.path} was sampled from other weights "
-                    f"({changed[0]} changed its sha256); new rollouts would mix two models: "
-                    f"write to a new --out"
-                )
-            old_dtype, new_dtype = known["identity"].get("dtype"), identity.get("dtype")
-            if old_dtype is not None and new_dtype is not None and old_dtype != new_dtype:
-                raise StoreError(
-                    f"model {model!r} in {run.path} was sampled in {old_dtype}, now {new_dtype}: "
-                    f"the precision changes the rollouts; resume with dtype={old_dtype} or "
-                    f"write to a new --out"
-                )
-            if known["identity"].get("backend") != identity["backend"]:
-                raise StoreError(
-                    f"model {model!r} in {run.path} was sampled with backend "
-                    f"{known['identity'].get('backend')!r}, now {identity['backend']!r}: "
-                    f"write to a new --out"
-                )
-            for name, value in sampling.items():
-                if known["sampling"].get(name) != value:
-                    raise StoreError(
-                        f"model {model!r} in {run.path} was sampled with {name}="
-                        f"{known['sampling'].get(name)!r}, now {value!r}: use the same value "
-                        f"to resume, or write to a new --out"
-                    )
-        manifest.setdefault("invocations", []).append(invocation)
-
-    run.update_manifest(change)
-
-
-def _hashes(identity: Any, prefix: str = "") -> dict[str, str]:
-    """Every file hash in a (nested) identity, by its path in the identity."""
-    out: dict[str, str] = {}
-    if isinstance(identity, dict):
-        for key, value in identity.items():
-            if key == "weights_sha256" and isinstance(value, dict):
-                out.update({f"{prefix}{name}": h for name, h in value.items()})
-            else:
-                out.update(_hashes(value, f"{prefix}{key}/"))
-    return out
+    """Record this call in the manifest; ``Run.register_model`` refuses one that would mix
+    incompatible rollouts."""
+    run.register_model(
+        backend.model_name,
+        model_identity(backend),
+        {"max_tokens": max_tokens, "stop": list(stop)},
+        run_seed=run_seed,
+        invocation=invocation,
+    )
 
 
 def _finish(run: Run, invocation_id: str, report: SampleReport) -> None:
@@ -442,7 +259,7 @@ def sample(
     # aside and its keys sampled again below, and the user is told so.
     run.check(full=True)
     report.quarantined = run.quarantined[already_quarantined:]
-    present = run.keys(f"model = {sql_string(model)} AND phase = {sql_string(phase)}")
+    present = run.keys(model=model, phase=phase)
     planned = plan(model, problems, phase, interventions, n, run_seed)
     todo = [p for p in planned if p.key(model) not in present]
     report.planned, report.skipped = len(planned), len(planned) - len(todo)
@@ -494,7 +311,7 @@ def sample(
             report.sampled,
         )
     if phase == RESCUE:
-        spent = rescue_budget(run, model)
+        spent = run.spending(model, RESCUE)
         run.update_manifest(lambda m: m.setdefault("budget", {}).__setitem__(model, spent))
     _finish(run, invocation_id, report)
     return report
@@ -714,247 +531,28 @@ def _sample_batch(
     return rows
 
 
-# --------------------------------------------------------------------------- the protocol
+# Names that moved out of this module (fixable.provenance, fixable.protocol), still
+# importable from here for code written against earlier versions.
+_MOVED = {
+    "weights_sha256": "fixable.provenance",
+    "model_identity": "fixable.provenance",
+    "environment": "fixable.provenance",
+    "git_revision": "fixable.provenance",
+    "_git_revision": "fixable.provenance",
+    "SweepReport": "fixable.protocol",
+    "probe_outcomes": "fixable.protocol",
+    "failed_problems": "fixable.protocol",
+    "rescue_budget": "fixable.protocol",
+    "sweep": "fixable.protocol",
+    "rescue_failures": "fixable.protocol",
+    "sample_from_config": "fixable.protocol",
+}
 
 
-def probe_outcomes(run: Run, model: str, *, k: int | None = None) -> dict[str, dict]:
-    """Per problem: probe rollouts, correct ones and failed requests (first ``k`` samples)."""
-    where = f"model = {sql_string(model)} AND phase = 'probe' AND setting = 'retry'"
-    if k is not None:
-        where += f" AND sample_index < {int(k)}"
-    table = run.query(
-        "SELECT problem_id, count(*) AS n, CAST(sum(CAST(correct AS INTEGER)) AS BIGINT) AS correct, "
-        f"CAST(sum(CAST(status = 'error' AS INTEGER)) AS BIGINT) AS errors FROM rollouts WHERE {where} "
-        "GROUP BY problem_id"
-    )
-    return {r["problem_id"]: r for r in table.to_pylist()}
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
 
-
-def failed_problems(
-    run: Run, model: str, problem_ids: Sequence[str] | None = None, *, k: int = DEFAULT_K
-) -> list[str]:
-    """Problems whose K probe rollouts are all wrong (SPEC §3: 0 of K correct).
-
-    A rollout the backend failed to produce (status "error") is no attempt: a problem
-    counts as failed when none of its probe rollouts is correct and at least one was a
-    real attempt. Problems with fewer than ``k`` probe rollouts are not judged yet.
-    """
-    outcomes = probe_outcomes(run, model, k=k)
-    ids = list(problem_ids) if problem_ids is not None else sorted(outcomes)
-    incomplete = [pid for pid in ids if outcomes.get(pid, {"n": 0})["n"] < k]
-    if incomplete:
-        raise StoreError(
-            f"{len(incomplete)} problem(s) of {model!r} in {run.path} have fewer than {k} probe "
-            f"rollouts (e.g. {incomplete[0]!r}): finish the probe first "
-            f"(`fixable sample --phase probe --k {k} ...`)"
-        )
-    return [
-        pid
-        for pid in ids
-        if outcomes[pid]["correct"] == 0 and outcomes[pid]["n"] > outcomes[pid]["errors"]
-    ]
-
-
-def rescue_budget(run: Run, model: str) -> dict[str, dict]:
-    """Per rescue setting of ``model``: problems, rollouts, tokens and cost_tokens spent."""
-    table = run.query(
-        "SELECT setting, count(DISTINCT problem_id) AS problems, count(*) AS rollouts, "
-        "sum(n_tokens) AS tokens, sum(cost_tokens) AS cost_tokens FROM rollouts "
-        f"WHERE model = {sql_string(model)} AND phase = 'rescue' GROUP BY setting ORDER BY setting"
-    )
-    return {
-        r.pop("setting"): {k: (float(v) if k == "cost_tokens" else int(v)) for k, v in r.items()}
-        for r in table.to_pylist()
-    }
-
-
-def sweep(
-    backend: Backend,
-    task: Task,
-    problems: Sequence[Problem],
-    run_dir: Run | str | Path,
-    *,
-    k: int = DEFAULT_K,
-    r: int = DEFAULT_R,
-    interventions: Sequence[Intervention] = (RETRY,),
-    run_seed: int = 0,
-    part: tuple[int, int] = (0, 1),
-    progress: ProgressCallback | None = None,
-    **options: Any,
-) -> SweepReport:
-    """Probe every problem with ``k`` rollouts, then sample ``r`` rollouts per failed
-    problem per intervention setting; ``options`` go to ``sample``."""
-    check_capabilities(backend, interventions)  # refuse before the probe, not after it
-    run = _open_run(run_dir)
-    problems = [p for p in problems if in_part(p.id, part)]
-    probe = sample(
-        backend,
-        task,
-        problems,
-        run,
-        phase=PROBE,
-        n=k,
-        run_seed=run_seed,
-        progress=progress,
-        **options,
-    )
-    failed, rescue = rescue_failures(
-        backend,
-        task,
-        problems,
-        run,
-        k=k,
-        r=r,
-        interventions=interventions,
-        run_seed=run_seed,
-        progress=progress,
-        **options,
-    )
-    return SweepReport(probe, failed, rescue, rescue_budget(run, backend.model_name))
-
-
-def rescue_failures(
-    backend: Backend,
-    task: Task,
-    problems: Sequence[Problem],
-    run_dir: Run | str | Path,
-    *,
-    k: int = DEFAULT_K,
-    r: int = DEFAULT_R,
-    interventions: Sequence[Intervention] = (RETRY,),
-    run_seed: int = 0,
-    progress: ProgressCallback | None = None,
-    on_failed: Callable[[list[str]], None] | None = None,
-    **options: Any,
-) -> tuple[list[str], SampleReport | None]:
-    """The rescue half of a sweep: sample ``r`` rollouts per intervention setting for each
-    of ``problems`` whose ``k`` probe rollouts in the run all failed. Returns the failed
-    problem ids and the rescue's report (None when nothing failed); ``on_failed`` hears the
-    failed ids before sampling starts; ``options`` go to ``sample``."""
-    check_capabilities(backend, interventions)  # refused even when nothing failed
-    run = _open_run(run_dir)
-    failed = failed_problems(run, backend.model_name, [p.id for p in problems], k=k)
-    log.info(
-        "%s: %d of %d problems failed the probe", backend.model_name, len(failed), len(problems)
-    )
-    if on_failed is not None:
-        on_failed(failed)
-    if not failed:
-        return failed, None
-    failed_set = set(failed)
-    report = sample(
-        backend,
-        task,
-        [p for p in problems if p.id in failed_set],
-        run,
-        phase=RESCUE,
-        interventions=interventions,
-        n=r,
-        run_seed=run_seed,
-        progress=progress,
-        **options,
-    )
-    return failed, report
-
-
-def sample_from_config(
-    config,
-    *,
-    progress: ProgressCallback | None = None,
-    backend_factory: Callable[[str], Backend] | None = None,
-    executor: Any = None,
-) -> list:
-    """Run a ``fixable.config.RunConfig``: the ``fixable sample`` command in Python.
-
-    Returns one report per model (a SampleReport, or a SweepReport for phase "sweep").
-    An ``executor`` (``fixable.executors``) builds each model's backend and samples.
-    """
-    from fixable.registry import backends
-
-    if config.out is None:
-        raise ConfigError("out is required: the run directory to write (--out RUN)")
-    task = config.build_task()
-    problems = task.problems(config.problems, seed=config.problem_seed, split=config.split)
-    if backend_factory is None:
-        # Every model name is checked before a run directory exists: a typo in the last
-        # --model must not leave the first model's rollouts behind. (A backend that can
-        # check a name without loading it says so with ``check_model``.)
-        check_model = getattr(backends.get(config.backend), "check_model", None)
-        if check_model is not None:
-            for model in config.models:
-                check_model(model, **config.backend_options)
-    run = Run.create(config.out)
-    options = dict(
-        max_tokens=config.max_tokens,
-        batch_size=config.batch_size,
-        flush_every=config.flush_every,
-        score_reference=config.score_reference,
-        worker=config.worker,
-        config=config.to_dict(),
-    )
-    if executor is not None:
-        options["executor"] = executor
-    reports = []
-    for model in config.models:
-        if backend_factory is not None:
-            backend = backend_factory(model)
-        elif executor is not None:
-            backend = executor.backend(config.backend, model, config.backend_options)
-        else:
-            backend = backends.create(config.backend, model, **config.backend_options)
-        try:
-            if config.phase == "sweep":
-                reports.append(
-                    sweep(
-                        backend,
-                        task,
-                        problems,
-                        run,
-                        k=config.k,
-                        r=config.r,
-                        interventions=config.grid,
-                        run_seed=config.seed,
-                        part=config.part,
-                        progress=progress,
-                        **options,
-                    )
-                )
-            elif config.phase == PROBE:
-                reports.append(
-                    sample(
-                        backend,
-                        task,
-                        problems,
-                        run,
-                        phase=PROBE,
-                        n=config.k,
-                        run_seed=config.seed,
-                        part=config.part,
-                        progress=progress,
-                        **options,
-                    )
-                )
-            else:
-                mine = [p for p in problems if in_part(p.id, config.part)]
-                _, rescue = rescue_failures(
-                    backend,
-                    task,
-                    mine,
-                    run,
-                    k=config.k,
-                    r=config.r,
-                    interventions=config.grid,
-                    run_seed=config.seed,
-                    progress=progress,
-                    **options,
-                )
-                reports.append(
-                    rescue
-                    if rescue is not None
-                    else SampleReport(run=str(run.path), model=backend.model_name, phase=RESCUE)
-                )
-        finally:
-            close = getattr(backend, "close", None)
-            if callable(close):
-                close()
-    return reports
+        module = importlib.import_module(_MOVED[name])
+        return getattr(module, "git_revision" if name == "_git_revision" else name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -50,10 +50,9 @@ class SequentialReport:
 
 
 def _labels(run, model: str, thresholds: LabelThresholds):
-    from fixable.store import sql_string
-
     table = run.rollouts(
-        where=f"model = {sql_string(model)} AND phase IN ('rescue', '{LABEL_PHASE}')",
+        model=model,
+        phase=["rescue", LABEL_PHASE],
         columns=[
             "model",
             "problem_id",

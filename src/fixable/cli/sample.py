@@ -1,6 +1,6 @@
 """``fixable sample``: sample rollouts of a model on a task into a run directory.
 
-A thin shell over ``fixable.sampling.sample_from_config``: options (or a TOML run file,
+A thin shell over ``fixable.protocol.sample_from_config``: options (or a TOML run file,
 ``--config``) become a ``RunConfig``; a progress bar shows rollouts/s, tokens/s and the
 ETA. Re-running the same command resumes: keys already in the run are skipped.
 """
@@ -222,7 +222,7 @@ def command(
     fixable sample --model llama-rl-s0 --task chains --problems 200 --k 8 --r 32 \\
         --interventions "retry;temperature:0.3,0.6,1.3;mix:0.25,0.5" --out runs/rl
     """
-    from fixable.sampling import sample_from_config
+    from fixable.protocol import sample_from_config
 
     if phase is None and (r is not None or interventions is not None):
         in_file = load_run_file(run_file).get("phase") if run_file else None
