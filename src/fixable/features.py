@@ -24,6 +24,11 @@ Ablation variants, reported beside the three and never substituted for them:
 strongest "fork" token) and ``length_normalised_nll`` (mean over rollouts of the mean
 per-token ``-log p_M``). ``failure_texts`` gives the text-baseline documents.
 
+Each feature is a row of one table (``Feature``: name, axis, display name, why it can be
+unavailable, and its function of the per-failure statistics), read by routing, the
+analysis pipeline and the report; ``register_feature`` adds one. Which problems failed is
+``fixable.failures.probe_status``, the definition the sampling protocol uses too.
+
 Everything is vectorised over Arrow list columns and numpy (no Python loop per token or
 per rollout).
 """
@@ -31,32 +36,182 @@ per rollout).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fixable.errors import DataError
+from fixable.errors import ConfigError, DataError
+from fixable.failures import FAILURE_KEY, probe_status
 
 logger = logging.getLogger(__name__)
 
-FEATURES = ("answer_dispersion", "trajectory_uncertainty", "reference_drift")
-ABLATIONS = ("modal_answer_share", "fork_entropy", "length_normalised_nll")
-FAILURE_KEY = ["model", "problem_id"]
-# The columns of a failure-feature table after its (model, problem) key, in order; the
-# empty table and the computed one share them.
-_FEATURE_COLUMNS = (
-    "task",
-    "n_probes",
-    *FEATURES,
-    *ABLATIONS,
-    "reference_drift_available",
-    "entropy_kind",
-    "n_distinct_answers",
-    "no_answer_share",
-    "mean_tokens",
-)
+AXES = ("retry", "temperature", "reference")  # the intervention axes of SPEC §3.4
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One row of the feature table: everything the rest of the package knows about a
+    feature. Features, routing, the analysis pipeline and the report all read this table,
+    so adding a feature is one row (``register_feature``) plus its ``compute`` function."""
+
+    name: str  # its column in the failure-feature table
+    axis: str  # the intervention axis it speaks for: "retry", "temperature" or "reference"
+    display: str  # how figures and tables name it
+    unavailable: str  # why a failure can lack it: the analysis' note when some do
+    # the per-failure statistics (``failure_statistics``'s columns) → its value per failure;
+    # NaN where it is unavailable
+    compute: Callable[[pd.DataFrame], Any]
+    ablation: bool = False  # a variant reported beside the signature features, never for them
+
+    def __post_init__(self):
+        if self.axis not in AXES:
+            raise ConfigError(
+                f"feature {self.name!r}: axis must be one of {', '.join(AXES)}, got {self.axis!r}"
+            )
+
+
+def _answer_dispersion(s: pd.DataFrame):
+    k = s["n_probes"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # + 0.0 turns the -0.0 of a single category into 0.0
+        return np.where(k > 1, np.maximum(s["answer_entropy"] / np.log(k), 0.0), np.nan) + 0.0
+
+
+_TABLE: dict[str, Feature] = {}
+
+
+def register_feature(feature: Feature, *, replace: bool = False) -> Feature:
+    """Add a row to the feature table (signature features first, then ablations, each in
+    the order registered)."""
+    if feature.name in _TABLE and not replace:
+        raise ConfigError(f"feature {feature.name!r} is already in the feature table")
+    _TABLE[feature.name] = feature
+    return feature
+
+
+def remove_feature(name: str) -> None:
+    """Take a row out of the feature table (a plug-in's, or a test's)."""
+    _TABLE.pop(name, None)
+
+
+for _row in (
+    Feature(
+        "answer_dispersion",
+        "retry",
+        "answer dispersion (F1)",
+        "K = 1 probe rollout: dispersion undefined",
+        _answer_dispersion,
+    ),
+    Feature(
+        "trajectory_uncertainty",
+        "temperature",
+        "trajectory uncertainty (F2, nats)",
+        "missing or top-k-only entropies (require_full_entropy)",
+        lambda s: s["mean_entropy"].where(s["entropy_usable"]),
+    ),
+    Feature(
+        "reference_drift",
+        "reference",
+        "reference drift (F3, nats/token)",
+        "no reference log-probs (ref_logprobs null: no reference model was scored)",
+        lambda s: s["mean_drift"].where(s["reference_drift_available"]),
+    ),
+    Feature(
+        "modal_answer_share",
+        "retry",
+        "modal-answer share",
+        "no probe rollouts",
+        lambda s: s["modal"] / s["n_probes"],
+        ablation=True,
+    ),
+    Feature(
+        "fork_entropy",
+        "temperature",
+        "fork-token entropy (nats)",
+        "missing or top-k-only entropies (require_full_entropy)",
+        lambda s: s["mean_max_entropy"].where(s["entropy_usable"]),
+        ablation=True,
+    ),
+    Feature(
+        "length_normalised_nll",
+        "reference",
+        "length-normalised NLL (nats/token)",
+        "no policy log-probs",
+        lambda s: s["mean_nll"],
+        ablation=True,
+    ),
+):
+    register_feature(_row)
+del _row
+
+
+def feature_table() -> tuple[Feature, ...]:
+    """Every row: the signature features, then the ablations."""
+    rows = list(_TABLE.values())
+    return tuple([f for f in rows if not f.ablation] + [f for f in rows if f.ablation])
+
+
+def feature(name: str) -> Feature:
+    """The row of ``name``."""
+    try:
+        return _TABLE[name]
+    except KeyError:
+        raise DataError(
+            f"unknown feature {name!r}; the feature table has {', '.join(_TABLE)}"
+        ) from None
+
+
+def signature_features() -> tuple[str, ...]:
+    """The names of the signature features (F1-F3 and any registered beside them)."""
+    return tuple(f.name for f in feature_table() if not f.ablation)
+
+
+def ablation_features() -> tuple[str, ...]:
+    """The names of the ablation variants."""
+    return tuple(f.name for f in feature_table() if f.ablation)
+
+
+def axis_feature(axis: str) -> str:
+    """The (first) signature feature of an intervention axis: what the router reads for it."""
+    for f in feature_table():
+        if f.axis == axis and not f.ablation:
+            return f.name
+    raise DataError(f"no signature feature speaks for the {axis!r} axis")
+
+
+def display_name(name: str) -> str:
+    """How figures and tables name a feature (its own name when it is not in the table)."""
+    row = _TABLE.get(name)
+    return row.display if row is not None else name
+
+
+# The built-in rows, for code that wants the names as constants; code that should see
+# registered rows too calls signature_features() / ablation_features().
+FEATURES = signature_features()
+ABLATIONS = ablation_features()
+
+
+def _feature_columns() -> tuple[str, ...]:
+    # The columns of a failure-feature table after its (model, problem) key, in order; the
+    # empty table and the computed one share them.
+    return (
+        "task",
+        "n_probes",
+        *signature_features(),
+        *ablation_features(),
+        "reference_drift_available",
+        "entropy_kind",
+        "n_distinct_answers",
+        "no_answer_share",
+        "mean_tokens",
+    )
+
+
 _NO_ANSWER = "\x00no answer"  # its own category; cannot collide with an extracted answer
 _NEEDED = (
     "model",
@@ -127,19 +282,14 @@ def probe_rows(rollouts, phase: str = "probe") -> pa.Table:
 
 
 def failed_problems(rollouts, phase: str = "probe") -> pd.DataFrame:
-    """Per (model, problem): valid probe count and correct count; ``failed`` when 0 correct."""
-    table = probe_rows(rollouts, phase)
-    frame = pd.DataFrame(
-        {
-            "model": table["model"].to_pylist(),
-            "problem_id": table["problem_id"].to_pylist(),
-            "correct": pc.fill_null(table["correct"], False).to_numpy(zero_copy_only=False),
-        }
-    )
-    grouped = frame.groupby(FAILURE_KEY, sort=True)["correct"].agg(["size", "sum"])
-    grouped.columns = ["n_probes", "n_correct"]
-    grouped["failed"] = grouped["n_correct"] == 0
-    return grouped.reset_index()
+    """Per (model, problem) with a valid probe rollout: valid probe count (``n_probes``),
+    correct count and ``failed`` — the one definition of a failure,
+    ``fixable.failures.probe_status``, which the protocol uses too."""
+    table = as_table(rollouts)
+    _require(table, ("phase", "status"))
+    status = probe_status(table.filter(pc.equal(table["phase"], phase)))
+    status = status[status["n_probes"] > 0]
+    return status[[*FAILURE_KEY, "n_probes", "n_correct", "failed"]].reset_index(drop=True)
 
 
 def failure_features(
@@ -195,50 +345,9 @@ def failure_features(
     rows["drift_ok"] = drift_ok
     rows = rows.merge(failures, on=FAILURE_KEY, how="inner")
 
-    group = rows.groupby(FAILURE_KEY, sort=True)
-    out = group.agg(
-        task=("task", "first"),
-        n_probes=("answer_key", "size"),
-        no_answer_share=("no_answer", "mean"),
-        trajectory_uncertainty=("entropy_mean", "mean"),
-        fork_entropy=("entropy_max", "mean"),
-        length_normalised_nll=("nll", "mean"),
-        reference_drift=("drift", "mean"),
-        drift_rollouts=("drift_ok", "sum"),
-        topk_rollouts=("entropy_topk", "sum"),
-        entropy_missing=("entropy_missing", "sum"),
-        mean_tokens=("n_tokens", "mean"),
-    )
-
-    counts = (
-        rows.groupby(FAILURE_KEY + ["answer_key"], sort=True).size().rename("count").reset_index()
-    )
-    counts = counts.merge(out["n_probes"].reset_index(), on=FAILURE_KEY)
-    p = counts["count"] / counts["n_probes"]
-    counts["plogp"] = -p * np.log(p)
-    answer_stats = counts.groupby(FAILURE_KEY, sort=True).agg(
-        entropy=("plogp", "sum"), modal=("count", "max"), n_distinct_answers=("count", "size")
-    )
-    out = out.join(answer_stats)
-    k = out["n_probes"].to_numpy(dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # + 0.0 turns the -0.0 of a single category into 0.0
-        out["answer_dispersion"] = (
-            np.where(k > 1, np.maximum(out["entropy"] / np.log(k), 0.0), np.nan) + 0.0
-        )
-    out["modal_answer_share"] = out["modal"] / out["n_probes"]
-
-    out["reference_drift_available"] = out["drift_rollouts"] == out["n_probes"]
-    out.loc[~out["reference_drift_available"], "reference_drift"] = np.nan
-    topk = out["topk_rollouts"].to_numpy()
-    out["entropy_kind"] = np.where(
-        topk == 0, "full", np.where(topk == out["n_probes"], "topk", "mixed")
-    )
-    missing_entropy = out["entropy_missing"] > 0
-    out.loc[missing_entropy, ["trajectory_uncertainty", "fork_entropy"]] = np.nan
-    out.loc[missing_entropy, "entropy_kind"] = "missing"
-    if require_full_entropy:
-        out.loc[out["entropy_kind"] != "full", ["trajectory_uncertainty", "fork_entropy"]] = np.nan
+    out = _statistics(rows, require_full_entropy)
+    for row in feature_table():
+        out[row.name] = row.compute(out)
     n_flagged = int((out["entropy_kind"] != "full").sum())
     if n_flagged:
         logger.warning(
@@ -252,11 +361,59 @@ def failure_features(
         logger.info(
             "%d failures have no reference log-probs: reference drift unavailable", n_no_drift
         )
-    return out[list(_FEATURE_COLUMNS)].reset_index()
+    return out[list(_feature_columns())].reset_index()
+
+
+def _statistics(rows: pd.DataFrame, require_full_entropy: bool) -> pd.DataFrame:
+    """The per-failure statistics every feature's ``compute`` reads, indexed by
+    (model, problem): ``n_probes``, ``no_answer_share``, ``mean_tokens``, the means over
+    rollouts of the per-rollout ``mean_entropy``, ``mean_max_entropy``, ``mean_nll`` and
+    ``mean_drift``, the answers' ``answer_entropy`` (nats), ``modal`` count and
+    ``n_distinct_answers``, and the flags ``reference_drift_available``, ``entropy_kind``
+    and ``entropy_usable``."""
+    group = rows.groupby(FAILURE_KEY, sort=True)
+    out = group.agg(
+        task=("task", "first"),
+        n_probes=("answer_key", "size"),
+        no_answer_share=("no_answer", "mean"),
+        mean_entropy=("entropy_mean", "mean"),
+        mean_max_entropy=("entropy_max", "mean"),
+        mean_nll=("nll", "mean"),
+        mean_drift=("drift", "mean"),
+        drift_rollouts=("drift_ok", "sum"),
+        topk_rollouts=("entropy_topk", "sum"),
+        entropy_missing=("entropy_missing", "sum"),
+        mean_tokens=("n_tokens", "mean"),
+    )
+
+    counts = (
+        rows.groupby(FAILURE_KEY + ["answer_key"], sort=True).size().rename("count").reset_index()
+    )
+    counts = counts.merge(out["n_probes"].reset_index(), on=FAILURE_KEY)
+    p = counts["count"] / counts["n_probes"]
+    counts["plogp"] = -p * np.log(p)
+    answer_stats = counts.groupby(FAILURE_KEY, sort=True).agg(
+        answer_entropy=("plogp", "sum"),
+        modal=("count", "max"),
+        n_distinct_answers=("count", "size"),
+    )
+    out = out.join(answer_stats)
+
+    out["reference_drift_available"] = out["drift_rollouts"] == out["n_probes"]
+    topk = out["topk_rollouts"].to_numpy()
+    out["entropy_kind"] = np.where(
+        topk == 0, "full", np.where(topk == out["n_probes"], "topk", "mixed")
+    )
+    missing_entropy = out["entropy_missing"] > 0
+    out.loc[missing_entropy, "entropy_kind"] = "missing"
+    out["entropy_usable"] = ~missing_entropy
+    if require_full_entropy:
+        out["entropy_usable"] &= out["entropy_kind"] == "full"
+    return out
 
 
 def _empty_features() -> pd.DataFrame:
-    columns = [*FAILURE_KEY, *_FEATURE_COLUMNS]
+    columns = [*FAILURE_KEY, *_feature_columns()]
     return pd.DataFrame(
         {
             c: pd.Series(

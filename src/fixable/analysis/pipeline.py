@@ -54,14 +54,15 @@ from fixable.analysis.topography import topography
 from fixable.analysis.transfer import transfer
 from fixable.errors import ConfigError, DataError, FixableError
 from fixable.features import (
-    ABLATIONS,
     FAILURE_KEY,
-    FEATURES,
+    ablation_features,
     as_table,
     failed_problems,
     failure_features,
     failure_texts,
+    feature,
     probe_subsets,
+    signature_features,
 )
 
 logger = logging.getLogger(__name__)
@@ -141,8 +142,8 @@ def load_runs(
         # cut peak memory from 1.5 GB to well under half, measured once by hand)
         probe_columns = [c for c in schema.ROLLOUTS.names if c not in UNUSED_COLUMNS]
         rescue_columns = [c for c in probe_columns if c not in PER_TOKEN_COLUMNS]
-        probes = run.rollouts(where="phase = 'probe'", columns=probe_columns)
-        rescues = run.rollouts(where="phase <> 'probe'", columns=rescue_columns)
+        probes = run.rollouts(columns=probe_columns, phase="probe")
+        rescues = run.rollouts(columns=rescue_columns, exclude={"phase": "probe"})
         for column in PER_TOKEN_COLUMNS:
             rescues = rescues.append_column(
                 probes.schema.field(column),
@@ -291,20 +292,17 @@ def _analyze(
     meta = model_metadata(models, model_info)
     for key in METADATA_KEYS:
         features[key] = features["model"].map(lambda m, k=key: meta[m][k])
-    available = [f for f in FEATURES if features[f].notna().all()]
+    signature = signature_features()
+    available = [f for f in signature if features[f].notna().all()]
     unavailable = {}
-    for f in FEATURES:
+    for f in signature:
         if f not in available:
             n_missing = int(features[f].isna().sum())
-            why = {
-                "reference_drift": "no reference log-probs (ref_logprobs null: no reference model was scored)",
-                "trajectory_uncertainty": "missing or top-k-only entropies (require_full_entropy)",
-                "answer_dispersion": "K = 1 probe rollout: dispersion undefined",
-            }[f]
+            why = feature(f).unavailable
             unavailable[f] = f"{n_missing} of {len(features)} failures: {why}"
     if not available:
         raise DataError(
-            "none of the three features is available for every failure: "
+            "none of the signature features is available for every failure: "
             + "; ".join(unavailable.values())
         )
     entropy_kinds = features["entropy_kind"].value_counts().to_dict()
@@ -457,7 +455,7 @@ def _analyze(
             "used": available,
             "unavailable": unavailable,
             "entropy_kind_counts": entropy_kinds,
-            "ablations": list(ABLATIONS),
+            "ablations": list(ablation_features()),
             "summary": _feature_summary(features),
         },
         "labels": label_section,
@@ -631,7 +629,7 @@ def _version() -> str:
 
 def _feature_summary(features: pd.DataFrame) -> dict:
     out = {}
-    for f in (*FEATURES, *ABLATIONS):
+    for f in (*signature_features(), *ablation_features()):
         by_model = features.groupby("model")[f].agg(["mean", "median", "std", "count"])
         out[f] = {
             "all": {

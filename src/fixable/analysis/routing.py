@@ -42,13 +42,16 @@ from sklearn.utils.validation import check_is_fitted
 
 from fixable.analysis.stats import Estimate, group_weights, percentile_interval, success_within
 from fixable.errors import ConfigError, DataError
-from fixable.features import FAILURE_KEY
+from fixable.features import FAILURE_KEY, axis_feature
 from fixable.interventions import parse_intervention
 
 logger = logging.getLogger(__name__)
 
 RETRY = "retry"
-ROUTER_FEATURES = ("reference_drift", "answer_dispersion", "trajectory_uncertainty")
+# The rule reads one signature feature per intervention axis (fixable.features' table), in
+# the order of its decision list: reference drift, answer dispersion, trajectory uncertainty.
+ROUTER_AXES = ("reference", "retry", "temperature")
+ROUTER_FEATURES = tuple(axis_feature(axis) for axis in ROUTER_AXES)
 STRATEGIES = ("routed", "retry", "best_fixed", "uniform", "random", "oracle")
 BASELINES = ("retry", "best_fixed", "uniform", "random", "oracle")
 
@@ -180,16 +183,13 @@ class SignatureRouter(BaseEstimator):
         def col(name):
             return features[name].to_numpy(dtype=float) if name in features else np.full(n, np.nan)
 
-        drift, dispersion, uncertainty = (
-            col("reference_drift"),
-            col("answer_dispersion"),
-            col("trajectory_uncertainty"),
-        )
+        drift_f, dispersion_f, uncertainty_f = ROUTER_FEATURES
+        drift, dispersion, uncertainty = col(drift_f), col(dispersion_f), col(uncertainty_f)
         branch = np.full(n, "temperature_down", dtype=object)
         with np.errstate(invalid="ignore"):
-            branch = np.where(uncertainty < t["trajectory_uncertainty"], "temperature_up", branch)
-            branch = np.where(dispersion > t["answer_dispersion"], "retry", branch)
-            branch = np.where(drift > t["reference_drift"], "toward_reference", branch)
+            branch = np.where(uncertainty < t[uncertainty_f], "temperature_up", branch)
+            branch = np.where(dispersion > t[dispersion_f], "retry", branch)
+            branch = np.where(drift > t[drift_f], "toward_reference", branch)
         setting = np.array([chosen[b] or RETRY for b in branch], dtype=object)
         fallback = np.array([chosen[b] is None for b in branch])
         return pd.DataFrame(

@@ -45,7 +45,7 @@ from sklearn.utils.validation import check_is_fitted, check_random_state
 from fixable.analysis.regimes import feature_matrix
 from fixable.analysis.stats import bootstrap_mean_estimate, mean_std, rate_estimate
 from fixable.errors import ConfigError, DataError
-from fixable.features import ABLATIONS, FEATURES
+from fixable.features import FEATURES, ablation_features, signature_features
 
 logger = logging.getLogger(__name__)
 
@@ -520,9 +520,10 @@ def _feature_sets(features: pd.DataFrame, feature_sets: dict | None) -> tuple[li
     to score): the three features, each alone
     and each left out, and the ablation variants, among those known for every failure;
     or the caller's sets, checked against what is available."""
-    available = [f for f in (*FEATURES, *ABLATIONS) if f in features and features[f].notna().all()]
-    unavailable = [f for f in (*FEATURES, *ABLATIONS) if f not in available]
-    main = [f for f in FEATURES if f in available]
+    signature, ablations = signature_features(), ablation_features()
+    available = [f for f in (*signature, *ablations) if f in features and features[f].notna().all()]
+    unavailable = [f for f in (*signature, *ablations) if f not in available]
+    main = [f for f in signature if f in available]
     if not main:
         raise DataError("no feature is available for every failure; topography cannot run")
     if feature_sets is not None:
@@ -536,7 +537,7 @@ def _feature_sets(features: pd.DataFrame, feature_sets: dict | None) -> tuple[li
         sets[f"only {f}"] = [f]
         if len(main) > 1:
             sets[f"without {f}"] = [g for g in main if g != f]
-    variants = [f for f in ABLATIONS if f in available]
+    variants = [f for f in ablations if f in available]
     if variants:
         sets["ablation variants"] = variants
         sets["features + variants"] = main + variants

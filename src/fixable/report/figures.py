@@ -26,21 +26,21 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from fixable.analysis.paper import topography_text
+from fixable.features import axis_feature, signature_features
 from fixable.report.style import (
     FAMILY_MARKERS,
-    FEATURE_NAMES,
     METHOD_ORDER,
     REGIME_COLORS,
     REGIME_ORDER,
     STRATEGY_NAMES,
     STRATEGY_ORDER,
     color_of,
+    feature_name,
     ordered,
 )
 
 logger = logging.getLogger(__name__)
 
-FEATURES = ("answer_dispersion", "trajectory_uncertainty", "reference_drift")
 _RESCUE_COLUMN = re.compile(r"^rescue\[(.+)\]$")
 # the order interventions are listed in: retry first, then by kind, then by parameter
 _KIND_ORDER = {"retry": 0, "temperature": 1, "mix": 2, "checkpoint": 3, "dola": 4}
@@ -137,7 +137,7 @@ def _labels(failures: pd.DataFrame) -> pd.Series:
 
 
 def _available_features(failures: pd.DataFrame) -> list[str]:
-    return [f for f in FEATURES if f in failures.columns and failures[f].notna().any()]
+    return [f for f in signature_features() if f in failures.columns and failures[f].notna().any()]
 
 
 def _jitter(values: np.ndarray, scale: float, seed: int = 0) -> np.ndarray:
@@ -171,12 +171,14 @@ def _regime_legend(ax, labels: pd.Series, **kwargs) -> None:
 def draw_regime_map(result: dict, failures: pd.DataFrame | None) -> Figure:
     failures = _need_failures(failures)
     features = _available_features(failures)
-    if "answer_dispersion" not in features or len(features) < 2:
+    # answer dispersion (the retry axis) across, the other axes' features up
+    across = axis_feature("retry")
+    if across not in features or len(features) < 2:
         raise FigureUnavailable(
             "fewer than two features available (reference drift needs a reference model, "
             "trajectory uncertainty needs entropies)"
         )
-    others = [f for f in ("reference_drift", "trajectory_uncertainty") if f in features]
+    others = [f for f in (axis_feature("reference"), axis_feature("temperature")) if f in features]
     labels = _labels(failures)
     uncertain = (
         failures["uncertain"].fillna(False).astype(bool).to_numpy()
@@ -185,7 +187,7 @@ def draw_regime_map(result: dict, failures: pd.DataFrame | None) -> Figure:
     )
     fig = Figure(figsize=(5.2 * len(others), 4.4), layout="constrained")
     axes = fig.subplots(1, len(others), squeeze=False)[0]
-    x = _jitter(failures["answer_dispersion"].to_numpy(float), 0.025)
+    x = _jitter(failures[across].to_numpy(float), 0.025)
     size = 16 if len(failures) < 400 else (9 if len(failures) < 2000 else 5)
     draw_order = ordered(
         labels.unique(),
@@ -214,8 +216,8 @@ def draw_regime_map(result: dict, failures: pd.DataFrame | None) -> Figure:
                         edgecolors="#222222",
                         linewidths=0.4,
                     )
-        ax.set_xlabel(FEATURE_NAMES["answer_dispersion"])
-        ax.set_ylabel(FEATURE_NAMES[feature])
+        ax.set_xlabel(feature_name(across))
+        ax.set_ylabel(feature_name(feature))
         ax.grid(axis="x", color="#EFEFEF")
         ax.set_xlim(-0.05, 1.05)
     _regime_legend(axes[-1], labels, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="label (n)")
@@ -618,7 +620,7 @@ def draw_feature_distributions(result: dict, failures: pd.DataFrame | None) -> F
         for tick, m in zip(ax.get_xticklabels(), methods, strict=True):
             tick.set_color(color_of("method", m))
             tick.set_fontweight("bold")
-        ax.set_title(FEATURE_NAMES.get(feature, feature), fontsize=10)
+        ax.set_title(feature_name(feature), fontsize=10)
     if len(families) > 1:
         handles = [
             Line2D([], [], marker=FAMILY_MARKERS.get(f, "o"), ls="", color="#555555", label=f)

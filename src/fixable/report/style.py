@@ -48,14 +48,16 @@ STRATEGY_NAMES = {
     "routed_charged": "signature router, charged for F3 scoring",
 }
 FAMILY_MARKERS = {"gpt": "o", "llama": "s"}
-FEATURE_NAMES = {
-    "answer_dispersion": "answer dispersion (F1)",
-    "trajectory_uncertainty": "trajectory uncertainty (F2, nats)",
-    "reference_drift": "reference drift (F3, nats/token)",
-    "modal_answer_share": "modal-answer share",
-    "fork_entropy": "fork-token entropy (nats)",
-    "length_normalised_nll": "length-normalised NLL (nats/token)",
-}
+
+
+def feature_name(name: str) -> str:
+    """How figures name a feature: its display name in the feature table
+    (``fixable.features``), so a feature registered there is named here too."""
+    from fixable.features import display_name
+
+    return display_name(name)
+
+
 REGIME_ORDER = ("resamplable", "steerable-hard", "steerable-weak", "structural")
 METHOD_ORDER = ("sft", "rl", "distill", "rft")
 STRATEGY_ORDER = (
