@@ -171,6 +171,36 @@ def test_configuration_errors_name_the_field():
         DemoConfig(interventions=("retry", "temperature(T=9)"))
 
 
+def test_a_study_is_a_run_config_plus_an_analysis_config_with_defaults_stated_once():
+    from click.testing import CliRunner
+
+    from fixable.analysis.pipeline import AnalysisConfig
+    from fixable.cli.main import cli
+    from fixable.config import RunConfig
+
+    run = QUICK.run_config(["gpt-sft-s0"])
+    assert isinstance(run, RunConfig) and run.phase == "sweep"
+    assert (run.k, run.r, run.problems, run.interventions) == (
+        QUICK.k,
+        QUICK.r,
+        QUICK.problems,
+        QUICK.interventions,
+    )
+    assert QUICK.analysis_config() == AnalysisConfig(n_boot=200, n_seeds=3, stability_boot=10)
+    # the sampling fields a study does not choose for itself take RunConfig's defaults
+    for name in ("task", "problem_seed", "split", "k", "r", "seed", "max_tokens", "backend"):
+        assert getattr(DemoConfig(), name) == getattr(RunConfig, name), name
+    # ... and its checks
+    with pytest.raises(ConfigError, match="unknown option 'dtyp'.*Did you mean: dtype"):
+        DemoConfig(backend_options={"dtyp": "float32"})
+    with pytest.raises(ConfigError, match="Unknown task 'chain'"):
+        DemoConfig(task="chain")
+    help_text = CliRunner().invoke(cli, ["demo", "--help"]).output
+    assert "Study file fields" in help_text
+    for line in ("problems", "240", "analysis.n_boot", "1000", "analysis.stability_boot"):
+        assert line in help_text
+
+
 def test_shipped_run_files_match_the_presets_and_the_full_study_is_paper_scale():
     assert load_config(ROOT / "studies" / "demo.toml") == DEMO
     assert load_config(ROOT / "studies" / "quick.toml") == QUICK

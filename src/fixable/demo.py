@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fixable.errors import ConfigError, FixableError, StoreError
+from fixable.config import RunConfig
+from fixable.errors import ConfigError, FixableError
 
 logger = logging.getLogger(__name__)
 
@@ -44,34 +45,55 @@ DEFAULT_INTERVENTIONS = (
     "checkpoint(c=first)",
 )
 _ANALYSIS_TABLE = "analysis"
+# the fields a study shares with fixable.config.RunConfig: their defaults and checks
+_RUN_FIELDS = (
+    "task",
+    "task_options",
+    "problems",
+    "problem_seed",
+    "split",
+    "k",
+    "r",
+    "interventions",
+    "seed",
+    "max_tokens",
+    "batch_size",
+    "backend",
+    "backend_options",
+)
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """What the demo samples and analyses; stored resolved in the run's manifest."""
+    """What the demo samples and analyses; stored resolved in the run's manifest.
+
+    A study is a ``fixable.config.RunConfig`` (what ``fixable sample --phase sweep`` would
+    sample: ``run_config``) plus an ``AnalysisConfig`` (the ``[analysis]`` table:
+    ``analysis_config``), and three fields of its own: which zoo models (``seeds``) and how
+    many problems (``min_failures``, ``max_problems``). The sampling fields take their
+    defaults and their checks from ``RunConfig``; only where the demo's choice differs
+    (``problems``, ``interventions``, ``batch_size``) is it stated here."""
 
     models: tuple[str, ...] = ()  # zoo models; empty: every post-trained model with seed in `seeds`
     seeds: tuple[int, ...] = (0,)  # which training seeds of each method (when models is empty)
-    task: str = "chains"  # registry name of the task
+    task: str = RunConfig.task  # registry name of the task
     task_options: dict = field(default_factory=dict)  # passed to the task's constructor
     problems: int = 240  # problems probed per model (the first round when min_failures is set)
     min_failures: int | None = None  # probe more problems until each model has this many failures
     max_problems: int | None = None  # ... but never more than this many problems per model
-    problem_seed: int = 0  # which problems a generated task draws
-    split: str = "test"  # the task split problems come from (never the training split)
-    k: int = 8  # probe rollouts per problem
-    r: int = (
-        32  # rescue rollouts per failed problem and setting: even sample indices label, odd score
-    )
+    problem_seed: int = RunConfig.problem_seed  # which problems a generated task draws
+    split: str = RunConfig.split  # the task split problems come from (never the training split)
+    k: int = RunConfig.k  # probe rollouts per problem
+    # rescue rollouts per failed problem and setting: even sample indices label, odd score
+    r: int = RunConfig.r
     interventions: tuple[str, ...] = DEFAULT_INTERVENTIONS  # the rescue grid
-    seed: int = 0  # run seed: every rollout's seed derives from it and the rollout's key
-    max_tokens: int = 160  # longest completion, in tokens
+    seed: int = RunConfig.seed  # run seed: every rollout's seed derives from it and its key
+    max_tokens: int = RunConfig.max_tokens  # longest completion, in tokens
     batch_size: int = 512  # requests per backend call (results do not depend on it)
-    backend: str = "organism"  # registry name of the engine
+    backend: str = RunConfig.backend  # registry name of the engine
     backend_options: dict = field(default_factory=dict)  # passed to the backend's constructor
-    analysis: dict = field(
-        default_factory=dict
-    )  # fields of fixable.analysis.pipeline.AnalysisConfig
+    # fields of fixable.analysis.pipeline.AnalysisConfig (its defaults where not given)
+    analysis: dict = field(default_factory=dict)
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -83,41 +105,44 @@ class DemoConfig:
             raise ConfigError(
                 "seeds must name at least one training seed (e.g. [0]) when models is empty"
             )
-        set_("problems", _count("problems", self.problems, 1))
+        if not isinstance(self.analysis, Mapping):
+            raise ConfigError(f"analysis must be a table of name = value, got {self.analysis!r}")
+        set_("analysis", dict(self.analysis))
+        if isinstance(self.interventions, str):
+            set_("interventions", (self.interventions,))
+        # the sampling fields: RunConfig's checks and normal forms
+        run = self.run_config(self.models or ("zoo",))
+        for name in _RUN_FIELDS:
+            set_(name, getattr(run, name))
+        if self.problems is None:
+            raise ConfigError("problems must be an integer, got None")
         if self.min_failures is not None:
             set_("min_failures", _count("min_failures", self.min_failures, 1))
         if self.max_problems is not None:
             set_("max_problems", _count("max_problems", self.max_problems, self.problems))
-        set_("problem_seed", _count("problem_seed", self.problem_seed, 0))
         set_("k", _count("k", self.k, 2))  # answer dispersion needs at least two probes
-        set_("r", _count("r", self.r, 1))
-        set_("seed", _count("seed", self.seed, 0))
-        set_("max_tokens", _count("max_tokens", self.max_tokens, 1))
-        set_("batch_size", _count("batch_size", self.batch_size, 1))
-        for name in ("task_options", "backend_options", "analysis"):
-            if not isinstance(getattr(self, name), Mapping):
-                raise ConfigError(
-                    f"{name} must be a table of name = value, got {getattr(self, name)!r}"
-                )
-            set_(name, dict(getattr(self, name)))
-        specs = (
-            (self.interventions,)
-            if isinstance(self.interventions, str)
-            else tuple(self.interventions)
-        )
-        specs = [part.strip() for spec in specs for part in str(spec).split(";") if part.strip()]
-        from fixable.interventions import parse_grid
-
-        try:
-            labels = tuple(i.label for i in parse_grid(specs))
-        except FixableError as e:
-            raise ConfigError(f"interventions: {e}") from None
-        if "retry" not in labels:
+        if "retry" not in self.interventions:
             raise ConfigError(
-                f"interventions must include retry (the budget's unit and the resamplable test), got {list(labels)}"
+                f"interventions must include retry (the budget's unit and the resamplable test), got {list(self.interventions)}"
             )
-        set_("interventions", labels)
         self.analysis_config()  # validate now, not after an hour of sampling
+
+    def run_config(self, models: Sequence[str] | None = None, **changes: Any) -> RunConfig:
+        """The sampling half of the study: the ``RunConfig`` of a sweep of ``models``
+        (default: ``models``, or the zoo models ``demo_models`` chooses)."""
+        fields = {name: getattr(self, name) for name in _RUN_FIELDS}
+        if isinstance(fields["interventions"], str):
+            fields["interventions"] = (fields["interventions"],)
+        if fields["interventions"] == ():
+            raise ConfigError("interventions must include retry, got []")
+        try:
+            return RunConfig(
+                models=tuple(models) if models else tuple(demo_models(self)),
+                phase="sweep",
+                **(fields | changes),
+            )
+        except ConfigError as e:
+            raise ConfigError(str(e)) from None
 
     def analysis_config(self):
         """The ``AnalysisConfig`` of the ``[analysis]`` table."""
@@ -165,6 +190,16 @@ class DemoConfig:
 
     def replace(self, **changes: Any) -> DemoConfig:
         return dataclasses.replace(self, **changes)
+
+
+def study_defaults() -> dict:
+    """Every field of a study file with its default, ``analysis`` holding those of
+    ``AnalysisConfig``: what ``fixable demo --help`` shows."""
+    from fixable.analysis.pipeline import AnalysisConfig
+
+    defaults = DemoConfig().to_dict()
+    defaults["analysis"] = AnalysisConfig().to_dict()
+    return defaults
 
 
 def _count(name: str, value: Any, low: int) -> int:
@@ -384,37 +419,24 @@ def _zoo_checkpoints(model: str) -> Mapping[str, Path]:
     return zoo.checkpoints(model)
 
 
+# the fields whose change changes the rollouts: a run made with other values is not resumed
+_CONTENT = (
+    "task",
+    "task_options",
+    "problem_seed",
+    "split",
+    "k",
+    "r",
+    "seed",
+    "max_tokens",
+    "backend",
+)
+
+
 def _record(run, config: DemoConfig, command: str | None) -> None:
-    """Store the configuration in the manifest; refuse resuming a run made with another one."""
-    stored = {"config": config.to_dict(), "command": command}
-
-    def change(manifest: dict) -> None:
-        previous = (manifest.get("demo") or {}).get("config")
-        if previous is not None:
-            content = (
-                "task",
-                "task_options",
-                "problem_seed",
-                "split",
-                "k",
-                "r",
-                "seed",
-                "max_tokens",
-                "backend",
-            )
-            changed = [name for name in content if previous.get(name) != stored["config"].get(name)]
-            if changed:
-                name = changed[0]
-                raise StoreError(
-                    f"{run.path} was sampled by a demo with {name}={previous.get(name)!r}, now "
-                    f"{stored['config'].get(name)!r}: resume with the same configuration "
-                    f"(`fixable demo --config {run.path}`) or write to a new --out"
-                )
-        history = manifest.setdefault("demo_history", [])
-        history.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **stored})
-        manifest["demo"] = stored
-
-    run.update_manifest(change)
+    """Store the configuration in the manifest; ``Run.record_study`` refuses resuming a
+    run made with another one."""
+    run.record_study("demo", config.to_dict(), content=_CONTENT, command=command)
 
 
 def _probe_until_enough(
@@ -422,7 +444,8 @@ def _probe_until_enough(
 ) -> list:
     """Probe the first ``config.problems`` problems, then more, until ``model`` has
     ``min_failures`` failures or ``max_problems`` problems; returns the problems probed."""
-    from fixable.sampling import PROBE, failed_problems, sample
+    from fixable.protocol import failed_problems
+    from fixable.sampling import PROBE, sample
 
     n = config.problems
     options = dict(
@@ -522,7 +545,7 @@ def _run_demo(
 ) -> DemoResult:
     from fixable.analysis.pipeline import analyze, load_runs, write_analysis
     from fixable.backends.base import check_capabilities
-    from fixable.sampling import rescue_failures
+    from fixable.protocol import rescue_failures
     from fixable.store import Run
 
     seconds: dict[str, float] = {}
@@ -559,7 +582,7 @@ def _run_demo(
             chosen = _probe_until_enough(
                 backend, task, problems_all, run, config, model, forward, note, executor
             )
-            # the rescue half of fixable.sampling.sweep, over the failures of every round
+            # the rescue half of fixable.protocol.sweep, over the failures of every round
             failed, _ = rescue_failures(
                 backend,
                 task,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -357,4 +357,148 @@ def _plain(value):
     return value
 
 
-__all__ = ["Call", "RescueResult", "rescue", "DEFAULT_SETTINGS", "FEATURES"]
+# --------------------------------------------------------------------------- set-up
+# What ``fixable rescue`` needs before it calls ``rescue``, in the library so that a Python
+# user gets the same problem, verifier and router as the command.
+
+
+def parse_thresholds(text: str) -> dict[str, float]:
+    """``"answer_dispersion=0.5,reference_drift=0.2"`` → a mapping feature → threshold."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ConfigError(f"--thresholds takes FEATURE=VALUE pairs, got {part!r}")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"threshold {key.strip()} must be a number, got {value!r}") from None
+    return out
+
+
+class AnswerOnly:
+    """A task's own answer extraction and check, without its task-specific extras: the
+    verifier of a prompt of the user's own, which carries no task metadata (e.g. the
+    chains solution a task's full verify compares against)."""
+
+    def __init__(self, task):
+        self.task = task
+        self.stop = task.stop
+
+    def verify(self, text, problem):
+        from fixable.tasks.base import Task
+
+        return Task.verify(self.task, text, problem)
+
+
+def find_problem(
+    task,
+    *,
+    problem_id: str | None = None,
+    index: int | None = None,
+    prompt: str | None = None,
+    answer: str | None = None,
+    split: str = "test",
+    n_problems: int = 200,
+    seed: int = 0,
+) -> Problem:
+    """The problem to rescue: a prompt of the user's own (with its gold ``answer``), the
+    task's problem ``problem_id`` among its first ``n_problems`` of ``split``, or its
+    ``index``-th problem (default the first)."""
+    if prompt is not None:
+        if answer is None:
+            raise ConfigError(
+                "--prompt needs --answer (the gold answer the verifier checks against)"
+            )
+        if problem_id or index is not None:
+            raise ConfigError("give --prompt or --problem-id/--index, not both")
+        return Problem(id="user/prompt", prompt=prompt, answer=answer, task=task.name)
+    problems = task.problems(
+        n_problems if index is None else max(n_problems, index + 1), seed=seed, split=split
+    )
+    if problem_id is not None:
+        for p in problems:
+            if p.id == problem_id:
+                return p
+        raise ConfigError(
+            f"problem {problem_id!r} is not among the first {len(problems)} {split} "
+            f"problems of {task.name} (seed {seed}); raise --problems or check the id"
+        )
+    i = index or 0
+    if not 0 <= i < len(problems):
+        raise ConfigError(f"--index must be in [0, {len(problems) - 1}], got {i}")
+    return problems[i]
+
+
+def shipped_router(model_name: str, spelled: str | None = None):
+    """(the shipped frozen router of the model's family, a line saying where its
+    thresholds come from), or the error that says how to give thresholds."""
+    from fixable.analysis.thresholds import DEFAULTS_FILE, default_router, load_defaults
+    from fixable.demo import _zoo_info
+
+    family = _zoo_info(model_name).get("family") or _zoo_info(spelled or model_name).get("family")
+    router = default_router(model_name, family)
+    if router is None:
+        shipped = sorted(load_defaults().get("families") or {})
+        raise ConfigError(
+            "the routing rule needs thresholds: --calibration RUN (medians of the model's "
+            "failures in an earlier run) or --thresholds FEATURE=VALUE,... "
+            f"(frozen defaults ship only for the families {', '.join(shipped) or 'none'})"
+        )
+    note = (
+        f"router thresholds: shipped defaults of family {family}, frozen on "
+        f"{', '.join(router.calibration_models)} ({DEFAULTS_FILE.name})"
+    )
+    if model_name in router.calibration_models:
+        note += f"; note: {model_name} is one of those calibration models"
+    return router, note
+
+
+def calibrated_router(run_dir, model: str) -> SignatureRouter:
+    """The signature router with the medians of ``model``'s failures in an earlier run
+    ``run_dir`` as thresholds."""
+    from fixable.store import Run
+
+    table = Run(run_dir).rollouts(model=model, phase="probe")
+    features = failure_features(table)
+    if features.empty:
+        raise ConfigError(
+            f"{run_dir} has no failed probe rollouts of {model!r} to calibrate on; "
+            f"sample some with `fixable sample --model {model} --phase probe --out {run_dir}`"
+        )
+    return SignatureRouter().fit(features)
+
+
+def choose_router(
+    model_name: str,
+    spelled: str | None = None,
+    *,
+    calibration=None,
+    thresholds: str | Mapping[str, float] | None = None,
+):
+    """(router, note): calibrated on an earlier run, with constant thresholds, or else the
+    shipped thresholds of the model's family (the note says so). ``model_name`` is the
+    backend's, under which a run stores rollouts; ``spelled`` the name the user gave."""
+    if calibration and thresholds:
+        raise ConfigError("give --calibration or --thresholds, not both")
+    if calibration:
+        return calibrated_router(calibration, model_name), None
+    if thresholds:
+        given = parse_thresholds(thresholds) if isinstance(thresholds, str) else dict(thresholds)
+        return SignatureRouter(thresholds=given), None
+    return shipped_router(model_name, spelled)
+
+
+__all__ = [
+    "Call",
+    "RescueResult",
+    "rescue",
+    "DEFAULT_SETTINGS",
+    "FEATURES",
+    "AnswerOnly",
+    "find_problem",
+    "choose_router",
+    "calibrated_router",
+    "shipped_router",
+    "parse_thresholds",
+]

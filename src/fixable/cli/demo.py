@@ -95,7 +95,25 @@ def _command(out, quick, config_file, models, problems, seed, dtype=None) -> str
     return " ".join(shlex.quote(w) for w in words)
 
 
-@click.command("demo")
+class _DemoCommand(click.Command):
+    """``fixable demo``, whose help ends with every field of a study file and its default
+    (read from ``fixable.demo.study_defaults``, so they are stated once)."""
+
+    def format_epilog(self, ctx, formatter) -> None:
+        import json
+
+        from fixable.demo import study_defaults
+
+        defaults = study_defaults()
+        analysis = defaults.pop("analysis")
+        rows = [(name, json.dumps(value)) for name, value in defaults.items()]
+        rows += [(f"analysis.{name}", json.dumps(value)) for name, value in analysis.items()]
+        with formatter.section("Study file fields (--config RUN.toml) and their defaults"):
+            formatter.write_dl(rows)
+        super().format_epilog(ctx, formatter)
+
+
+@click.command("demo", cls=_DemoCommand)
 @click.option(
     "--out",
     "-o",

@@ -3,7 +3,7 @@
 Probes K samples; if all fail, computes the failure's features, routes it, spends the rest
 of the budget on the routed intervention and prints the first verified success with the
 trace of calls (``--json`` for the whole record). A thin shell over
-``fixable.analysis.rescue.rescue``.
+``fixable.analysis.rescue``: ``find_problem``, ``choose_router`` and ``rescue``.
 """
 
 from __future__ import annotations
@@ -13,20 +13,6 @@ import json
 import click
 
 from fixable.cli.sample import _parse_options
-from fixable.errors import ConfigError
-
-
-def _thresholds(text: str) -> dict[str, float]:
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise ConfigError(f"--thresholds takes FEATURE=VALUE pairs, got {part!r}")
-        try:
-            out[key.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(f"threshold {key.strip()} must be a number, got {value!r}") from None
-    return out
 
 
 @click.command()
@@ -118,38 +104,41 @@ def command(
     as_json,
 ):
     """Rescue one problem: probe, diagnose, route, and sample until verified or out of budget."""
-    from fixable.analysis.rescue import DEFAULT_SETTINGS, rescue
-    from fixable.analysis.routing import SignatureRouter
+    from fixable.analysis.rescue import (
+        DEFAULT_SETTINGS,
+        AnswerOnly,
+        choose_router,
+        find_problem,
+        rescue,
+    )
     from fixable.interventions import parse_grid
     from fixable.registry import backends
     from fixable.tasks import get_task
-    from fixable.types import Problem
 
     the_task = get_task(task)
-    problem = _problem(
-        the_task, problem_id, index, prompt, answer, split, n_problems, seed, Problem
+    problem = find_problem(
+        the_task,
+        problem_id=problem_id,
+        index=index,
+        prompt=prompt,
+        answer=answer,
+        split=split,
+        n_problems=n_problems,
+        seed=seed,
     )
-    if calibration and thresholds:
-        raise ConfigError("give --calibration or --thresholds, not both")
     settings = (
         [i.label for i in parse_grid(interventions)] if interventions else list(DEFAULT_SETTINGS)
     )
     engine = backends.create(
         backend, model, **(_parse_options(backend_options, "--backend-option") or {})
     )
-    source = None
-    if calibration:
-        # the run stores rollouts under the backend's model identity, not the CLI spelling
-        router = _calibrated(calibration, engine.model_name)
-    elif thresholds:
-        router = SignatureRouter(thresholds=_thresholds(thresholds))
-    else:
-        router, source = _shipped(engine.model_name, model)
+    # the run stores rollouts under the backend's model identity, not the CLI spelling
+    router, source = choose_router(
+        engine.model_name, model, calibration=calibration, thresholds=thresholds
+    )
     if source and not as_json:
         click.echo(source)
-    # a prompt of the user's own carries no task metadata (e.g. the chains solution a
-    # task's full verify compares against): check its final answer only
-    verifier = _AnswerOnly(the_task) if prompt is not None else the_task
+    verifier = AnswerOnly(the_task) if prompt is not None else the_task
     result = rescue(
         problem,
         engine,
@@ -187,81 +176,3 @@ def command(
     if result.solved:
         click.echo(f"answer {result.answer} from {result.setting} sample {result.sample_index}:")
         click.echo(result.text)
-
-
-class _AnswerOnly:
-    """A task's own answer extraction and check, without its task-specific extras."""
-
-    def __init__(self, task):
-        self.task = task
-        self.stop = task.stop
-
-    def verify(self, text, problem):
-        from fixable.tasks.base import Task
-
-        return Task.verify(self.task, text, problem)
-
-
-def _problem(task, problem_id, index, prompt, answer, split, n_problems, seed, Problem):
-    if prompt is not None:
-        if answer is None:
-            raise ConfigError(
-                "--prompt needs --answer (the gold answer the verifier checks against)"
-            )
-        if problem_id or index is not None:
-            raise ConfigError("give --prompt or --problem-id/--index, not both")
-        return Problem(id="user/prompt", prompt=prompt, answer=answer, task=task.name)
-    problems = task.problems(
-        n_problems if index is None else max(n_problems, index + 1), seed=seed, split=split
-    )
-    if problem_id is not None:
-        for p in problems:
-            if p.id == problem_id:
-                return p
-        raise ConfigError(
-            f"problem {problem_id!r} is not among the first {len(problems)} {split} "
-            f"problems of {task.name} (seed {seed}); raise --problems or check the id"
-        )
-    i = index or 0
-    if not 0 <= i < len(problems):
-        raise ConfigError(f"--index must be in [0, {len(problems) - 1}], got {i}")
-    return problems[i]
-
-
-def _shipped(model_name: str, spelled: str):
-    """The shipped frozen thresholds of the model's family, or the error that says how to
-    give thresholds."""
-    from fixable.analysis.thresholds import DEFAULTS_FILE, default_router, load_defaults
-    from fixable.demo import _zoo_info
-
-    family = _zoo_info(model_name).get("family") or _zoo_info(spelled).get("family")
-    router = default_router(model_name, family)
-    if router is None:
-        shipped = sorted(load_defaults().get("families") or {})
-        raise ConfigError(
-            "the routing rule needs thresholds: --calibration RUN (medians of the model's "
-            "failures in an earlier run) or --thresholds FEATURE=VALUE,... "
-            f"(frozen defaults ship only for the families {', '.join(shipped) or 'none'})"
-        )
-    note = (
-        f"router thresholds: shipped defaults of family {family}, frozen on "
-        f"{', '.join(router.calibration_models)} ({DEFAULTS_FILE.name})"
-    )
-    if model_name in router.calibration_models:
-        note += f"; note: {model_name} is one of those calibration models"
-    return router, note
-
-
-def _calibrated(run_dir: str, model: str):
-    from fixable.analysis.routing import SignatureRouter
-    from fixable.features import failure_features
-    from fixable.store import Run, sql_string
-
-    table = Run(run_dir).rollouts(where=f"model = {sql_string(model)} AND phase = 'probe'")
-    features = failure_features(table)
-    if features.empty:
-        raise ConfigError(
-            f"{run_dir} has no failed probe rollouts of {model!r} to calibrate on; "
-            f"sample some with `fixable sample --model {model} --phase probe --out {run_dir}`"
-        )
-    return SignatureRouter().fit(features)
