@@ -110,7 +110,8 @@ class DemoConfig:
         set_("analysis", dict(self.analysis))
         if isinstance(self.interventions, str):
             set_("interventions", (self.interventions,))
-        # the sampling fields: RunConfig's checks and normal forms
+        # the sampling fields: RunConfig's checks and normal forms (the zoo's models are
+        # chosen when the demo runs; a stand-in name lets RunConfig check the rest now)
         run = self.run_config(self.models or ("zoo",))
         for name in _RUN_FIELDS:
             set_(name, getattr(run, name))
@@ -135,14 +136,11 @@ class DemoConfig:
             fields["interventions"] = (fields["interventions"],)
         if fields["interventions"] == ():
             raise ConfigError("interventions must include retry, got []")
-        try:
-            return RunConfig(
-                models=tuple(models) if models else tuple(demo_models(self)),
-                phase="sweep",
-                **(fields | changes),
-            )
-        except ConfigError as e:
-            raise ConfigError(str(e)) from None
+        return RunConfig(
+            models=tuple(models) if models else tuple(demo_models(self)),
+            phase="sweep",
+            **(fields | changes),
+        )
 
     def analysis_config(self):
         """The ``AnalysisConfig`` of the ``[analysis]`` table."""
