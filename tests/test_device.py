@@ -205,3 +205,53 @@ def test_gpu_realzoo_build_sft_and_rft(tiny, tmp_path, monkeypatch):
     rft = realzoo.with_overrides(rft, name="tiny-rft-s0", method="rft")
     data = realzoo.build_one(rft, tmp_path)
     assert data["rft_pool"]["sampled"] == 8 and data["device"] == "cuda"
+
+
+def test_scoring_batches_stay_within_the_logit_budget(tiny, monkeypatch):
+    path, _ = tiny
+    backend = HFBackend(f"gguf:{path}", device="cpu", dtype="float32", batch_size=8)
+    sequences = [[5] * n for n in (40, 30, 30, 20, 10, 10, 5)]
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    vocab = backend.policy.vocab_size
+    assert list(backend._score_batches(order, sequences, vocab)) == [order]  # all fit
+    monkeypatch.setattr("fixable.backends.hf.SCORE_LOGIT_ELEMENTS", 2 * 30 * vocab)
+    batches = list(backend._score_batches(order, sequences, vocab))
+    assert [len(b) for b in batches] == [1, 2, 3, 1]  # 40 wide: 1 row; 30: 2; 20: 3; 5: the rest
+    assert [i for b in batches for i in b] == order
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * len(sequences[batch[0]]) * vocab <= 2 * 30 * vocab
+    # the same log-probs whatever the batching
+    prompts, completions = ["the 12"] * 3, [[50, 60], [70], [80, 90, 100]]
+    small = backend.score(prompts, completions)
+    monkeypatch.setattr("fixable.backends.hf.SCORE_LOGIT_ELEMENTS", 10**9)
+    for a, b in zip(small, backend.score(prompts, completions), strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_the_device_check_script_runs_where_there_is_no_gpu(tmp_path):
+    """benchmarks/gpu/real_device_check.sh on a CPU: the gpu tests skip with their reason
+    and the shape benchmark, at toy size, writes its RESULT."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path),
+        "BENCH_ARGS": "--tiny --rows 16 --batch 16 --prompt-tokens 12 --new-tokens 4 "
+        "--train-steps 1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    script = root / "benchmarks" / "gpu" / "real_device_check.sh"
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "no CUDA GPU" in (tmp_path / "gpu-tests.log").read_text()
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["device"] == "cpu"
+    for model in ("smollm2", "gemma3"):
+        assert result[model]["sample_retry"]["tokens"] == 16 * 4
+        assert result[model]["train_step"]["s"] > 0

@@ -61,6 +61,9 @@ from fixable.registry import backends
 logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# float32 logits one teacher-forced batch may hold (1 GiB): rows x length x vocabulary
+# grows fast with a 262 k-token vocabulary (64 rows x 856 tokens of Gemma-3 would be 57 GB)
+SCORE_LOGIT_ELEMENTS = 1 << 28
 
 
 def bf16_is_native(device: str) -> bool:
@@ -461,8 +464,7 @@ class HFBackend:
         out: list[Any] = [None] * len(sequences)
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
+            for chunk in self._score_batches(order, sequences, model.vocab_size):
                 rows = [sequences[i] for i in chunk]
                 ids, mask, positions = self._left_pad(rows)
                 logits = model.forward(ids, mask, positions, None, last_only=False).logits
@@ -472,6 +474,16 @@ class HFBackend:
                     n = len(sequences[i])
                     out[i] = take(i, logprobs[j, width - n : width - 1])
         return out
+
+    def _score_batches(self, order: list[int], sequences, vocab_size: int):
+        """``order`` (longest first) cut into batches of at most ``batch_size`` rows whose
+        padded logits stay within ``SCORE_LOGIT_ELEMENTS`` (at least one row each)."""
+        start = 0
+        while start < len(order):
+            width = max(1, len(sequences[order[start]]))  # the longest row pads the batch
+            rows = max(1, min(self.batch_size, SCORE_LOGIT_ELEMENTS // (width * vocab_size)))
+            yield order[start : start + rows]
+            start += rows
 
     def score(
         self, prompts: Sequence[str], completions: Sequence[Sequence[int]], *, which: str = "policy"
