@@ -215,3 +215,19 @@ def test_the_gpu_script_dry_runs_on_the_cpu(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 def test_the_gpu_script_runs_on_a_gpu(tmp_path):
     _dry_run(tmp_path, "cuda")
+
+
+def test_cli_refuses_a_study_without_a_selection_in_one_line(tmp_path, capsys):
+    from fixable.cli.main import main
+
+    study = str(ROOT / "studies" / "real.toml")
+    with pytest.raises(SystemExit) as info:
+        main(["real", "study", "-c", study, "-s", str(tmp_path), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "run `fixable real select` first" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+    bad = tmp_path / "select.toml"
+    bad.write_text('bases = ["a"]\n')
+    with pytest.raises(SystemExit) as info:
+        main(["real", "select", "-c", str(bad), "-o", str(tmp_path / "s")])
+    assert info.value.code == 2 and "at least one [[candidates]]" in capsys.readouterr().err

@@ -4,7 +4,6 @@ chosen from the bases' pass@1 before any rescue (``fixable.realstudy``)."""
 from __future__ import annotations
 
 import shlex
-import sys
 
 import click
 
@@ -75,6 +74,8 @@ def study_command(config_file, selection, out, device, quiet) -> None:
     from fixable.demo import format_headline
     from fixable.realstudy import run_real_study
 
+    words = ["fixable", "real", "study", "--config", config_file, "--selection", selection]
+    words += ["--out", out] + (["--device", device] if device else [])
     bars = _Bars(enabled=not quiet)
     try:
         result = run_real_study(
@@ -82,7 +83,7 @@ def study_command(config_file, selection, out, device, quiet) -> None:
             selection,
             out,
             device=device,
-            command=" ".join(shlex.quote(w) for w in ["fixable", *sys.argv[1:]]),
+            command=" ".join(shlex.quote(w) for w in words),
             progress=bars,
         )
     finally:
