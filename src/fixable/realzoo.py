@@ -306,7 +306,7 @@ def _save_model(lm, tok, out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     # a bf16 copy of the weights; the float32 master weights training goes on with are
     # left as they are
-    state = {k: v.detach().to(torch.bfloat16) for k, v in lm.state_dict().items()}
+    state = {k: v.detach().to("cpu", torch.bfloat16) for k, v in lm.state_dict().items()}
     lm.save_pretrained(tmp, state_dict=state)
     config = json.loads((tmp / "config.json").read_text())  # it records the live dtype
     config["dtype"] = "bfloat16"
