@@ -151,3 +151,20 @@ def test_malformed_files_name_file_line_and_field(tmp_path):
         get_task("gsm8k", path=tmp_path).problems()
     with pytest.raises(DataError, match="no gsm8k train file"):
         get_task("gsm8k", path=tmp_path).problems(split="train")
+
+
+def test_steps_and_halves_slice_the_test_split(gsm8k_dir):
+    from fixable.tasks.gsm8k import solution_steps
+
+    assert solution_steps("a=<<1+1=2>>2\n\nb\n#### 2") == 2
+    whole = get_task("gsm8k", path=gsm8k_dir, steps=[2, 3]).problems()
+    assert {solution_steps(p.meta["solution"]) for p in whole} == {2, 3}
+    assert len(whole) == 326 + 371  # the test split's 2- and 3-step problems
+    halves = [get_task("gsm8k", path=gsm8k_dir, steps=[2, 3], half=h).problems() for h in (0, 1)]
+    ids = [{p.id for p in half} for half in halves]
+    assert not ids[0] & ids[1] and ids[0] | ids[1] == {p.id for p in whole}
+    assert abs(len(ids[0]) - len(ids[1])) <= 1
+    assert get_task("gsm8k", path=gsm8k_dir, steps=4).problems(5, seed=1)[0].meta["solution"]
+    for bad in ({"steps": 0}, {"steps": []}, {"steps": "2"}, {"half": 2}, {"half": True}):
+        with pytest.raises(ConfigError, match="steps|half"):
+            get_task("gsm8k", path=gsm8k_dir, **bad)

@@ -113,3 +113,15 @@ def test_polynomials_equal_when_factored_and_differ_when_a_coefficient_moves(a, 
     expanded = f"x^2 {term(a + b)}x {term(a * b)}"
     assert equivalent(factored, expanded)
     assert not equivalent(factored, f"x^2 {term(a + b + bump)}x {term(a * b)}")
+
+
+def test_levels_and_halves_slice_it(shared_data):
+    path = shared_data / "math500"
+    easy = get_task("math500", path=path, levels=[1, 2]).problems()
+    assert len(easy) == 43 + 90 and {p.meta["level"] for p in easy} == {1, 2}
+    halves = [get_task("math500", path=path, levels=[1, 2], half=h).problems() for h in (0, 1)]
+    assert {p.id for p in halves[0]}.isdisjoint(p.id for p in halves[1])
+    assert len(halves[0]) + len(halves[1]) == len(easy)
+    assert {p.meta["level"] for p in get_task("math500", path=path, levels=1).problems()} == {1}
+    with pytest.raises(ConfigError, match="levels must be an integer in \\[1, 5\\]"):
+        get_task("math500", path=path, levels=[6])

@@ -11,7 +11,8 @@ train split (never its test split, which the studies probe):
 ==============================  =================================================
 
 Training is full-parameter with float32 master weights and bfloat16 autocast (pure bf16
-weights would round most AdamW updates away), seeded (data order, sampling), resumable
+weights would round most AdamW updates away), on the CPU or a CUDA GPU (``device="auto"``
+takes the GPU when torch sees one), seeded (data order, sampling), resumable
 (the optimiser state and step are saved with every checkpoint, and the RFT sample pool
 is saved once drawn) and keeps its intermediate checkpoints, each a ``save_pretrained``
 directory the hf backend loads, for the ``checkpoint`` intervention. Every variant's
@@ -25,6 +26,12 @@ repository: ``$FIXABLE_REAL_ZOO`` or ``~/.cache/fixable/real-zoo``::
 
 On the shared 2-core machine a full build does not fit in a session: see
 ``docs/real-models.md`` for the measured training tokens/s and the projected wall time.
+
+Reproducibility: on a CPU a build is bit-for-bit a function of its recipe (a resumed
+build ends on the uninterrupted one's weights; tested). On a GPU it is seeded the same
+way, but not bitwise: the embedding's and attention's backward kernels accumulate with
+atomics in an order that varies from run to run, and the RFT pool's sampling rounds
+differently from the CPU's (see ``fixable.backends.hf``). The card records the device.
 """
 
 from __future__ import annotations
@@ -179,10 +186,14 @@ def sft_examples(recipe: RealRecipe, tokenizer) -> list[tuple[list[int], list[in
 
 
 def rft_pool(
-    recipe: RealRecipe, work: Path, progress: Callable[[str, int, int], None] | None = None
+    recipe: RealRecipe,
+    work: Path,
+    progress: Callable[[str, int, int], None] | None = None,
+    *,
+    device: str = "cpu",
 ) -> tuple[list[tuple[list[int], list[int]]], dict]:
     """The base's own verified-correct samples on train problems (drawn once, then read
-    back from ``work/rft_pool.jsonl``)."""
+    back from ``work/rft_pool.jsonl``), sampled on ``device``."""
     from fixable.backends.base import GenerationRequest
     from fixable.backends.hf import HFBackend
     from fixable.interventions import Intervention
@@ -195,11 +206,16 @@ def rft_pool(
         return [(r["prompt"], r["completion"]) for r in rows], stats
     task = _task(recipe)
     problems = task.problems(recipe.train_problems, seed=recipe.seed, split="train")
-    backend = HFBackend(recipe.base, chat_template=recipe.chat_template, batch_size=32)
+    # rows decoded together: a GPU decodes hundreds at the cost of a few (the rows' tokens
+    # are a function of their seeds either way, up to the near-ties of fixable.backends.hf)
+    rows_per_call = 32 if device == "cpu" else 512
+    backend = HFBackend(
+        recipe.base, chat_template=recipe.chat_template, batch_size=rows_per_call, device=device
+    )
     eos = backend.tokenizer.eos_token_id
     setting = f"rft-T{recipe.rft_temperature}"
     rows, sampled, seen = [], 0, set()
-    batch = max(1, 32 // recipe.rft_samples)
+    batch = max(1, rows_per_call // recipe.rft_samples)
     for start in range(0, len(problems), batch):
         chunk = problems[start : start + batch]
         requests = [
@@ -249,7 +265,7 @@ def rft_pool(
 # --- training -------------------------------------------------------------------------
 
 
-def _load_base(source: str):
+def _load_base(source: str, device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -264,7 +280,7 @@ def _load_base(source: str):
         lm = AutoModelForCausalLM.from_pretrained(
             gguf.directory, dtype=torch.float32, **gguf_source.load_kwargs(gguf)
         )
-    return lm, tok
+    return lm.to(device), tok
 
 
 def _batch(examples, pad_id: int):
@@ -290,7 +306,7 @@ def _save_model(lm, tok, out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     # a bf16 copy of the weights; the float32 master weights training goes on with are
     # left as they are
-    state = {k: v.detach().to(torch.bfloat16) for k, v in lm.state_dict().items()}
+    state = {k: v.detach().to("cpu", torch.bfloat16) for k, v in lm.state_dict().items()}
     lm.save_pretrained(tmp, state_dict=state)
     config = json.loads((tmp / "config.json").read_text())  # it records the live dtype
     config["dtype"] = "bfloat16"
@@ -307,10 +323,15 @@ def build_one(
     *,
     force: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    device: str = "auto",
 ) -> dict:
-    """Build (or resume) one variant; returns its card."""
+    """Build (or resume) one variant on ``device`` (``"auto"``: a CUDA GPU when torch
+    sees one, else the CPU); returns its card."""
     import torch
 
+    from fixable.backends.hf import resolve_device
+
+    device = resolve_device(device)  # a one-line error before any work
     root = root or zoo_dir()
     out = root / recipe.name
     if (out / "card.json").is_file() and not force:
@@ -323,13 +344,13 @@ def build_one(
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
 
-    lm, tok = _load_base(recipe.base)
+    lm, tok = _load_base(recipe.base, device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     pool_stats = None
     if recipe.method == "sft":
         examples = sft_examples(recipe, tok)
     elif recipe.method == "rft":
-        examples, pool_stats = rft_pool(recipe, state_dir, progress)
+        examples, pool_stats = rft_pool(recipe, state_dir, progress, device=device)
     else:
         raise ConfigError(f"method must be 'sft' or 'rft', got {recipe.method!r}")
     examples = [e for e in examples if len(e[0]) + len(e[1]) <= recipe.max_length]
@@ -340,7 +361,7 @@ def build_one(
     step, losses, tokens, elapsed = 0, {}, 0, 0.0
     resume = state_dir / "train.pt"
     if resume.is_file():
-        saved = torch.load(resume, weights_only=False)
+        saved = torch.load(resume, weights_only=False, map_location=device)
         lm.load_state_dict(saved["model"])
         optim.load_state_dict(saved["optim"])
         step, losses, tokens = saved["step"], saved["losses"], saved["tokens"]
@@ -362,10 +383,10 @@ def build_one(
     lm.train()
     window: list[float] = []
     while step < recipe.steps:
-        ids, mask, labels = _batch(batch_at(step), pad)
+        ids, mask, labels = (t.to(device) for t in _batch(batch_at(step), pad))
         for group in optim.param_groups:
             group["lr"] = lr_at(step)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
             loss = lm(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
@@ -408,8 +429,8 @@ def build_one(
         "checkpoints": list(checkpoints(recipe.name, root)),
         "reference": recipe.base,
         "build_seconds": elapsed + time.time() - t0,
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch threads "
-        f"{torch.get_num_threads()}",
+        "machine": _machine(device),
+        "device": device,
     }
     if pool_stats is not None:
         data["rft_pool"] = pool_stats
@@ -421,6 +442,15 @@ def build_one(
     return data
 
 
+def _machine(device: str) -> str:
+    import torch
+
+    cpu = f"{platform.machine()} {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))} (CUDA), {cpu}"
+    return cpu
+
+
 def build(
     names: list[str] | None = None,
     root: Path | None = None,
@@ -428,6 +458,7 @@ def build(
     force: bool = False,
     recipes: dict[str, RealRecipe] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    device: str = "auto",
 ) -> list[str]:
     """Build the named real variants (default: all), skipping finished ones."""
     recipes = recipes or RECIPES
@@ -436,9 +467,41 @@ def build(
             raise UnknownNameError("real model recipe", name, list(recipes))
     done = []
     for name in names or list(recipes):
-        build_one(recipes[name], root, force=force, progress=progress)
+        build_one(recipes[name], root, force=force, progress=progress, device=device)
         done.append(name)
     return done
+
+
+def load_recipes(path: str | Path) -> dict[str, RealRecipe]:
+    """Recipes from a TOML file of ``[recipes.NAME]`` tables (fields of ``RealRecipe``;
+    ``name`` is the table's) — other bases, sizes or data than the shipped ``RECIPES``."""
+    import dataclasses
+
+    from fixable.config import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read recipes file {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: malformed TOML: {e}") from None
+    tables = data.get("recipes")
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigError(f"{path}: no [recipes.NAME] table")
+    known = {f.name for f in dataclasses.fields(RealRecipe)} - {"name"}
+    out = {}
+    for name, fields in tables.items():
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ConfigError(
+                f"{path}: recipe {name!r} has unknown field(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        try:
+            out[name] = RealRecipe(name=name, **fields)
+        except TypeError as e:
+            raise ConfigError(f"{path}: recipe {name!r}: {e}") from None
+    return out
 
 
 def with_overrides(recipe: RealRecipe, **changes) -> RealRecipe:

@@ -26,6 +26,11 @@ or AMX; ``dtype="auto"``, the default, for GGUF and 16-bit checkpoints), the pro
 one torch thread unless told otherwise (on a shared machine more threads than free cores
 made decoding ten times slower), and tokens are drawn with ``fixable.fastnoise``, the same
 counter-based noise without its full-vocabulary float64 temporaries.
+
+On a GPU (``device="auto"``, the default, takes one when torch sees it) the same loop runs
+in bfloat16 with the noise computed on the GPU. Reproducible from the manifest and seeds
+on the same kind of device, not bit for bit across devices: the GPU's float64 logarithm
+and its matmul reductions round differently from the CPU's, which can flip a near-tie.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ from fixable.registry import backends
 logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# float32 logits one teacher-forced batch may hold (1 GiB): rows x length x vocabulary
+# grows fast with a 262 k-token vocabulary (64 rows x 856 tokens of Gemma-3 would be 57 GB)
+SCORE_LOGIT_ELEMENTS = 1 << 28
 
 
 def bf16_is_native(device: str) -> bool:
@@ -116,14 +124,31 @@ def locate(source: str) -> str:
     return source if built is None else str(built)
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` when torch sees a CUDA GPU, else ``"cpu"``; ``"cpu"``,
+    ``"cuda"`` and ``"cuda:N"`` as they are, checked against what torch sees (a ConfigError
+    in one line otherwise). Shared by the hf backend and ``fixable.realzoo``."""
     import torch
 
+    device = str(device).strip().lower()
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU; use 'cpu'")
-    return device
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {device!r} asked for, but torch sees no CUDA GPU (torch "
+                f"{torch.__version__}); use device=cpu, or device=auto to take a GPU when present"
+            )
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} "
+                "CUDA GPU(s); use cuda:0"
+            )
+        return device
+    raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 class _Model:
@@ -222,7 +247,9 @@ class HFBackend:
         reference: the reference model (same tokenizer) for ``mix`` and reference scoring.
         checkpoints: label → directory of earlier checkpoints, for ``checkpoint(c)``; a
             ``c`` that is not a label is taken as a directory.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+        device: ``"auto"`` (the default: the CUDA GPU when torch sees one, else the CPU),
+            ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. On a GPU, ``dtype="auto"`` runs GGUF
+            and 16-bit checkpoints in bfloat16 where the GPU has it (any since Ampere).
         dtype: weights' dtype, or ``"auto"`` (see :func:`resolve_dtype`: bfloat16 for GGUF
             and 16-bit checkpoints where the device has native bf16, else float32); log-probs
             and entropies are always computed in float32.
@@ -235,8 +262,8 @@ class HFBackend:
             token and its ``add_bos_token`` setting (or the organism export's marker) asks
             for it.
         trust_remote_code: passed to transformers.
-        threads: torch threads of this process on a CPU (default 1: one process per core
-            beats threads competing for shared cores); None leaves torch's setting alone.
+        threads: torch threads of this process (default 1: one process per core beats
+            threads competing for shared cores); None leaves torch's setting alone.
     """
 
     name = "hf"
@@ -248,7 +275,7 @@ class HFBackend:
         *,
         reference: str | Path | None = None,
         checkpoints: Mapping[str, str | Path] | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         dtype: str = "auto",
         batch_size: int = 64,
         chat_template: bool = False,
@@ -267,8 +294,8 @@ class HFBackend:
 
         from fixable.backends import gguf_source
 
-        self.device = _resolve_device(device)
-        if self.device == "cpu" and threads is not None:
+        self.device = resolve_device(device)
+        if threads is not None:  # on a GPU too: its CPU-side work is small and serial
             torch.set_num_threads(threads)
         self.batch_size = batch_size
         self.chat_template = chat_template
@@ -437,8 +464,7 @@ class HFBackend:
         out: list[Any] = [None] * len(sequences)
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
+            for chunk in self._score_batches(order, sequences, model.vocab_size):
                 rows = [sequences[i] for i in chunk]
                 ids, mask, positions = self._left_pad(rows)
                 logits = model.forward(ids, mask, positions, None, last_only=False).logits
@@ -448,6 +474,16 @@ class HFBackend:
                     n = len(sequences[i])
                     out[i] = take(i, logprobs[j, width - n : width - 1])
         return out
+
+    def _score_batches(self, order: list[int], sequences, vocab_size: int):
+        """``order`` (longest first) cut into batches of at most ``batch_size`` rows whose
+        padded logits stay within ``SCORE_LOGIT_ELEMENTS`` (at least one row each)."""
+        start = 0
+        while start < len(order):
+            width = max(1, len(sequences[order[start]]))  # the longest row pads the batch
+            rows = max(1, min(self.batch_size, SCORE_LOGIT_ELEMENTS // (width * vocab_size)))
+            yield order[start : start + rows]
+            start += rows
 
     def score(
         self, prompts: Sequence[str], completions: Sequence[Sequence[int]], *, which: str = "policy"

@@ -29,6 +29,7 @@ COMMANDS = {
     "rescue": "rescue",
     "list": "listing",
     "label": "label",
+    "real": "real",
 }
 
 

@@ -28,7 +28,15 @@ def list_real(as_json: bool) -> None:
         click.echo(realzoo.format_card(name, data) + "\n")
 
 
-def build_real(names, *, threads: int, zoo_dir: str | None, force: bool) -> None:
+def build_real(
+    names,
+    *,
+    threads: int,
+    zoo_dir: str | None,
+    force: bool,
+    device: str = "auto",
+    recipes_file: str | None = None,
+) -> None:
     import torch
     from tqdm import tqdm
 
@@ -48,7 +56,15 @@ def build_real(names, *, threads: int, zoo_dir: str | None, force: bool) -> None
 
     t0 = time.time()
     root = Path(zoo_dir) if zoo_dir else None
-    built = realzoo.build(list(names) or None, root, force=force, progress=progress)
+    recipes = realzoo.load_recipes(recipes_file) if recipes_file else None
+    built = realzoo.build(
+        list(names) or None,
+        root,
+        force=force,
+        progress=progress,
+        device=device,
+        recipes=recipes,
+    )
     for name in built:
         click.echo(realzoo.format_card(name, realzoo.card(name, root)))
     click.echo(f"built {len(built)} real model(s) in {time.time() - t0:.0f}s")

@@ -52,7 +52,12 @@ def list_command(as_json: bool, markdown: bool, micro: bool, real: bool) -> None
 
 @command.command("build")
 @click.argument("names", nargs=-1)
-@click.option("--device", default="cpu", show_default=True, help="Torch device to train on.")
+@click.option(
+    "--device",
+    default=None,
+    help="Torch device to train on (default: cpu; with --real, auto: a CUDA GPU when torch "
+    "sees one, else the CPU).",
+)
 @click.option(
     "--threads",
     type=int,
@@ -84,7 +89,17 @@ def list_command(as_json: bool, markdown: bool, micro: bool, real: bool) -> None
     is_flag=True,
     help="Build the planted testbed's dose series (both families; names restrict it).",
 )
-def build_command(names, device, threads, work_dir, zoo_dir, force, micro, real, planted) -> None:
+@click.option(
+    "--recipes",
+    "recipes_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With --real: a TOML file of [recipes.NAME] tables (fields of fixable.realzoo."
+    "RealRecipe) to build instead of the shipped recipes.",
+)
+def build_command(
+    names, device, threads, work_dir, zoo_dir, force, micro, real, planted, recipes_file
+) -> None:
     """Rebuild zoo models from their recipes (default: every model of the natural zoo;
     finished ones are skipped)."""
     if real and planted:
@@ -94,8 +109,20 @@ def build_command(names, device, threads, work_dir, zoo_dir, force, micro, real,
     if real:
         from fixable.cli.realzoo import build_real
 
-        build_real(names, threads=threads, zoo_dir=zoo_dir, force=force)
+        build_real(
+            names,
+            threads=threads,
+            zoo_dir=zoo_dir,
+            force=force,
+            device=device or "auto",
+            recipes_file=recipes_file,
+        )
         return
+    if recipes_file:
+        from fixable.errors import ConfigError
+
+        raise ConfigError("--recipes is for --real builds: add --real")
+    device = device or "cpu"
     import time
     from pathlib import Path
 

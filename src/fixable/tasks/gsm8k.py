@@ -24,11 +24,13 @@ from fixable.tasks.base import Task
 from fixable.tasks.loading import (
     Record,
     check_choice,
+    int_choices,
     iter_shots,
     load_hf,
     read_jsonl,
     resolve_file,
     select,
+    take_half,
 )
 from fixable.types import Problem
 
@@ -95,6 +97,13 @@ def gold_of(solution: str, where: str = "") -> str:
     return number
 
 
+def solution_steps(solution: str) -> int:
+    """Steps of a reference solution: its non-empty lines before the ``####`` line (one
+    calculation each in GSM8K's solutions)."""
+    reasoning = solution.rsplit("####", 1)[0]
+    return sum(1 for line in reasoning.splitlines() if line.strip())
+
+
 def worked_solution(solution: str) -> str:
     """A reference solution as a model should write it: no calculator notes, 'The answer is'."""
     reasoning, final = solution.rsplit("####", 1)
@@ -111,16 +120,31 @@ class GSM8KTask(Task):
         template: ``"cot"`` (reason step by step, end with "The answer is N.") or
             ``"direct"`` (the prompt ends in "The answer is", for the number alone).
         shots: worked examples from the train split put before each question (0: none).
+        steps: keep only problems whose reference solution has this many steps (one
+            integer or a list; :func:`solution_steps`), e.g. a slice of easier problems.
+        half: 0 or 1 keeps the (steps-filtered) records at even or odd positions of the
+            file: two disjoint halves of one slice (``fixable real select`` measures on
+            half 0, a study probes half 1). None (default): all of them.
     """
 
     name = "gsm8k"
     splits = ("test", "train")
 
-    def __init__(self, path: str | Path | None = None, template: str = "cot", shots: int = 0):
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        template: str = "cot",
+        shots: int = 0,
+        steps: int | list[int] | None = None,
+        half: int | None = None,
+    ):
         check_choice("gsm8k", "template", template, ("cot", "direct"))
         if not isinstance(shots, int) or not 0 <= shots <= 16:
             raise ConfigError(f"gsm8k shots must be an integer in [0, 16], got {shots!r}")
         self.path, self.template, self.shots = path, template, int(shots)
+        self.steps = int_choices("gsm8k", "steps", steps, 1, 100)
+        take_half("gsm8k", [], half)  # validate now
+        self.half = half
         self._records: dict[str, list[Record]] = {}
 
     def records(self, split: str) -> list[Record]:
@@ -148,7 +172,9 @@ class GSM8KTask(Task):
         exemplars = list(iter_shots(self.records("train"), self.shots, seed)) if self.shots else []
         # An exemplar never doubles as a problem (only possible when evaluating on train).
         pool = [r for r in self.records(split) if not any(r is e for e in exemplars)]
-        records = select(pool, n, seed)
+        if self.steps is not None:
+            pool = [r for r in pool if solution_steps(r.get("answer")) in self.steps]
+        records = select(take_half("gsm8k", pool, self.half), n, seed)
         out = []
         for record in records:
             where = f"{record.source}:{record.line}"

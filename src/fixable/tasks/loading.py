@@ -164,3 +164,34 @@ def iter_shots(records: Sequence, k: int, seed: int, exclude: object = None) -> 
     if k > len(pool):
         raise ConfigError(f"asked for {k} few-shot examples but only {len(pool)} are available")
     yield from random.Random(f"shots-{seed}").sample(pool, k)
+
+
+def int_choices(task: str, name: str, value, low: int, high: int) -> frozenset[int] | None:
+    """An option given as one integer or a list of them (``steps = [2, 3]``), each in
+    ``[low, high]``; None stays None (no filter)."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(values, (list, tuple))
+        or not values
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        or not all(low <= v <= high for v in values)
+    ):
+        raise ConfigError(
+            f"{task} {name} must be an integer in [{low}, {high}] or a list of them, got {value!r}"
+        )
+    return frozenset(values)
+
+
+def take_half(task: str, items: list, half) -> list:
+    """``items`` at even (``half=0``) or odd (``half=1``) positions; all of them for None.
+
+    Two disjoint halves of one slice: ``fixable real select`` measures pass@1 on half 0
+    and a study that it chose the slice for probes half 1, so the choice never sees the
+    problems the study is scored on."""
+    if half is None:
+        return list(items)
+    if half not in (0, 1) or isinstance(half, bool):
+        raise ConfigError(f"{task} half must be 0, 1 or absent, got {half!r}")
+    return list(items[half::2])

@@ -25,11 +25,13 @@ from fixable.tasks.base import Task
 from fixable.tasks.loading import (
     Record,
     check_choice,
+    int_choices,
     iter_shots,
     load_hf,
     read_jsonl,
     resolve_file,
     select,
+    take_half,
 )
 from fixable.types import Problem
 
@@ -122,6 +124,9 @@ class MATH500Task(Task):
         shots: worked examples before each problem, drawn from ``shots_path``.
         shots_path: JSON Lines of worked problems (``problem``, ``solution``), e.g. MATH's
             train split; MATH-500 itself has no train split to draw from.
+        levels: keep only problems of these difficulty levels (1–5; one integer or a list).
+        half: 0 or 1 keeps the (level-filtered) records at even or odd positions of the
+            file, two disjoint halves of one slice (see ``fixable.tasks.gsm8k``); None: all.
     """
 
     name = "math500"
@@ -133,6 +138,8 @@ class MATH500Task(Task):
         template: str = "cot",
         shots: int = 0,
         shots_path: str | Path | None = None,
+        levels: int | list[int] | None = None,
+        half: int | None = None,
     ):
         check_choice("math500", "template", template, ("cot", "direct"))
         if not isinstance(shots, int) or not 0 <= shots <= 8:
@@ -143,6 +150,9 @@ class MATH500Task(Task):
                 "'problem' and 'solution' fields (MATH-500 has no train split)"
             )
         self.path, self.template, self.shots, self.shots_path = path, template, shots, shots_path
+        self.levels = int_choices("math500", "levels", levels, 1, 5)
+        take_half("math500", [], half)  # validate now
+        self.half = half
         self._records: list[Record] | None = None
 
     def records(self) -> list[Record]:
@@ -170,7 +180,10 @@ class MATH500Task(Task):
         if self.shots:
             exemplars = list(iter_shots(read_jsonl(self.shots_path), self.shots, seed))
         out = []
-        for record in select(self.records(), n, seed):
+        pool = self.records()
+        if self.levels is not None:
+            pool = [r for r in pool if r.get("level", int) in self.levels]
+        for record in select(take_half("math500", pool, self.half), n, seed):
             unique_id = record.get("unique_id")
             key = unique_id.removeprefix("test/").removesuffix(".json")
             out.append(
