@@ -241,6 +241,8 @@ def test_the_device_check_script_runs_where_there_is_no_gpu(tmp_path):
     env = {
         **os.environ,
         "OUT": str(tmp_path),
+        # the checkout's .whl/ holds wheels for the GPU machine's Python, not this one
+        "WHEELS": str(tmp_path / "no-wheels"),
         "BENCH_ARGS": "--tiny --rows 16 --batch 16 --prompt-tokens 12 --new-tokens 4 "
         "--train-steps 1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -10,7 +10,8 @@
 #      random-weight models shaped exactly like SmolLM2-135M and Gemma-3-270M, from which
 #      the real study's device time is estimated.
 # Wheels that the machine lacks travel in .whl/ (gguf, duckdb; see the docs for the
-# pip download command) and are installed to a temporary folder first.
+# pip download command) and are installed to a temporary folder first (WHEELS=DIR to take
+# them from elsewhere, e.g. an empty folder where the running Python has them).
 # Writes its logs and bench.json to $OUT (or ./device-check when OUT is unset).
 # BENCH_ARGS adds options to the benchmark (e.g. "--tiny ..." to check this script on a CPU).
 set -uo pipefail
@@ -18,9 +19,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 out=${OUT:-device-check}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-if compgen -G ".whl/*.whl" >/dev/null; then
+wheels=${WHEELS:-.whl}
+if compgen -G "$wheels/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
+    --target /tmp/site "$wheels"/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
