@@ -462,11 +462,19 @@ def evaluate_frozen_routing(
             "model": data.models,
             "problem_id": data.problems,
             "routed_setting": [settings[i] for i in point_routes[0]],
+            "oracle_setting": [settings[i] for i in _oracle_choice(data, budget)],
             "calibration_group": data.groups,
             "router_charge": data.charge,
         }
     )
     return result
+
+
+def _oracle_choice(data: RoutingData, budget: float) -> np.ndarray:
+    """Per failure: the index of the setting best on its labelling part (as in the oracle)."""
+    L = data.label.success(budget)
+    L0 = np.nan_to_num(L, nan=-1.0)
+    return np.argmax(L0 + 1e-9 * np.nan_to_num(L).mean(axis=0), axis=1)
 
 
 def _best_fixed_choices(data: RoutingData, budget: float) -> list[str]:
