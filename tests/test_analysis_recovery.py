@@ -227,7 +227,7 @@ def test_the_report_shows_a_known_truth_analysis_as_its_positive_control(truth_r
         assert f'<td class="text">{model}</td>' in section
         assert f"{model}: truth × router" in section
     assert "Truth × regime label (rescue outcomes), all models" in section
-    assert "steer-mix" in section and "shuffled within model" in section
+    assert "steer-mix" in section and "shuffled within the model" in section
     # a run with a truth of its own shows it there too; build_report takes a control dir
     control = tmp_path / "control"
     write_analysis(known, control)

@@ -352,9 +352,14 @@ def evaluate_frozen_routing(
     masks = {"all": np.asarray(data.evaluate, dtype=bool)}
     for name in subsets:
         masks[name] = masks["all"] & (np.asarray(data.labels, dtype=object) == name)
+    refitted = (
+        "thresholds, routes and best fixed refitted"
+        if data.fixed_routes is None and fixed_thresholds is None
+        else "routes frozen by the router, best fixed refitted"
+    )
     unit = (
         f"hierarchical bootstrap-percentile {level:.0%} (models within calibration groups, "
-        f"then problems within models; thresholds, routes and best fixed refitted; {n_boot} resamples)"
+        f"then problems within models; {refitted}; {n_boot} resamples)"
     )
     weights_all = hierarchical_weights(data.models, data.groups, n_boot, rng)
 

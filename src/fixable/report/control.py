@@ -34,7 +34,6 @@ def _lift_cells(block: dict) -> list[str]:
     over = block.get("lift_over_best_fixed") or {}
     routed = over.get("routed") or {}
     shuffled = over.get("shuffled_within_model") or {}
-    shares = over.get("random_shares") or {}
     rates = block.get("rates") or {}
     best = _get(rates, "best_fixed", "value")
     oracle = _get(rates, "oracle", "value")
@@ -43,7 +42,7 @@ def _lift_cells(block: dict) -> list[str]:
         esc(block["n"]),
         pts(routed.get("value")),
         ci(routed.get("low"), routed.get("high"), pts),
-        pts(shuffled.get("value")) + " / " + pts(shares.get("value")),
+        pts(shuffled.get("value")) + " " + ci(shuffled.get("low"), shuffled.get("high"), pts),
         f"{pct(best)} / {pct(oracle)}",
         pct(ratio, 0),
     ]
@@ -56,13 +55,13 @@ def routing_rows(result: dict) -> tuple[list[str], list[list[str]]]:
         "failures",
         "router − best fixed (points)",
         "95 % CI",
-        "nulls: shuffled within model / router's shares at random",
+        "null: routes shuffled within the model [95 % CI]",
         "best fixed / oracle",
         "best fixed ÷ oracle",
         "steerable-hard",
         "router − best fixed (points)",
         "95 % CI",
-        "nulls: shuffled within model / router's shares at random",
+        "null: routes shuffled within the model [95 % CI]",
         "best fixed / oracle",
         "best fixed ÷ oracle",
         "best fixed (per problem fold)",
@@ -149,9 +148,12 @@ def control_section(result: dict | None, *, source: str | None = None) -> str:
             '<p class="legend">Protocol v2 within each model: scored on the scoring part, '
             "best fixed chosen on the labelling part of the other fold of the model's problems, "
             "oracle = each failure's best labelling-part setting; intervals: bootstrap over the "
-            "model's problems (routes frozen). Nulls are lifts over best fixed of the router's "
-            "routes shuffled among the model's failures (what permuting the features gives) and "
-            "of a random setting drawn with the router's shares.</p>",
+            "model's problems (routes frozen). The null is the lift over best fixed of the "
+            "router's routes shuffled among the model's failures: what permuting the features "
+            "among them gives a rule that routes each failure on its own features (within one "
+            "model it equals a random setting drawn with the router's shares). Rates are the "
+            "chance of a rescue within the budget, in retry-equivalent samples "
+            f"({esc(routing.get('budget_samples', '–'))}).</p>",
         ]
     else:
         parts.append(
