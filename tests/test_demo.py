@@ -255,3 +255,50 @@ def test_cli_demo_runs_a_tiny_study_on_zoo_models_and_resumes(tmp_path, capsys):
         ["demo", "--config", str(run_file), "--out", str(out), "-q"]
     )  # finished: resumes to a no-op
     assert Run(out).query("SELECT count(*) AS n FROM rollouts").column("n")[0].as_py() == before
+
+
+def test_the_planted_presets_are_smaller_versions_of_the_planted_study():
+    from fixable.demo import PLANTED, PLANTED_QUICK
+
+    study = load_config(ROOT / "studies" / "planted.toml")
+    for preset in (PLANTED, PLANTED_QUICK):
+        assert preset.task == study.task == "chains-planted"
+        assert preset.interventions == study.interventions
+        assert set(preset.models) <= set(study.models)
+        assert preset.problems < study.problems and preset.r <= study.r
+        # routed by the natural zoo's frozen thresholds, scored against the planted truth
+        assert preset.analysis_config().frozen_router == study.analysis_config().frozen_router
+        assert preset.analysis_config().truth == study.analysis_config().truth == "key"
+    assert PLANTED_QUICK.problems * len(PLANTED_QUICK.models) < PLANTED.problems * len(
+        PLANTED.models
+    )
+
+
+def test_the_demo_runs_its_positive_control_first_and_the_report_shows_it(tmp_path):
+    from fixable.demo import control_dir, control_lines
+    from fixable.report.control import SECTION_ID
+
+    control = TINY.replace(
+        models=MODELS[:2],
+        task="chains-planted",
+        interventions=("retry", "temperature(T=0.3)", "mix(alpha=0.5)"),
+        analysis={**TINY.analysis, "truth": "key"},
+    )
+    out = tmp_path / "run"
+    result = _demo(out, control=control)
+    control_run = control_dir(out)
+    assert control_run == tmp_path / "run-planted"
+    analysis = json.loads((control_run / "analysis.json").read_text())
+    assert set(analysis["data"]["models"]) == set(MODELS[:2])
+    assert analysis["recovery"]["field"] == "key"  # no truth map for fakes: the key itself
+    assert set(analysis["routing"]["per_model"]) == set(MODELS[:2])
+    assert Run(out).manifest["demo"]["positive_control"] == str(control_run.resolve())
+    page = result.report.read_text()
+    assert f'id="{SECTION_ID}"' in page and "A positive control" in page
+    summary = json.loads((out / "summary.json").read_text())
+    lifts = summary["positive_control"]["lift_over_best_fixed"]
+    assert set(lifts) == set(MODELS[:2]) and "shuffled_within_model" in lifts[MODELS[0]]["all"]
+    lines = control_lines(control_run)
+    assert lines[0].startswith("positive control") and any(MODELS[0] in x for x in lines)
+    # the natural run's own analysis has no truth and is unchanged by the control
+    assert "recovery" not in json.loads((out / "analysis.json").read_text())

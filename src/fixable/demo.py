@@ -226,6 +226,53 @@ QUICK = DemoConfig(
 )
 
 
+# The planted testbed (docs/organism.md), the demo's positive control: models whose
+# failures follow mechanisms planted per problem key, on ``chains-planted``, with one
+# setting of the grid aimed at each mechanism; routed by the natural zoo's frozen
+# thresholds (nothing fitted on a planted model) and scored against the planted truth.
+# studies/planted.toml is the study at full scale; these are the demo's smaller versions
+# (the same models, task and grid; a test checks).
+PLANTED_MODELS = (
+    "llama-planted-bal",
+    "llama-planted-half",
+    "llama-planted-most",
+    "llama-planted-single",
+    "gpt-planted-bal",
+    "gpt-planted-single",
+)
+PLANTED_GRID = (
+    "retry",
+    "temperature(T=0.3)",
+    "temperature(T=0.6)",
+    "temperature(T=1.3)",
+    "mix(alpha=0.5)",
+    "checkpoint(c=step-300)",
+    "dola(layer=2)",
+)
+PLANTED_ANALYSIS = {"frozen_router": "shipped", "truth": "key"}
+PLANTED = DemoConfig(
+    models=PLANTED_MODELS,
+    task="chains-planted",
+    problems=120,
+    r=16,
+    interventions=PLANTED_GRID,
+    max_tokens=80,
+    analysis=PLANTED_ANALYSIS,
+)
+PLANTED_QUICK = PLANTED.replace(
+    models=("llama-planted-bal", "gpt-planted-bal"),
+    problems=40,
+    r=8,
+    analysis={**PLANTED_ANALYSIS, "n_boot": 200, "stability_boot": 5},
+)
+
+
+def control_dir(out: str | Path) -> Path:
+    """Where the demo's positive control (the planted testbed) is written: beside ``out``."""
+    out = Path(out)
+    return out.with_name(f"{out.name}-planted")
+
+
 def load_config(source: str | Path) -> DemoConfig:
     """A DemoConfig from a TOML run file, a run directory or its manifest.json (reproduce)."""
     from fixable.config import tomllib
@@ -488,6 +535,7 @@ def run_demo(
     threads: int | None = 1,
     workers: int = 1,
     progress: Callable[[DemoEvent], None] | None = None,
+    control: DemoConfig | None = None,
 ) -> DemoResult:
     """Probe, rescue sweep, analysis (with transfer) and report, resumable by key.
 
@@ -509,6 +557,9 @@ def run_demo(
             units with its own copy of the backend, and a rollout's tokens are a function of
             its key. More than one needs a backend that can be pickled.
         progress: called with a ``DemoEvent`` as the demo goes.
+        control: a known-truth study (``PLANTED``, ``PLANTED_QUICK``) run first through
+            the same pipeline into ``control_dir(out)`` and shown in the report as its
+            positive control; None: none.
     """
     import torch
 
@@ -521,6 +572,20 @@ def run_demo(
 
         executor = ProcessExecutor(workers, threads=threads or 1)
     try:
+        control_run = None
+        if control is not None:
+            control_run = control_dir(out)
+            _run_demo(
+                control,
+                control_run,
+                backend_factory,
+                model_info,
+                checkpoints,
+                False,
+                command,
+                progress or (lambda event: None),
+                executor,
+            )
         return _run_demo(
             config,
             Path(out),
@@ -531,6 +596,7 @@ def run_demo(
             command,
             progress or (lambda event: None),
             executor,
+            control_run,
         )
     finally:
         if executor is not None:
@@ -539,7 +605,16 @@ def run_demo(
 
 
 def _run_demo(
-    config, out, backend_factory, model_info, checkpoints, report, command, emit, executor=None
+    config,
+    out,
+    backend_factory,
+    model_info,
+    checkpoints,
+    report,
+    command,
+    emit,
+    executor=None,
+    control_run: Path | None = None,
 ) -> DemoResult:
     from fixable.analysis.pipeline import analyze, load_runs, write_analysis
     from fixable.backends.base import check_capabilities
@@ -558,6 +633,10 @@ def _run_demo(
     problems_all = task.problems(n_drawn, seed=config.problem_seed, split=config.split)
     run = Run.create(out)
     _record(run, config, command)
+    if control_run is not None:  # the report shows it as the positive control
+        run.update_manifest(
+            lambda m: m["demo"].__setitem__("positive_control", str(Path(control_run).resolve()))
+        )
     factory = backend_factory or _default_backend_factory(config)
     checkpoints = checkpoints or _zoo_checkpoints
     problems_per_model: dict[str, int] = {}
@@ -777,3 +856,46 @@ def format_headline(summary: dict) -> str:
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def control_lines(control_run: str | Path) -> list[str]:
+    """What the end of the demo prints of its positive control: per model, the router's lift
+    over best fixed (all failures, steerable-hard) beside the within-model shuffled routes,
+    and how well the regime labels and the router's choice recover the planted truth."""
+    path = Path(control_run) / "analysis.json"
+    if not path.is_file():
+        return [f"positive control: no analysis at {path}"]
+    result = json.loads(path.read_text())
+
+    def pts(x):
+        return "n/a" if x is None else f"{x * 100:+.1f}"
+
+    lines = [
+        "positive control (planted testbed, truth known before sampling; "
+        f"{path}): router − best fixed, points [95 % CI] (shuffled within model)"
+    ]
+    per_model = ((result.get("routing") or {}).get("per_model")) or {}
+    for model, entry in per_model.items():
+        cells = []
+        for subset in ("all", "steerable-hard"):
+            block = (entry.get("subsets") or {}).get(subset) or {}
+            over = block.get("lift_over_best_fixed") or {}
+            lift = over.get("routed") or {}
+            null = over.get("shuffled_within_model") or {}
+            if not block.get("n"):
+                cells.append(f"{subset}: none")
+                continue
+            cells.append(
+                f"{subset} (n={block['n']}): {pts(lift.get('value'))} "
+                f"[{pts(lift.get('low'))}, {pts(lift.get('high'))}] ({pts(null.get('value'))})"
+            )
+        lines.append(f"  {model}: " + "; ".join(cells))
+    pooled = ((result.get("recovery") or {}).get("pooled")) or {}
+    for column, name in (("label", "regime labels"), ("routed_setting", "router's choice")):
+        block = pooled.get(column) or {}
+        if block.get("nmi") is not None:
+            lines.append(
+                f"  truth recovered by the {name}: NMI {block['nmi']:.2f} "
+                f"(null {block['null']['nmi_mean']:.2f}, p = {block['null']['p_value']:.3f})"
+            )
+    return lines

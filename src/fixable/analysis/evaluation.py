@@ -352,9 +352,14 @@ def evaluate_frozen_routing(
     masks = {"all": np.asarray(data.evaluate, dtype=bool)}
     for name in subsets:
         masks[name] = masks["all"] & (np.asarray(data.labels, dtype=object) == name)
+    refitted = (
+        "thresholds, routes and best fixed refitted"
+        if data.fixed_routes is None and fixed_thresholds is None
+        else "routes frozen by the router, best fixed refitted"
+    )
     unit = (
         f"hierarchical bootstrap-percentile {level:.0%} (models within calibration groups, "
-        f"then problems within models; thresholds, routes and best fixed refitted; {n_boot} resamples)"
+        f"then problems within models; {refitted}; {n_boot} resamples)"
     )
     weights_all = hierarchical_weights(data.models, data.groups, n_boot, rng)
 
@@ -462,11 +467,19 @@ def evaluate_frozen_routing(
             "model": data.models,
             "problem_id": data.problems,
             "routed_setting": [settings[i] for i in point_routes[0]],
+            "oracle_setting": [settings[i] for i in _oracle_choice(data, budget)],
             "calibration_group": data.groups,
             "router_charge": data.charge,
         }
     )
     return result
+
+
+def _oracle_choice(data: RoutingData, budget: float) -> np.ndarray:
+    """Per failure: the index of the setting best on its labelling part (as in the oracle)."""
+    L = data.label.success(budget)
+    L0 = np.nan_to_num(L, nan=-1.0)
+    return np.argmax(L0 + 1e-9 * np.nan_to_num(L).mean(axis=0), axis=1)
 
 
 def _best_fixed_choices(data: RoutingData, budget: float) -> list[str]:

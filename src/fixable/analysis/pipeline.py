@@ -41,6 +41,7 @@ from fixable.analysis.labels import (
     rescue_matrix,
 )
 from fixable.analysis.paper import PAPER, topography_text
+from fixable.analysis.recovery import known_truth_recovery
 from fixable.analysis.regimes import (
     RegimeClusterer,
     agreement,
@@ -50,6 +51,7 @@ from fixable.analysis.regimes import (
 )
 from fixable.analysis.result import FORMAT, FORMAT_VERSION
 from fixable.analysis.routing import ROUTER_FEATURES, Outcomes, SignatureRouter, route_failures
+from fixable.analysis.thresholds import FamilyRouter
 from fixable.analysis.topography import topography
 from fixable.analysis.transfer import transfer
 from fixable.errors import ConfigError, DataError, FixableError
@@ -97,6 +99,14 @@ class AnalysisConfig:
     # fit took 2.4 s with default threads on a loaded 2-core machine, 0.12 s with one);
     # None leaves them as set
     threads: int | None = 1
+    # a router frozen elsewhere instead of cross-calibration within the run: "shipped" (the
+    # package's per-family thresholds, analysis/router_thresholds.json) or the path of a
+    # thresholds file of that format; None: calibration groups (seeds, else model halves)
+    frozen_router: str | None = None
+    # a known truth per failure (a positive control): the problem-metadata field holding it
+    # (e.g. "key" on chains-planted), mapped per model through the model's truth map where it
+    # has one (model_info "truth_map", or a planted card's mixture); None: no recovery section
+    truth: str | None = None
 
     def __post_init__(self):
         if self.budget is not None and not self.budget > 0:
@@ -109,6 +119,17 @@ class AnalysisConfig:
         if isinstance(self.calibration, str):
             self.calibration = (self.calibration,)
         self.calibration = tuple(str(c) for c in self.calibration)
+        if self.frozen_router is not None:
+            self.frozen_router = str(self.frozen_router)
+            if self.frozen_router != "shipped" and not Path(self.frozen_router).is_file():
+                raise ConfigError(
+                    f"frozen_router must be 'shipped' or a router-thresholds file, got "
+                    f"{self.frozen_router!r} (no such file)"
+                )
+            if self.calibration:
+                raise ConfigError("give either calibration models or frozen_router, not both")
+        if self.truth is not None and not str(self.truth).strip():
+            raise ConfigError("truth must name a problem-metadata field (e.g. 'key')")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -374,6 +395,8 @@ def _analyze(
             failures[f"regime_{method}"] = regimes[method].pop("assignments")
 
     progress("routing")
+    if router is None and config.frozen_router is not None:
+        router = _frozen_router(config.frozen_router)
     routing, score_outcomes, label_outcomes = None, None, None
     if settings and "retry" in settings and score_matrix.empty:
         skipped["routing"] = (
@@ -442,6 +465,22 @@ def _analyze(
     else:
         skipped["transfer"] = "failures of fewer than two model families"
 
+    recovery = None
+    if config.truth is not None:
+        progress("recovery")
+        try:
+            meta = _problem_meta(rollouts, sources)
+            failures["truth"] = _truth_column(meta, failures, config.truth, models, model_info)
+            recovery = known_truth_recovery(
+                failures, truth="truth", n_null=config.n_null, random_state=rs
+            )
+            recovery["field"] = config.truth
+            recovery["truth_maps"] = {
+                m: _truth_map(m, model_info) for m in models if _truth_map(m, model_info)
+            }
+        except DataError as e:
+            skipped["recovery"] = str(e)
+
     result = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -466,8 +505,72 @@ def _analyze(
         "skipped": skipped,
         "notes": notes,
     }
+    if recovery is not None:
+        result["recovery"] = recovery
     tables = _tables(result, failures)
     return Analysis(_clean(result), failures, tables)
+
+
+def _frozen_router(source: str):
+    from fixable.analysis.thresholds import FamilyRouter, load_defaults
+
+    doc = load_defaults() if source == "shipped" else load_defaults(source)
+    return FamilyRouter(doc)
+
+
+def _truth_map(model: str, model_info: Mapping[str, Mapping] | None) -> dict | None:
+    """The model's map from the truth field's values to its truths: ``model_info[model]
+    ["truth_map"]``, else its zoo card's planted mixture (key → mechanism); None: none."""
+    info = (model_info or {}).get(model) or {}
+    if info.get("truth_map"):
+        return {str(k): v for k, v in info["truth_map"].items()}
+    try:
+        from fixable.organism import zoo
+
+        card = zoo.card(model)
+    except (ImportError, FixableError, KeyError, FileNotFoundError, ValueError):
+        return None
+    mixture = (card.get("planted") or {}).get("mixture")
+    return {str(k): v for k, v in mixture.items()} if mixture else None
+
+
+def _problem_meta(rollouts, sources) -> pd.Series:
+    """problem_id → its metadata JSON, from the problems table of the run(s) analysed."""
+    from fixable.store import Run
+
+    runs = [rollouts] if hasattr(rollouts, "problems") else []
+    runs += [Run(s["path"]) for s in sources or [] if s.get("path")]
+    frames = [r.problems().select(["problem_id", "meta"]).to_pandas() for r in runs]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        raise DataError(
+            "a known truth needs the problems' metadata: analyse runs from the store "
+            "(their problems table), not a bare rollouts table"
+        )
+    return pd.concat(frames).drop_duplicates("problem_id").set_index("problem_id")["meta"]
+
+
+def _truth_column(meta: pd.Series, failures: pd.DataFrame, field: str, models, model_info):
+    """Per failure: its problem's ``meta[field]``, through its model's truth map if any."""
+
+    def value_of(problem_id):
+        raw = meta.get(problem_id)
+        try:
+            parsed = json.loads(raw) if isinstance(raw, str) else (raw or {})
+        except json.JSONDecodeError:
+            return None
+        return parsed.get(field) if isinstance(parsed, dict) else None
+
+    maps = {m: _truth_map(m, model_info) for m in models}
+    values = []
+    for model, problem_id in zip(failures["model"], failures["problem_id"], strict=True):
+        v = value_of(problem_id)
+        if v is None:
+            values.append(None)
+            continue
+        truth_map = maps.get(model)
+        values.append(truth_map.get(str(v)) if truth_map else str(v))
+    return pd.Series(values, index=failures.index, dtype=object)
 
 
 def _count_range(matrix: pd.DataFrame) -> dict:
@@ -527,6 +630,8 @@ def _routing(rows, label_outcomes, score_outcomes, data, config, router) -> dict
     """Protocol v2 routing: a router frozen on calibration models, scored on the scoring part."""
     settings = list(score_outcomes.settings)
     scheme, groups, evaluate = _calibration(rows, config)
+    if isinstance(router, FamilyRouter):  # calibrated on other models: one bootstrap stratum
+        groups = np.full(len(rows), "evaluated", dtype=object)
     models_evaluated = sorted(set(rows.loc[evaluate, "model"]))
     calibration = {
         "scheme": scheme,
@@ -605,6 +710,9 @@ def _routing(rows, label_outcomes, score_outcomes, data, config, router) -> dict
         fixed_thresholds=fixed_thresholds,
         random_state=config.random_state,
     )
+    routing["per_model"] = _per_model_routing(
+        routing_data, routing["per_failure"], budget, toward, config
+    )
     routing["protocol_version"] = 2
     routing["calibration"] = calibration
     routing["router"] = repr(router) if router is not None else repr(SignatureRouter())
@@ -612,7 +720,58 @@ def _routing(rows, label_outcomes, score_outcomes, data, config, router) -> dict
     routing["n_failures_evaluated"] = int(evaluate.sum())
     if fixed_thresholds is not None:
         routing["thresholds"] = {"fixed": fixed_thresholds}
+    family_thresholds = getattr(router, "thresholds", None) if fixed_routes is not None else None
+    if isinstance(family_thresholds, Mapping) and all(
+        isinstance(v, Mapping) for v in family_thresholds.values()
+    ):
+        routing["thresholds"] = {f"family {f}": dict(t) for f, t in family_thresholds.items()}
+        calibration["scheme"] = (
+            "frozen per-family thresholds, calibrated on other models: "
+            + ", ".join(calibration.get("calibrated_on") or [])
+        )
     return routing
+
+
+def _per_model_routing(data: RoutingData, per_failure, budget, toward, config) -> dict:
+    """Protocol v2's evaluation within each evaluated model: the routes the pooled
+    evaluation chose (its point routes; frozen, not refitted per replicate), best fixed
+    chosen on the other fold of the model's own problems, bootstrap over its problems. The
+    within-model shuffled routes are the permuted-features null of a rule that routes each
+    failure on its own features (permuting features among a model's failures permutes its
+    routes); ``random_shares`` keeps the router's shares."""
+    routes = per_failure["routed_setting"].to_numpy(dtype=object)
+    out = {}
+    evaluate = np.asarray(data.evaluate, dtype=bool)
+    for model in sorted(set(data.models[evaluate])):
+        mask = evaluate & (data.models == model)
+        sub = RoutingData(
+            score=data.score.subset(mask),
+            label=data.label.subset(mask),
+            features=data.features[mask],
+            models=data.models[mask],
+            problems=data.problems[mask],
+            groups=np.full(int(mask.sum()), "model", dtype=object),
+            labels=np.asarray(data.labels, dtype=object)[mask],
+            charge=data.charge[mask],
+            fixed_routes=routes[mask],
+        )
+        r = evaluate_frozen_routing(
+            sub,
+            budget=budget,
+            subsets=("steerable-hard",),
+            budgets=[budget],
+            n_boot=config.n_boot,
+            n_boot_curves=1,
+            toward_reference=toward,
+            random_state=config.random_state,
+        )
+        out[model] = {
+            "n": int(mask.sum()),
+            "routed_share": r["routed_share"],
+            "best_fixed_choices": r["best_fixed_choices"],
+            "subsets": r["subsets"],
+        }
+    return out
 
 
 def _zero_upper(r: int, thresholds: LabelThresholds) -> float:

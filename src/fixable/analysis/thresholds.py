@@ -11,6 +11,9 @@ the models, problems, K, the number of failures, the git revision and the date.
 its calibration models declared, so the analysis refuses (or flags) evaluating it on them,
 and ``fixable rescue`` works out of the box for a zoo model; a family without shipped
 thresholds returns None (the caller then says how to give thresholds).
+``FamilyRouter`` routes failures of several families, each with its family's frozen
+thresholds (what ``AnalysisConfig(frozen_router="shipped")`` evaluates, e.g. on the
+planted testbed, whose models none of the calibration models are).
 """
 
 from __future__ import annotations
@@ -60,6 +63,47 @@ def default_router(model: str, family: str | None, *, path: str | Path = DEFAULT
     return router
 
 
+class FamilyRouter:
+    """The signature rule with each family's frozen thresholds from a thresholds document
+    (default: the shipped one). Routes a table of failures that has a ``family`` column;
+    declares the calibration models of every family, so the analysis refuses (or flags)
+    evaluating it on them."""
+
+    def __init__(self, doc: Mapping | None = None, toward_reference: str = "checkpoint"):
+        doc = load_defaults() if doc is None else doc
+        families = doc.get("families") or {}
+        if not families:
+            raise DataError("the router-thresholds document holds no family")
+        self.thresholds = {f: dict(e["thresholds"]) for f, e in sorted(families.items())}
+        self.calibration_models = tuple(
+            sorted(m for e in families.values() for m in e.get("calibration_models", ()))
+        )
+        self.toward_reference = toward_reference
+        self.provenance = doc.get("provenance") or {}
+
+    def route(self, features: pd.DataFrame, settings) -> list[str]:
+        if "family" not in features:
+            raise DataError("routing by family needs a 'family' column (from the model cards)")
+        routed = pd.Series(index=features.index, dtype=object)
+        for family, part in features.groupby(features["family"].astype(str), sort=False):
+            if family not in self.thresholds:
+                raise DataError(
+                    f"no frozen router thresholds for family {family!r} (have "
+                    f"{', '.join(self.thresholds)}); calibrate them with "
+                    "scripts/freeze_router_thresholds.py"
+                )
+            router = SignatureRouter(self.thresholds[family], self.toward_reference)
+            routed.loc[part.index] = router.route(part, settings)
+        return routed.to_list()
+
+    def __repr__(self) -> str:
+        shown = "; ".join(
+            f"{f}: " + ", ".join(f"{k}={v:.3g}" for k, v in t.items())
+            for f, t in self.thresholds.items()
+        )
+        return f"FamilyRouter(frozen thresholds per family: {shown})"
+
+
 def freeze_thresholds(
     features: pd.DataFrame, family_of: Mapping[str, str], *, provenance: dict
 ) -> dict:
@@ -99,6 +143,7 @@ def write_defaults(doc: dict, path: str | Path = DEFAULTS_FILE) -> Path:
 
 __all__ = [
     "DEFAULTS_FILE",
+    "FamilyRouter",
     "default_router",
     "freeze_thresholds",
     "load_defaults",

@@ -76,7 +76,7 @@ class _Bars:
             self.key = None
 
 
-def _command(out, quick, config_file, models, problems, seed, dtype=None) -> str:
+def _command(out, quick, config_file, models, problems, seed, dtype=None, no_planted=False) -> str:
     """The command that does this run again (what the manifest and the report show)."""
     import shlex
 
@@ -91,6 +91,8 @@ def _command(out, quick, config_file, models, problems, seed, dtype=None) -> str
         words += ["--seed", str(seed)]
     if dtype is not None:
         words += ["--dtype", dtype]
+    if no_planted:
+        words += ["--no-planted"]
     words += ["--out", str(out)]
     return " ".join(shlex.quote(w) for w in words)
 
@@ -153,10 +155,27 @@ class _DemoCommand(click.Command):
     help="Precision of the organism engine's linear layers (sets backend_options.dtype; "
     "bfloat16 changes the rollouts, docs/engine.md).",
 )
+@click.option(
+    "--no-planted",
+    is_flag=True,
+    help="Leave out the positive control (the planted testbed, written beside --out as "
+    "OUT-planted); a --config run file never includes it.",
+)
 @click.option("--no-report", is_flag=True, help="Stop after analysis.json.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def command(
-    out, quick, config_file, models, problems, seed, threads, workers, dtype, no_report, quiet
+    out,
+    quick,
+    config_file,
+    models,
+    problems,
+    seed,
+    threads,
+    workers,
+    dtype,
+    no_planted,
+    no_report,
+    quiet,
 ):
     """Probe, rescue sweep, analysis and report on the shipped zoo, resumable.
 
@@ -166,8 +185,21 @@ def command(
     fixable demo                     # runs/demo, then runs/demo/report.html
     fixable demo --quick             # the same pipeline, smaller
     fixable demo --config studies/full.toml --out runs/full   # the paper-scale study
+
+    Without --config, the planted testbed runs first as the report's positive control
+    (runs/demo-planted, runs/quick-planted; --no-planted leaves it out).
     """
-    from fixable.demo import DEMO, QUICK, format_headline, load_config, run_demo
+    from fixable.demo import (
+        DEMO,
+        PLANTED,
+        PLANTED_QUICK,
+        QUICK,
+        control_dir,
+        control_lines,
+        format_headline,
+        load_config,
+        run_demo,
+    )
     from fixable.errors import ConfigError
 
     if quick and config_file:
@@ -185,16 +217,18 @@ def command(
     if changes:
         config = config.replace(**changes)
     out = out or ("runs/quick" if quick else "runs/demo")
+    control = None if (config_file or no_planted) else (PLANTED_QUICK if quick else PLANTED)
     bars = _Bars(enabled=not quiet)
     try:
         result = run_demo(
             config,
             out,
             report=not no_report,
-            command=_command(out, quick, config_file, models, problems, seed, dtype),
+            command=_command(out, quick, config_file, models, problems, seed, dtype, no_planted),
             threads=threads,
             workers=workers if workers is not None else min(2, os.cpu_count() or 1),
             progress=bars,
+            control=control,
         )
     finally:
         bars.close()
@@ -204,6 +238,8 @@ def command(
         f"{n_failures} failures analysed in {result.seconds['total'] / 60:.1f} min\n"
     )
     click.echo(format_headline(result.summary))
+    if control is not None:
+        click.echo("\n" + "\n".join(control_lines(control_dir(result.run))))
     click.echo(f"\nanalysis: {result.run / 'analysis.json'}")
     if not no_report:
         click.echo(f"report:   {result.report}")

@@ -18,8 +18,15 @@ import click
     "--reanalyze", is_flag=True, help="Recompute analysis.json even when it is up to date."
 )
 @click.option("--no-pdf", is_flag=True, help="Write the figures as PNG only.")
+@click.option(
+    "--control",
+    default=None,
+    type=click.Path(file_okay=False, path_type=str),
+    help="A run with a known-truth analysis (e.g. the planted testbed) to show as the "
+    "positive control (default: the one the demo recorded for RUN, if any).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def command(run, out, reanalyze, no_pdf, quiet):
+def command(run, out, reanalyze, no_pdf, control, quiet):
     """Write RUN/report.html (offline, figures embedded), RUN/figures/*.png|pdf and
     RUN/summary.json. A run without an up-to-date analysis.json is analysed first.
 
@@ -48,6 +55,7 @@ def command(run, out, reanalyze, no_pdf, quiet):
             reanalyze=reanalyze,
             formats=("png",) if no_pdf else ("png", "pdf"),
             progress=progress,
+            control=control,
         )
     finally:
         if bar is not None:

@@ -174,6 +174,7 @@ def build_report(
     model_info: Mapping[str, Mapping] | None = None,
     formats: tuple[str, ...] = ("png", "pdf"),
     progress: Callable[[str], None] | None = None,
+    control: str | Path | None = None,
 ) -> ReportFiles:
     """Write ``report.html``, ``summary.json`` and ``figures/*.png|pdf`` for a run.
 
@@ -183,6 +184,9 @@ def build_report(
         reanalyze: recompute the analysis even when analysis.json is current.
         analysis_config / model_info: passed to the analysis when it is (re)computed.
         progress: called with the name of each stage ("analysis", a figure's name, "html").
+        control: a run (or analysis directory) with a known-truth analysis (the planted
+            testbed) shown as the report's positive control; default: the one the run's
+            demo recorded (``manifest["demo"]["positive_control"]``), if any.
     """
     started = time.monotonic()
     run_dir = Path(run_dir)
@@ -212,7 +216,15 @@ def build_report(
     if progress:
         progress("html")
     label = run_dir.resolve().name
-    page = render_page(result, rendered, run_label=label, manifest=manifest)
+    control, control_source = _positive_control(run_dir, manifest, control)
+    page = render_page(
+        result,
+        rendered,
+        run_label=label,
+        manifest=manifest,
+        control=control,
+        control_source=control_source,
+    )
     html_path = out_dir / REPORT_FILE
     _write_text(html_path, page)
     files = {f.name: [out_dir / p for p in f.files] for f in rendered if f.png is not None}
@@ -223,11 +235,71 @@ def build_report(
         report_files={k: [str(p.relative_to(out_dir)) for p in v] for k, v in files.items()},
         unavailable=unavailable,
     )
+    if control is not None:
+        summary["positive_control"] = control_summary(control, control_source)
+    elif result.get("recovery"):  # the run is a known-truth study itself
+        summary["positive_control"] = control_summary(result, "this run")
     summary_path = out_dir / SUMMARY_FILE
     _write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     return ReportFiles(
         html_path, summary_path, files, unavailable, analysed, time.monotonic() - started
     )
+
+
+def control_summary(control: dict, source: str | None) -> dict:
+    """The positive control's per-model router lift over best fixed and its nulls, and the
+    truth's recovery (pooled), for summary.json."""
+    per_model = {}
+    for model, entry in ((control.get("routing") or {}).get("per_model") or {}).items():
+        per_model[model] = {
+            subset: {
+                "n": block.get("n"),
+                **{
+                    strategy: (block.get("lift_over_best_fixed") or {}).get(strategy)
+                    for strategy in ("routed", "shuffled_within_model", "random_shares", "oracle")
+                },
+            }
+            for subset, block in (entry.get("subsets") or {}).items()
+        }
+    recovery = control.get("recovery") or {}
+    return {
+        "source": source,
+        "what": "router - best fixed per model (points as fractions), on a testbed whose "
+        "failure mechanisms are planted and known before sampling",
+        "lift_over_best_fixed": per_model,
+        "recovery": {
+            column: {k: block.get(k) for k in ("n", "nmi", "ari", "purity", "null")}
+            for column, block in (recovery.get("pooled") or {}).items()
+        },
+    }
+
+
+def _positive_control(
+    run_dir: Path, manifest: dict | None, control: str | Path | None
+) -> tuple[dict | None, str | None]:
+    """The known-truth analysis to show as the positive control, and where it came from."""
+    explicit = control is not None
+    if control is None:
+        recorded = ((manifest or {}).get("demo") or {}).get("positive_control")
+        if not recorded:
+            return None, None
+        control = Path(recorded)
+        if not control.is_absolute():
+            control = run_dir / control
+    path = Path(control) / ANALYSIS_FILE
+    if not path.is_file():
+        if explicit:
+            raise StoreError(
+                f"no analysis.json in the positive-control directory {control}; analyse it "
+                f"first (`fixable demo --config studies/planted.toml --out {control}`)"
+            )
+        logger.warning("no positive-control analysis at %s; the section is left out", path)
+        return None, None
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg}); re-run its analysis") from None
+    return result, str(Path(control))
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -754,10 +754,19 @@ def _compact(config: dict) -> str:
 
 
 def render_page(
-    result: dict, figures: list[RenderedFigure], *, run_label: str, manifest: dict | None = None
+    result: dict,
+    figures: list[RenderedFigure],
+    *,
+    run_label: str,
+    manifest: dict | None = None,
+    control: dict | None = None,
+    control_source: str | None = None,
 ) -> str:
+    """The page; ``control`` is a known-truth analysis (the planted testbed) shown in its
+    own positive-control section (the run's own analysis is shown there when it has one)."""
     from fixable import __version__
     from fixable.analysis.result import read_analysis
+    from fixable.report.control import SECTION_ID, control_section
 
     result = read_analysis(result)
     data = result.get("data") or {}
@@ -780,6 +789,11 @@ def render_page(
         )
     )
     toc = " ".join(f'<a href="#fig-{esc(f.name)}">{esc(f.title)}</a>' for f in figures)
+    positive_control = control_section(result) + (
+        control_section(control, source=control_source) if control else ""
+    )
+    if positive_control:
+        toc += f' <a href="#{SECTION_ID}">Positive control</a>'
     body = [
         '<header class="top">',
         f'<h1><span class="tool">fixable</span> report · {esc(run_label)}</h1>',
@@ -806,6 +820,8 @@ def render_page(
     ):
         if block:
             body += [f"<h3>{esc(title)}</h3>", block]
+    if positive_control:
+        body.append(positive_control)
     body += [
         '<h2 id="provenance">Provenance</h2>',
         provenance(result, manifest),
