@@ -236,3 +236,27 @@ def test_the_report_shows_a_known_truth_analysis_as_its_positive_control(truth_r
     files = build_report(plain_dir, control=control, formats=("png",))
     assert f'id="{SECTION_ID}"' in files.html.read_text()
     assert f'id="{SECTION_ID}"' in render_page(known.result, [], run_label="known")
+
+
+def test_the_learned_router_is_evaluated_beside_the_rule(truth_run):
+    path, thresholds, truth = truth_run
+    table, sources = load_runs([path])
+    config = AnalysisConfig(
+        n_boot=30, stability_boot=2, frozen_router=str(thresholds), learned_router=True
+    )
+    result = analyze(table, sources=sources, model_info=INFO, config=config).result
+    routing = result["routing"]
+    learned = routing["learned"]
+    assert "leave-one-model-out" in learned["router"]
+    assert set(learned["per_model"]) == set(MODELS)
+    block = learned["subsets"]["all"]
+    assert block["n"] == routing["subsets"]["all"]["n"]
+    # the planted kinds share their signature across models: the learned router, fitted on
+    # the other models, beats its own routes shuffled within each model
+    lift = block["lift_over_best_fixed"]
+    assert lift["routed"]["value"] > lift["shuffled_within_model"]["value"]
+    from fixable.report.control import control_section
+
+    result["recovery"] = result.get("recovery") or {"field": "kind"}
+    html = control_section(result)
+    assert "A learned router against best fixed" in html and "all models (pooled)" in html

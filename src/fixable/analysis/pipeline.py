@@ -15,7 +15,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +107,10 @@ class AnalysisConfig:
     # (e.g. "key" on chains-planted), mapped per model through the model's truth map where it
     # has one (model_info "truth_map", or a planted card's mixture); None: no recovery section
     truth: str | None = None
+    # also evaluate a k-nearest-neighbour router fitted leave-one-model-out on the other
+    # models' labelling parts (analysis/learned_routing.py): does the signature carry
+    # per-failure routing information the rule does not read? Result in routing["learned"]
+    learned_router: bool = False
 
     def __post_init__(self):
         if self.budget is not None and not self.budget > 0:
@@ -713,6 +717,8 @@ def _routing(rows, label_outcomes, score_outcomes, data, config, router) -> dict
     routing["per_model"] = _per_model_routing(
         routing_data, routing["per_failure"], budget, toward, config
     )
+    if config.learned_router:
+        routing["learned"] = _learned_routing(routing_data, budget, toward, config)
     routing["protocol_version"] = 2
     routing["calibration"] = calibration
     routing["router"] = repr(router) if router is not None else repr(SignatureRouter())
@@ -730,6 +736,39 @@ def _routing(rows, label_outcomes, score_outcomes, data, config, router) -> dict
             + ", ".join(calibration.get("calibrated_on") or [])
         )
     return routing
+
+
+def _learned_routing(data: RoutingData, budget, toward, config) -> dict:
+    """The leave-one-model-out k-NN router's routes, evaluated frozen like the rule's: pooled
+    and per model, with the same strategies and nulls."""
+    from fixable.analysis.learned_routing import DEFAULT_K, leave_one_model_out_routes
+
+    if len(set(data.models)) < 2:
+        return {"skipped": "a leave-one-model-out router needs at least two models"}
+    routes = leave_one_model_out_routes(data, budget, k=DEFAULT_K)
+    learned = replace(data, fixed_routes=routes)
+    r = evaluate_frozen_routing(
+        learned,
+        budget=budget,
+        subsets=("steerable-hard",),
+        budgets=[budget],
+        n_boot=config.n_boot,
+        n_boot_curves=1,
+        toward_reference=toward,
+        random_state=config.random_state,
+    )
+    per_failure = r.pop("per_failure")
+    return {
+        "router": f"k-nearest neighbours (k={DEFAULT_K}) on standardised "
+        + ", ".join(ROUTER_FEATURES)
+        + ", fitted leave-one-model-out on the other models' labelling parts",
+        "intervals": "routes frozen; the variance of fitting the router is not included",
+        "routed_share": r["routed_share"],
+        "best_fixed_choices": r["best_fixed_choices"],
+        "subsets": r["subsets"],
+        "per_model": _per_model_routing(learned, per_failure, budget, toward, config),
+        "routed_setting": per_failure["routed_setting"].tolist(),
+    }
 
 
 def _per_model_routing(data: RoutingData, per_failure, budget, toward, config) -> dict:

@@ -82,6 +82,12 @@ STAGES = ("features", "labels", "regimes", "routing", "topography", "transfer")
     show_default=True,
     help="Permutations of every null (topography labels, regime features); at least 20.",
 )
+@click.option(
+    "--learned-router",
+    is_flag=True,
+    help="Also evaluate a k-NN router fitted leave-one-model-out on the other models' "
+    "labelling parts: does the signature carry routing information the rule misses?",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 def command(
     runs,
@@ -96,6 +102,7 @@ def command(
     models,
     calibration,
     n_null,
+    learned_router,
     quiet,
 ):
     """Analyse RUN(s): features, labels, regimes, routing, topography, transfer."""
@@ -125,6 +132,7 @@ def command(
         calibration=tuple(calibration),
         n_null=n_null,
         random_state=seed,
+        learned_router=learned_router,
     )
     table, sources = load_runs(runs, models=models or None)
     if table.num_rows == 0:

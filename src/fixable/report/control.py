@@ -48,8 +48,13 @@ def _lift_cells(block: dict) -> list[str]:
     ]
 
 
-def routing_rows(result: dict) -> tuple[list[str], list[list[str]]]:
-    per_model = _get(result, "routing", "per_model") or {}
+def routing_rows(result: dict, *, learned: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Per model (and, for the learned router, all models pooled): lift over best fixed."""
+    routing = _get(result, "routing") or {}
+    source = (routing.get("learned") or {}) if learned else routing
+    per_model = dict(source.get("per_model") or {})
+    if learned and per_model and source.get("subsets"):
+        per_model = {"all models (pooled)": source} | per_model
     headers = [
         "model",
         "failures",
@@ -159,6 +164,19 @@ def control_section(result: dict | None, *, source: str | None = None) -> str:
         parts.append(
             f"<p>Routing was not evaluated: {esc(_get(result, 'skipped', 'routing'))}.</p>"
         )
+    headers, rows = routing_rows(result, learned=True)
+    if rows:
+        parts += [
+            "<h3>A learned router against best fixed (leave-one-model-out)</h3>",
+            table(headers, rows, text_columns=(0, 13)),
+            '<p class="legend">'
+            + esc(_get(routing, "learned", "router", default=""))
+            + ": each model's failures are routed by the k nearest failures of the other "
+            "models, to the setting best on their labelling parts; the model itself and every "
+            "scoring part stay out of the fit. Evaluated as the rule is, routes frozen (the "
+            "variance of fitting the router is not in the intervals). It asks whether the "
+            "signature carries per-failure routing information, which the rule may not read.</p>",
+        ]
     headers, rows = recovery_rows(recovery)
     parts += [
         "<h3>Recovery of the planted truth</h3>",

@@ -1,0 +1,86 @@
+"""The leave-one-model-out k-NN router: it learns a feature → setting map that holds across
+models, and what it routes a model's failures to never depends on that model's outcomes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fixable.analysis.evaluation import RoutingData, evaluate_frozen_routing
+from fixable.analysis.learned_routing import leave_one_model_out_routes
+from fixable.analysis.routing import Outcomes
+from fixable.errors import DataError
+
+SETTINGS = ["retry", "temperature(T=0.3)", "checkpoint(c=first)"]
+
+
+def _data(n_per_model=40, models=("a", "b", "c", "d"), seed=0, flip_model=None) -> RoutingData:
+    """Failures whose first feature decides which of two settings rescues them (low →
+    T=0.3, high → checkpoint); retry rescues none. ``flip_model``'s outcomes are swapped."""
+    rng = np.random.default_rng(seed)
+    rows = [(m, f"p{i:03d}") for m in models for i in range(n_per_model)]
+    F = len(rows)
+    x = rng.uniform(0, 1, size=(F, 3))
+    high = x[:, 0] > 0.5
+    successes = np.zeros((F, 3))
+    successes[:, 1] = np.where(high, 0, 8)
+    successes[:, 2] = np.where(high, 8, 0)
+    if flip_model is not None:
+        flip = np.array([m == flip_model for m, _ in rows])
+        successes[flip, 1], successes[flip, 2] = (
+            successes[flip, 2].copy(),
+            successes[flip, 1].copy(),
+        )
+    keys = pd.DataFrame(rows, columns=["model", "problem_id"])
+    n = np.full((F, 3), 8.0)
+
+    def outcomes():
+        return Outcomes(keys, SETTINGS, n, successes.copy(), np.ones((F, 3)), np.ones(F))
+
+    return RoutingData(
+        score=outcomes(),
+        label=outcomes(),
+        features=x,
+        models=keys["model"].to_numpy(),
+        problems=keys["problem_id"].to_numpy(),
+        groups=np.full(F, "g", dtype=object),
+        labels=np.full(F, "steerable-hard", dtype=object),
+        charge=np.zeros(F),
+    )
+
+
+def test_learns_the_map_the_other_models_share():
+    data = _data()
+    routes = leave_one_model_out_routes(data, budget=4, k=5)
+    expected = np.where(data.features[:, 0] > 0.5, "checkpoint(c=first)", "temperature(T=0.3)")
+    assert np.mean(routes == expected) > 0.9
+    frozen = evaluate_frozen_routing(
+        RoutingData(**{**data.__dict__, "fixed_routes": routes}),
+        budget=4,
+        n_boot=20,
+        n_boot_curves=2,
+    )
+    lift = frozen["subsets"]["all"]["lift_over_best_fixed"]
+    assert lift["routed"]["value"] > 0.3  # best fixed rescues about half
+    assert lift["routed"]["value"] > lift["shuffled_within_model"]["value"] + 0.3
+
+
+def test_a_models_own_outcomes_never_reach_its_routes():
+    # model "a"'s outcomes are the opposite of everyone else's: its routes follow the others,
+    # so they are wrong for it; a router that peeked at "a" would get them right
+    plain, flipped = _data(), _data(flip_model="a")
+    a = plain.models == "a"
+    routes_plain = leave_one_model_out_routes(plain, budget=4, k=5)
+    routes_flipped = leave_one_model_out_routes(flipped, budget=4, k=5)
+    assert (routes_plain[a] == routes_flipped[a]).all()
+    assert not (routes_plain[~a] == routes_flipped[~a]).all()  # "a" does inform the others
+
+
+def test_missing_features_fall_back_and_one_model_is_refused():
+    data = _data()
+    data.features[0] = np.nan
+    routes = leave_one_model_out_routes(data, budget=4, k=5)
+    assert routes[0] in SETTINGS
+    with pytest.raises(DataError, match="at least two models"):
+        leave_one_model_out_routes(_data(models=("a",)), budget=4)
