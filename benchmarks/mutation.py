@@ -67,8 +67,8 @@ MODULES: dict[str, Module] = {
         "rewritten (protocol v2) and is left to it",
     ),
     "decode": Module(
-        "fixable/organism/decode.py",
-        ("x__sampling_logprobs*",),
+        "fixable/distribution.py",
+        ("x_sampling_logprobs*",),
         ("test_decode_formulas.py",),
         "the sampling formulas (each test run decodes: the batching code is left to "
         "test_decode.py, too slow to run once per mutant here)",

@@ -446,9 +446,9 @@ class OpenAIBackend:
         self.close()
 
     def _served_model(self, intervention: Intervention) -> str:
-        if intervention.kind != CHECKPOINT:
+        label = intervention.spec.checkpoint
+        if label is None:
             return self._model
-        label = str(intervention.value)
         if self.checkpoints:
             if label not in self.checkpoints:
                 raise UnknownNameError("checkpoint", label, self.checkpoints)
@@ -456,9 +456,7 @@ class OpenAIBackend:
         return label
 
     def _temperature(self, intervention: Intervention) -> float:
-        if intervention.kind == TEMPERATURE:
-            return float(intervention.value)
-        return 1.0  # every other setting samples the served model at its own distribution
+        return intervention.spec.temperature
 
     # -- sampling ------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 ``OrganismBackend("llama-rl-s0")`` loads a zoo model (or any checkpoint directory written
 by ``save_checkpoint``) and, with ``reference="auto"``, the base model of its family for
-``mix`` and for reference scoring. Every intervention maps onto one ``decode`` call:
+``mix`` and for reference scoring. Every intervention resolves into a ``SamplingSpec``
+whose fields map onto one ``decode`` call:
 
 =================  ==========================================================
 ``retry``          T = 1
@@ -198,22 +199,22 @@ class OrganismBackend:
         from fixable.organism.decode import decode
 
         check_capabilities(self, [intervention])
-        policy, settings = self.model, {}
-        if intervention.kind == TEMPERATURE:
-            settings["temperature"] = float(intervention.value)
-        elif intervention.kind == MIX:
-            settings.update(reference=self.reference, alpha=float(intervention.value))
-        elif intervention.kind == CHECKPOINT:
-            policy = self._checkpoint_model(str(intervention.value))
-        elif intervention.kind == DOLA:
-            layer = int(intervention.value)
-            n_layer = policy.cfg.n_layer
-            if not 0 <= layer < n_layer:
-                raise ConfigError(
-                    f"dola layer must be in [0, {n_layer - 1}] for {self.source!r} "
-                    f"({n_layer} layers), got {layer}"
-                )
-            settings["dola_layer"] = layer
+        spec = intervention.spec
+        policy = self.model
+        if spec.checkpoint is not None:
+            policy = self._checkpoint_model(spec.checkpoint)
+        n_layer = policy.cfg.n_layer
+        if spec.dola_layer is not None and not 0 <= spec.dola_layer < n_layer:
+            raise ConfigError(
+                f"dola layer must be in [0, {n_layer - 1}] for {self.source!r} "
+                f"({n_layer} layers), got {spec.dola_layer}"
+            )
+        settings = dict(
+            temperature=spec.temperature,
+            reference=self.reference if spec.alpha > 0 else None,
+            alpha=spec.alpha,
+            dola_layer=spec.dola_layer,
+        )
 
         results: list[Generation | None] = [None] * len(requests)
         prompts: dict[int, list[int]] = {}

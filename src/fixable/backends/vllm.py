@@ -251,12 +251,9 @@ class VLLMBackend:
         self, requests: Sequence[GenerationRequest], intervention: Intervention
     ) -> list[Generation]:
         check_capabilities(self, [intervention])
-        llm = self.llm
-        temperature = 1.0
-        if intervention.kind == TEMPERATURE:
-            temperature = float(intervention.value)
-        elif intervention.kind == CHECKPOINT:
-            llm = self._checkpoint_engine(str(intervention.value))
+        spec = intervention.spec
+        llm = self.llm if spec.checkpoint is None else self._checkpoint_engine(spec.checkpoint)
+        temperature = spec.temperature
         groups = group_same_calls(requests, self.samples_per_request)
         prompt_ids = [self.encode_prompt(requests[g[0]].prompt) for g in groups]
         params = [self._sampling_params(requests[g[0]], len(g), temperature) for g in groups]

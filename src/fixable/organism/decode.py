@@ -4,7 +4,9 @@
 every generated token, its log-prob under the distribution sampled from, the entropy of
 the policy's own T=1 next-token distribution and the policy's T=1 log-prob. Interventions
 act on the next-token distribution: temperature, greedy, geometric mixing with a reference
-model (two KV caches in lockstep) and DoLa (contrast with an early-exit layer).
+model (two KV caches in lockstep) and DoLa (contrast with an early-exit layer). The
+distribution arithmetic is ``fixable.distribution.sampling_logprobs``, shared with the
+``hf`` backend; this module steps the models whose log-probs it combines.
 
 Batch invariance. Row i's tokens depend only on (model, prompts[i], seeds[i], settings).
 The noise is counter-based (``fixable.noise``), but that alone is not enough: if the
@@ -37,6 +39,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fixable.distribution import DOLA_PLAUSIBILITY as DOLA_PLAUSIBILITY  # the manifest's
+from fixable.distribution import sampling_logprobs
+from fixable.interventions import SamplingSpec
 from fixable.noise import gumbel_argmax
 from fixable.organism.model import OrganismLM, rotate_half
 
@@ -44,7 +49,6 @@ log = logging.getLogger(__name__)
 
 MIN_ROWS = 32  # fewest rows a matmul runs on; below ~12 CPU GEMM changes its summation order
 PROMPT_BUCKET = 32  # prompts are left-padded to a multiple of this (and grouped by it)
-DOLA_PLAUSIBILITY = 0.1  # DoLa keeps tokens with final-layer prob >= 0.1 x the top prob
 _COMPACT_SHARE = 0.75  # drop finished rows once no more than this share of the batch is active
 
 
@@ -150,6 +154,15 @@ class _Settings:
     alpha: float
     dola_layer: int | None
     dtype: torch.dtype = torch.float32
+
+    @property
+    def spec(self) -> SamplingSpec:
+        """The distribution sampled from (greedy: the untempered one, whose argmax is taken)."""
+        return SamplingSpec(
+            temperature=1.0 if self.greedy else self.temperature,
+            alpha=self.alpha,
+            dola_layer=self.dola_layer,
+        )
 
 
 def _padded_length(length: int) -> int:
@@ -472,20 +485,6 @@ def _forward(
     return model.head(x), early
 
 
-def _sampling_logprobs(policy_logp, ref_logp, early_logp, s: _Settings) -> torch.Tensor:
-    """Log-probs (T=1, before temperature) of the distribution the intervention samples from."""
-    if ref_logp is not None:
-        return torch.log_softmax((1 - s.alpha) * policy_logp + s.alpha * ref_logp, dim=-1)
-    if early_logp is not None:
-        # DoLa: contrast log q_final - log q_early over the adaptive plausibility set
-        # {v : q_final(v) >= 0.1 * max q_final}; everything else can never be drawn.
-        threshold = policy_logp.max(dim=-1, keepdim=True).values + math.log(DOLA_PLAUSIBILITY)
-        contrast = policy_logp - early_logp
-        contrast = contrast.masked_fill(policy_logp < threshold, float("-inf"))
-        return torch.log_softmax(contrast, dim=-1)
-    return policy_logp
-
-
 def _decode_chunk(
     model, prompts, seeds, padded_len, s: _Settings, out: Decoded, out_rows: list[int]
 ) -> None:
@@ -533,19 +532,18 @@ def _decode_chunk(
     records: list[tuple[torch.Tensor, ...]] = []
     stopped = torch.zeros(B, dtype=torch.bool, device=device)
     max_steps = int(limit.max())
+    spec = s.spec
     for t in range(max_steps):
         policy_logp = torch.log_softmax(logits.float(), dim=-1)
         entropy = -(policy_logp.exp() * policy_logp).sum(-1)
         ref_logp = torch.log_softmax(ref_logits.float(), dim=-1) if ref_logits is not None else None
         early_logp = torch.log_softmax(early.float(), dim=-1) if early is not None else None
-        base = _sampling_logprobs(policy_logp, ref_logp, early_logp, s)
+        # the shared arithmetic of fixable.distribution (the hf backend calls it too)
+        sampled = sampling_logprobs(policy_logp, spec, ref_logp, early_logp)
         if s.greedy:
-            token = torch.argmax(base, dim=-1)
+            token = torch.argmax(sampled, dim=-1)
             token_logp = torch.zeros(B, device=device)  # a point mass: log 1
         else:
-            sampled = (
-                base if s.temperature == 1 else torch.log_softmax(base / s.temperature, dim=-1)
-            )
             token = gumbel_argmax(sampled, seed_t, t)
             token_logp = sampled.gather(1, token[:, None])[:, 0]
         policy_token_logp = policy_logp.gather(1, token[:, None])[:, 0]
