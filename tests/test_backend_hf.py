@@ -103,6 +103,8 @@ def test_teacher_forced_logprobs_match_the_organism(backend, models):
         (Intervention("temperature", 1.6), {"temperature": 1.6}),
         (Intervention("mix", 0.5), {"alpha": 0.5, "reference": "reference"}),
         (Intervention("dola", 1), {"dola_layer": 1}),
+        (Intervention("top_p", 0.7), {"top_p": 0.7}),
+        (Intervention("min_p", 0.02), {"min_p": 0.02}),
     ],
 )
 def test_same_seeds_same_tokens_as_the_organism_engine(backend, models, intervention, options):

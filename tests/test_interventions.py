@@ -62,6 +62,8 @@ def test_a_label_parses_back_to_the_same_intervention(intervention):
         (Intervention("mix", 0.5), "mix(alpha=0.5)"),
         (Intervention("checkpoint", "step-200"), "checkpoint(c=step-200)"),
         (Intervention("dola", 1), "dola(layer=1)"),
+        (Intervention("top_p", 0.9), "top_p(p=0.9)"),
+        (Intervention("min_p", "0.05"), "min_p(p=0.05)"),
         # %g would round this one; the label keeps every digit, so it still parses back
         (Intervention("temperature", 0.1234567), "temperature(T=0.1234567)"),
     ],
@@ -73,8 +75,9 @@ def test_labels_are_the_ones_the_store_has_always_used(intervention, label):
 def test_the_other_spellings_parse():
     assert parse_intervention("temperature(0.3)") == Intervention("temperature", 0.3)
     assert parse_intervention(" mix:0.5 ") == Intervention("mix", 0.5)
-    assert parse_grid("retry;temperature:0.3,1.3;mix:0.5;dola(layer=1)") == [
+    assert parse_grid("retry;top_p:0.9;temperature:0.3,1.3;mix:0.5;dola(layer=1)") == [
         RETRY,
+        Intervention("top_p", 0.9),
         Intervention("temperature", 0.3),
         Intervention("temperature", 1.3),
         Intervention("mix", 0.5),
@@ -87,6 +90,8 @@ def test_the_other_spellings_parse():
     [
         ("temperature(T=3)", r"temperature T must be in \[0.05, 2\], got"),
         ("mix(alpha=1)", r"mix alpha must be in \(0, 1\), got"),
+        ("top_p(p=1)", r"top_p p must be in \(0, 1\), got"),
+        ("min_p:0", r"min_p p must be in \(0, 1\), got"),
         ("dola(layer=1.5)", "must be an integer"),
         ("temperature(T=nan)", "finite"),
         ("temperature(alpha=0.3)", "has parameter 'T'"),
@@ -114,6 +119,8 @@ def test_an_unknown_kind_names_the_known_ones():
         (Intervention("mix", 0.25), SamplingSpec(alpha=0.25)),
         (Intervention("checkpoint", "step-5"), SamplingSpec(checkpoint="step-5")),
         (Intervention("dola", 2), SamplingSpec(dola_layer=2)),
+        (Intervention("top_p", 0.9), SamplingSpec(top_p=0.9)),
+        (Intervention("min_p", 0.05), SamplingSpec(min_p=0.05)),
     ],
 )
 def test_each_kind_resolves_into_its_field_of_the_spec(intervention, spec):
@@ -160,11 +167,17 @@ def test_settings_sort_in_the_declared_order():
         "checkpoint(c=first)",
         "temperature(T=0.3)",
         "dola(layer=1)",
+        "min_p(p=0.1)",
+        "top_p(p=0.95)",
+        "top_p(p=0.9)",
     ]
     assert sorted(labels, key=sort_key) == [
         "retry",
         "temperature(T=0.3)",
         "temperature(T=1.3)",
+        "top_p(p=0.9)",
+        "top_p(p=0.95)",
+        "min_p(p=0.1)",
         "mix(alpha=0.5)",
         "checkpoint(c=first)",
         "checkpoint(c=step-200)",

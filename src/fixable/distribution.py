@@ -13,7 +13,12 @@ The steps, in order:
    over the tokens with ``p >= DOLA_PLAUSIBILITY * max p`` (everything else can never be
    drawn);
 2. temperature: ``log_softmax(base / T)`` (skipped at T = 1, so retry is the policy's own
-   log-probs bit for bit).
+   log-probs bit for bit);
+3. truncation, as vLLM orders it: nucleus (``top_p``) keeps the most probable tokens
+   until they hold mass >= p (the token that crosses p included, so the top token always
+   stays), then ``min_p`` keeps the tokens with probability >= min_p x the top token's;
+   what is left is renormalised. Each step is skipped at its neutral value (top_p = 1,
+   min_p = 0).
 """
 
 from __future__ import annotations
@@ -52,4 +57,20 @@ def sampling_logprobs(
         base = torch.log_softmax(contrast, dim=-1)
     if spec.temperature != 1:
         base = torch.log_softmax(base / spec.temperature, dim=-1)
+    if spec.top_p < 1:
+        dropped = _outside_nucleus(base, spec.top_p)
+        base = torch.log_softmax(base.masked_fill(dropped, -math.inf), dim=-1)
+    if spec.min_p > 0:
+        threshold = base.max(dim=-1, keepdim=True).values + math.log(spec.min_p)
+        base = torch.log_softmax(base.masked_fill(base < threshold, -math.inf), dim=-1)
     return base
+
+
+def _outside_nucleus(logp: torch.Tensor, top_p: float) -> torch.Tensor:
+    """True for the tokens top-p sampling drops: those whose more probable tokens (ties
+    broken by token id) already hold mass >= top_p. The top token has none before it, so
+    it always stays."""
+    sorted_lp, order = torch.sort(logp, dim=-1, descending=True, stable=True)
+    probs = sorted_lp.exp()
+    before = torch.cumsum(probs, dim=-1) - probs  # mass of the tokens ranked above
+    return torch.zeros_like(logp, dtype=torch.bool).scatter(-1, order, before >= top_p)

@@ -45,6 +45,8 @@ class SamplingSpec:
     alpha: float = 0.0  # geometric mixture with the reference: p^(1-alpha) · p_ref^alpha
     checkpoint: str | None = None  # sample this checkpoint of the model's run instead
     dola_layer: int | None = None  # contrast with the early exit after this many blocks
+    top_p: float = 1.0  # nucleus: keep the most probable tokens holding mass >= top_p
+    min_p: float = 0.0  # keep tokens with probability >= min_p x the top token's
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,26 @@ _KIND_LIST = (
         "sample at another temperature",
         sets="temperature",
         example=0.5,
+    ),
+    Kind(
+        "top_p",
+        "p",
+        float,
+        (0.0, 1.0),
+        "nucleus sampling: keep the most probable tokens that together hold mass >= p",
+        sets="top_p",
+        open_bounds=True,  # p = 1 is retry; p = 0 would keep nothing
+        example=0.9,
+    ),
+    Kind(
+        "min_p",
+        "p",
+        float,
+        (0.0, 1.0),
+        "keep the tokens with probability >= p x the most probable token's",
+        sets="min_p",
+        open_bounds=True,  # p = 0 is retry; p = 1 is (nearly) greedy
+        example=0.1,
     ),
     Kind(
         "mix",
@@ -288,8 +310,8 @@ def resolve_checkpoint(
 
 
 def sort_key(label: str) -> tuple:
-    """Sort key of a setting label: kinds in declaration order (retry, temperature, mix,
-    checkpoint, dola), then by parameter; a label no kind reads goes last."""
+    """Sort key of a setting label: kinds in declaration order (retry, temperature, the
+    truncations top_p and min_p, mix, checkpoint, dola), then by parameter; a label no kind reads goes last."""
     try:
         intervention = parse_intervention(label)
     except (ConfigError, UnknownNameError):

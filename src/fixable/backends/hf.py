@@ -42,10 +42,12 @@ from fixable.backends.base import (
     CHECKPOINT,
     DOLA,
     FULL_ENTROPY,
+    MIN_P,
     MIX,
     RETRY,
     SCORE,
     TEMPERATURE,
+    TOP_P,
     Generation,
     GenerationRequest,
     check_capabilities,
@@ -216,7 +218,9 @@ class HFBackend:
     """
 
     name = "hf"
-    capabilities = frozenset({RETRY, TEMPERATURE, MIX, CHECKPOINT, DOLA, SCORE, FULL_ENTROPY})
+    capabilities = frozenset(
+        {RETRY, TEMPERATURE, TOP_P, MIN_P, MIX, CHECKPOINT, DOLA, SCORE, FULL_ENTROPY}
+    )
 
     def __init__(
         self,

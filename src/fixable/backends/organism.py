@@ -12,6 +12,8 @@ whose fields map onto one ``decode`` call:
 ``checkpoint(c)``  the checkpoint ``c`` of the model's run (a label from
                    ``zoo.checkpoints(model)``, e.g. ``step-200``, or a directory)
 ``dola(layer)``    contrast with the early exit after ``layer`` blocks
+``top_p(p)``       nucleus truncation of the policy's distribution
+``min_p(p)``       drop tokens below ``p`` x the top token's probability
 =================  ==========================================================
 
 On CPU a rollout's tokens are a pure function of its seed (``seeded``): the engine's
@@ -36,11 +38,13 @@ from fixable.backends.base import (
     CHECKPOINT,
     DOLA,
     FULL_ENTROPY,
+    MIN_P,
     MIX,
     RETRY,
     SCORE,
     SEEDED,
     TEMPERATURE,
+    TOP_P,
     Generation,
     GenerationRequest,
     check_capabilities,
@@ -72,7 +76,7 @@ class OrganismBackend:
 
     name = "organism"
     capabilities = frozenset(
-        {RETRY, TEMPERATURE, MIX, CHECKPOINT, DOLA, SCORE, FULL_ENTROPY, SEEDED}
+        {RETRY, TEMPERATURE, TOP_P, MIN_P, MIX, CHECKPOINT, DOLA, SCORE, FULL_ENTROPY, SEEDED}
     )
 
     @staticmethod
@@ -214,6 +218,8 @@ class OrganismBackend:
             reference=self.reference if spec.alpha > 0 else None,
             alpha=spec.alpha,
             dola_layer=spec.dola_layer,
+            top_p=spec.top_p,
+            min_p=spec.min_p,
         )
 
         results: list[Generation | None] = [None] * len(requests)

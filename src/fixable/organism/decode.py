@@ -73,6 +73,8 @@ def decode(
     reference: OrganismLM | None = None,
     alpha: float = 0.0,
     dola_layer: int | None = None,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
     batch_size: int = 512,
     dtype: str | torch.dtype = "float32",
 ) -> Decoded:
@@ -91,6 +93,8 @@ def decode(
         alpha: mixing weight, ``log p ∝ (1-alpha) log p_model + alpha log p_reference``.
         dola_layer: contrast the final layer with the early exit after this many blocks
             (0 = the embeddings), in [0, n_layer - 1].
+        top_p: nucleus truncation after temperature, in (0, 1] (1: none).
+        min_p: keep tokens with probability >= min_p x the top token's, in [0, 1) (0: none).
         batch_size: most rows decoded at once (memory: the KV cache of one batch).
         dtype: ``"float32"`` or ``"bfloat16"``: the precision of the linear layers'
             weights and inputs (``_forward``); log-softmax, entropies and log-probs are
@@ -100,6 +104,10 @@ def decode(
     _validate(
         model, prompts, seeds, temperature, max_new_tokens, reference, alpha, dola_layer, batch_size
     )
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not 0 <= min_p < 1:
+        raise ValueError(f"min_p must be in [0, 1), got {min_p!r}")
     n = len(prompts)
     out = Decoded(
         [[] for _ in range(n)],
@@ -118,6 +126,8 @@ def decode(
         reference=reference if alpha > 0 else None,
         alpha=float(alpha),
         dola_layer=dola_layer,
+        top_p=float(top_p),
+        min_p=float(min_p),
         dtype=compute_dtype,
     )
     # Group rows by padded prompt length (the cache layout), then by prompt, so that the
@@ -153,6 +163,8 @@ class _Settings:
     reference: OrganismLM | None
     alpha: float
     dola_layer: int | None
+    top_p: float = 1.0
+    min_p: float = 0.0
     dtype: torch.dtype = torch.float32
 
     @property
@@ -162,6 +174,8 @@ class _Settings:
             temperature=1.0 if self.greedy else self.temperature,
             alpha=self.alpha,
             dola_layer=self.dola_layer,
+            top_p=self.top_p,
+            min_p=self.min_p,
         )
 
 
