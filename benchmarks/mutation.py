@@ -68,8 +68,8 @@ MODULES: dict[str, Module] = {
     ),
     "decode": Module(
         "fixable/distribution.py",
-        ("x_sampling_logprobs*",),
-        ("test_decode_formulas.py",),
+        ("x_sampling_logprobs*", "x__outside_nucleus*"),
+        ("test_decode_formulas.py", "test_distribution.py"),
         "the sampling formulas (each test run decodes: the batching code is left to "
         "test_decode.py, too slow to run once per mutant here)",
     ),

@@ -44,7 +44,7 @@ class Bug:
 
 FEATURE_TESTS = ("test_features.py", "test_boundaries_features.py")
 LABEL_TESTS = ("test_analysis_labels.py", "test_boundaries_labels.py")
-DECODE_TESTS = ("test_decode.py", "test_decode_formulas.py")
+DECODE_TESTS = ("test_decode.py", "test_decode_formulas.py", "test_distribution.py")
 
 BUGS = (
     Bug(

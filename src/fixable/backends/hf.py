@@ -9,11 +9,11 @@ layer-contrast (DoLa) decoding from the hidden states, and batch-invariant seeds
 Tokens are drawn with the same counter-based Gumbel noise as the organism engine
 (``fixable.noise.gumbel_argmax``, step t of row seed s) from log-probs computed by the
 same function (``fixable.distribution.sampling_logprobs``), so on the same weights and
-seeds the ``hf`` and ``organism`` backends sample the same tokens (tests check it, mix
-and DoLa included). The noise makes
-a row's randomness a function of its seed alone; unlike the organism engine, this loop
-does not pin the floating-point summation order across batch shapes, so a near-tie can
-in rare cases resolve differently in another batch — hence no ``seeded`` capability.
+seeds the ``hf`` and ``organism`` backends sample the same tokens (tests check it, mix,
+DoLa and truncation included). The noise makes a row's randomness a function of its seed
+alone; unlike the organism engine, this loop does not pin the floating-point summation
+order across batch shapes, so a near-tie can in rare cases resolve differently in another
+batch — hence no ``seeded`` capability.
 
 Loading is local first: a directory written by ``save_pretrained`` (or
 ``fixable zoo export``), a GGUF file (``gguf:PATH``), or one of the real models that
