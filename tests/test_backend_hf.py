@@ -144,6 +144,10 @@ def test_checkpoint_samples_the_checkpoint(backend, models):
     assert [g.token_ids for g in via_dir] == [g.token_ids for g in direct]
     with pytest.raises(UnknownNameError, match="step-9"):
         backend.generate(reqs, Intervention("checkpoint", "step-9"))
+    # symbolic: the earliest and latest labelled checkpoint (only step-2 here)
+    for symbolic in ("first", "last"):
+        got = backend.generate(reqs, Intervention("checkpoint", symbolic))
+        assert [g.token_ids for g in got] == [g.token_ids for g in direct]
 
 
 def test_batch_composition_does_not_change_a_rows_tokens(backend):

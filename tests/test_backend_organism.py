@@ -138,6 +138,12 @@ def test_checkpoint_by_label_or_directory(backend, zoo_dir):
     assert expected != [g.token_ids for g in backend.generate(reqs, Intervention("retry"))]
     with pytest.raises(UnknownNameError, match="step-5"):
         backend.generate(reqs, Intervention("checkpoint", "step-6"))
+    # symbolic: the earliest / latest checkpoint of the model's own run (only step-5 here)
+    first = backend.generate(reqs, Intervention("checkpoint", "first"))
+    assert [g.token_ids for g in first] == expected
+    loose = OrganismBackend(str(zoo_dir / "loose"), reference=None, zoo_dir=zoo_dir)
+    with pytest.raises(ConfigError, match="no intermediate checkpoints"):
+        loose.generate(reqs, Intervention("checkpoint", "last"))
 
 
 def test_dola_layer_is_checked_against_the_model(backend):

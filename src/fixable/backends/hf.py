@@ -53,7 +53,13 @@ from fixable.backends.base import (
     check_capabilities,
 )
 from fixable.errors import CapabilityError, ConfigError, UnknownNameError
-from fixable.interventions import Intervention, SamplingSpec
+from fixable.interventions import (
+    SYMBOLIC_CHECKPOINTS,
+    Intervention,
+    SamplingSpec,
+    checkpoint_order,
+    resolve_checkpoint,
+)
 from fixable.registry import backends
 
 logger = logging.getLogger(__name__)
@@ -199,7 +205,8 @@ class HFBackend:
             ``gemma-3-270m``), or a Hub id (online only).
         reference: the reference model (same tokenizer) for ``mix`` and reference scoring.
         checkpoints: label → directory of earlier checkpoints, for ``checkpoint(c)``; a
-            ``c`` that is not a label is taken as a directory.
+            ``c`` that is not a label is taken as a directory; ``first`` and ``last`` are
+            the labels with the smallest and largest step number in their names.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         dtype: weights' dtype, or ``"auto"`` (see :func:`resolve_dtype`: bfloat16 for GGUF
             and 16-bit checkpoints where the device has native bf16, else float32); log-probs
@@ -470,6 +477,10 @@ class HFBackend:
         check_capabilities(self, [intervention])
         spec = intervention.spec
         policy = self.policy
+        if spec.checkpoint in SYMBOLIC_CHECKPOINTS and spec.checkpoint not in self.checkpoints:
+            # the earliest / latest of the labelled checkpoints, by the step in their names
+            labels = sorted(self.checkpoints, key=checkpoint_order)
+            spec = resolve_checkpoint(intervention, labels, model=self.source).spec
         if spec.checkpoint is not None:
             policy = self._checkpoint_model(spec.checkpoint)
         reference = self.reference if spec.alpha > 0 else None

@@ -10,7 +10,8 @@ whose fields map onto one ``decode`` call:
 ``temperature(T)`` T
 ``mix(alpha)``     ``p ∝ p_policy^(1-alpha) p_reference^alpha``, token by token
 ``checkpoint(c)``  the checkpoint ``c`` of the model's run (a label from
-                   ``zoo.checkpoints(model)``, e.g. ``step-200``, or a directory)
+                   ``zoo.checkpoints(model)``, e.g. ``step-200``, ``first`` or
+                   ``last``, or a directory)
 ``dola(layer)``    contrast with the early exit after ``layer`` blocks
 ``top_p(p)``       nucleus truncation of the policy's distribution
 ``min_p(p)``       drop tokens below ``p`` x the top token's probability
@@ -50,7 +51,7 @@ from fixable.backends.base import (
     check_capabilities,
 )
 from fixable.errors import CapabilityError, ConfigError, UnknownNameError
-from fixable.interventions import Intervention
+from fixable.interventions import SYMBOLIC_CHECKPOINTS, Intervention, resolve_checkpoint
 from fixable.registry import backends
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,10 @@ class OrganismBackend:
         check_capabilities(self, [intervention])
         spec = intervention.spec
         policy = self.model
+        if spec.checkpoint in SYMBOLIC_CHECKPOINTS:  # the earliest / latest of the model's run
+            spec = resolve_checkpoint(
+                intervention, list(self.checkpoints()), model=self.source
+            ).spec
         if spec.checkpoint is not None:
             policy = self._checkpoint_model(spec.checkpoint)
         n_layer = policy.cfg.n_layer
