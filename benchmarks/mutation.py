@@ -67,9 +67,9 @@ MODULES: dict[str, Module] = {
         "rewritten (protocol v2) and is left to it",
     ),
     "decode": Module(
-        "fixable/organism/decode.py",
-        ("x__sampling_logprobs*",),
-        ("test_decode_formulas.py",),
+        "fixable/distribution.py",
+        ("x_sampling_logprobs*", "x__outside_nucleus*"),
+        ("test_decode_formulas.py", "test_distribution.py"),
         "the sampling formulas (each test run decodes: the batching code is left to "
         "test_decode.py, too slow to run once per mutant here)",
     ),

@@ -44,7 +44,7 @@ class Bug:
 
 FEATURE_TESTS = ("test_features.py", "test_boundaries_features.py")
 LABEL_TESTS = ("test_analysis_labels.py", "test_boundaries_labels.py")
-DECODE_TESTS = ("test_decode.py", "test_decode_formulas.py")
+DECODE_TESTS = ("test_decode.py", "test_decode_formulas.py", "test_distribution.py")
 
 BUGS = (
     Bug(
@@ -119,9 +119,9 @@ BUGS = (
     ),
     Bug(
         "decode: mixture not renormalised",
-        "organism/decode.py",
-        "return torch.log_softmax((1 - s.alpha) * policy_logp + s.alpha * ref_logp, dim=-1)",
-        "return (1 - s.alpha) * policy_logp + s.alpha * ref_logp",
+        "distribution.py",
+        "base = torch.log_softmax((1 - spec.alpha) * policy_lp + spec.alpha * ref_lp, dim=-1)",
+        "base = (1 - spec.alpha) * policy_lp + spec.alpha * ref_lp",
         DECODE_TESTS,
     ),
     Bug(
@@ -135,9 +135,9 @@ BUGS = (
     Bug(
         "decode: entropy of the intervened distribution, not the policy's",
         "organism/decode.py",
-        "        base = _sampling_logprobs(policy_logp, ref_logp, early_logp, s)\n",
-        "        base = _sampling_logprobs(policy_logp, ref_logp, early_logp, s)\n"
-        "        entropy = -(base.exp() * base).sum(-1)\n",
+        "        sampled = sampling_logprobs(policy_logp, spec, ref_logp, early_logp)\n",
+        "        sampled = sampling_logprobs(policy_logp, spec, ref_logp, early_logp)\n"
+        "        entropy = -(sampled.exp() * sampled).sum(-1)\n",
         DECODE_TESTS,
     ),
 )

@@ -103,6 +103,8 @@ def test_teacher_forced_logprobs_match_the_organism(backend, models):
         (Intervention("temperature", 1.6), {"temperature": 1.6}),
         (Intervention("mix", 0.5), {"alpha": 0.5, "reference": "reference"}),
         (Intervention("dola", 1), {"dola_layer": 1}),
+        (Intervention("top_p", 0.7), {"top_p": 0.7}),
+        (Intervention("min_p", 0.02), {"min_p": 0.02}),
     ],
 )
 def test_same_seeds_same_tokens_as_the_organism_engine(backend, models, intervention, options):
@@ -142,6 +144,10 @@ def test_checkpoint_samples_the_checkpoint(backend, models):
     assert [g.token_ids for g in via_dir] == [g.token_ids for g in direct]
     with pytest.raises(UnknownNameError, match="step-9"):
         backend.generate(reqs, Intervention("checkpoint", "step-9"))
+    # symbolic: the earliest and latest labelled checkpoint (only step-2 here)
+    for symbolic in ("first", "last"):
+        got = backend.generate(reqs, Intervention("checkpoint", symbolic))
+        assert [g.token_ids for g in got] == [g.token_ids for g in direct]
 
 
 def test_batch_composition_does_not_change_a_rows_tokens(backend):

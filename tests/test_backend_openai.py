@@ -19,6 +19,7 @@ from fixable.backends.openai import (
     tempered_logprob,
     token_ids_from_strings,
     topk_entropy,
+    topk_sampling_logprob,
 )
 from fixable.errors import CapabilityError, ConfigError
 from fixable.interventions import RETRY, Intervention
@@ -306,3 +307,45 @@ def test_a_forwarded_intervention_the_server_ignores_is_an_error(server):
         gens = backend.generate([GenerationRequest("ok/m", 1, 3)], Intervention("mix", 0.5))
     assert server.bodies[-1]["intervention"] == "mix(alpha=0.5)"
     assert gens[0].finish_reason == "error" and "did not confirm" in gens[0].error
+
+
+def test_topk_sampling_logprob_exact_on_full_list_and_close_on_a_long_one():
+    from fixable.distribution import sampling_logprobs
+    from fixable.interventions import SamplingSpec
+
+    torch.manual_seed(2)
+    logp = torch.log_softmax(torch.randn(30, dtype=torch.float64) * 1.5, -1)
+    ranked = torch.sort(logp, descending=True)
+    for spec in (
+        SamplingSpec(top_p=0.8),
+        SamplingSpec(min_p=0.2),
+        SamplingSpec(temperature=0.6, top_p=0.9),
+        SamplingSpec(temperature=1.4, min_p=0.1),
+    ):
+        want = sampling_logprobs(logp[None], spec)[0]
+        for token in ranked.indices[:3].tolist():
+            got = topk_sampling_logprob(float(logp[token]), logp.tolist(), spec)
+            assert got == pytest.approx(float(want[token]), abs=1e-6), spec
+        # the 20 most probable tokens hold what these specs keep: at T=1 still exact
+        if spec.temperature == 1.0:
+            top20 = ranked.values[:20].tolist()
+            got = topk_sampling_logprob(top20[0], top20, spec)
+            assert got == pytest.approx(float(want[ranked.indices[0]]), abs=1e-6)
+    # truncation renormalises upward; with nothing cut it is the tempered log-prob
+    top5 = ranked.values[:5].tolist()
+    assert topk_sampling_logprob(top5[0], top5, SamplingSpec(top_p=0.5)) > top5[0]
+    assert topk_sampling_logprob(top5[0], top5, SamplingSpec()) == top5[0]
+
+
+def test_request_body_carries_truncation(server):
+    with _backend(server) as backend:
+        assert {"top_p", "min_p"} <= backend.capabilities
+        backend.generate([GenerationRequest("ok/t", 1, 3)], Intervention("top_p", 0.9))
+        assert server.bodies[-1]["top_p"] == 0.9 and "min_p" not in server.bodies[-1]
+        gen = backend.generate([GenerationRequest("ok/t", 1, 3)], Intervention("min_p", 0.05))[0]
+        assert server.bodies[-1]["min_p"] == 0.05 and "top_p" not in server.bodies[-1]
+        assert gen.meta["logprobs_kind"] == "topk"  # estimated from the top-k list
+        backend.generate([GenerationRequest("ok/t", 1, 3)], RETRY)
+        assert "top_p" not in server.bodies[-1] and "min_p" not in server.bodies[-1]
+    plain = OpenAIBackend("m", base_url=server.url, extensions=False)
+    assert "top_p" in plain.capabilities and "min_p" not in plain.capabilities

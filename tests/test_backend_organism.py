@@ -94,6 +94,8 @@ def test_no_reference_refuses_mix_before_sampling(zoo_dir):
         ("retry", {}),
         ("temperature(T=0.5)", {"temperature": 0.5}),
         ("dola(layer=1)", {"dola_layer": 1}),
+        ("top_p(p=0.8)", {"top_p": 0.8}),
+        ("min_p(p=0.2)", {"min_p": 0.2}),
     ],
 )
 def test_interventions_map_onto_the_engine(backend, label, settings):
@@ -108,6 +110,22 @@ def test_interventions_map_onto_the_engine(backend, label, settings):
         assert len(g.entropies) == len(g.policy_logprobs) == len(g.token_ids) <= 20
 
 
+@pytest.mark.parametrize("label", ["top_p(p=0.6)", "min_p(p=0.3)"])
+def test_truncation_samples_only_the_kept_tokens(backend, label):
+    """At T=1 a truncated distribution is the policy's renormalised over the kept tokens:
+    every sampled token's log-prob is its policy log-prob plus the same row-and-step
+    constant -log(kept mass) >= 0, larger than 0 where the cut removed anything; and a
+    rollout does not depend on its batch."""
+    reqs = requests()
+    retry = backend.generate(reqs, Intervention("retry"))
+    cut = backend.generate(reqs, parse_intervention(label))
+    gaps = [lp - plp for g in cut for lp, plp in zip(g.logprobs, g.policy_logprobs, strict=True)]
+    assert min(gaps) >= -1e-6 and max(gaps) > 0.05
+    assert [g.token_ids for g in cut] != [g.token_ids for g in retry]
+    alone = backend.generate([reqs[5]], parse_intervention(label))[0]
+    assert alone.token_ids == cut[5].token_ids and alone.logprobs == cut[5].logprobs
+
+
 def test_checkpoint_by_label_or_directory(backend, zoo_dir):
     ckpt, _ = load_checkpoint(zoo_dir / "llama-sft-s0" / "checkpoints" / "step-5")
     reqs = requests(2)
@@ -120,6 +138,12 @@ def test_checkpoint_by_label_or_directory(backend, zoo_dir):
     assert expected != [g.token_ids for g in backend.generate(reqs, Intervention("retry"))]
     with pytest.raises(UnknownNameError, match="step-5"):
         backend.generate(reqs, Intervention("checkpoint", "step-6"))
+    # symbolic: the earliest / latest checkpoint of the model's own run (only step-5 here)
+    first = backend.generate(reqs, Intervention("checkpoint", "first"))
+    assert [g.token_ids for g in first] == expected
+    loose = OrganismBackend(str(zoo_dir / "loose"), reference=None, zoo_dir=zoo_dir)
+    with pytest.raises(ConfigError, match="no intermediate checkpoints"):
+        loose.generate(reqs, Intervention("checkpoint", "last"))
 
 
 def test_dola_layer_is_checked_against_the_model(backend):
@@ -200,3 +224,9 @@ def test_bad_construction_names_the_fix(zoo_dir):
         OrganismBackend("llama-base", zoo_dir=zoo_dir, batch_size=0)
     with pytest.raises(ConfigError, match="device"):
         OrganismBackend("llama-base", zoo_dir=zoo_dir, device="tpu")
+
+
+@pytest.mark.parametrize("settings", [{"top_p": 0.0}, {"top_p": 1.5}, {"min_p": 1.0}])
+def test_the_engine_refuses_truncation_out_of_range(backend, settings):
+    with pytest.raises(ValueError, match="top_p must be in|min_p must be in"):
+        engine(backend.model, requests(1), **settings)

@@ -85,7 +85,14 @@ def test_teacher_forced_parity_organism_hf_and_served(models, hf_backends, clien
 
 @pytest.mark.parametrize(
     "intervention",
-    [RETRY, Intervention("temperature", 0.7), Intervention("mix", 0.5), Intervention("dola", 1)],
+    [
+        RETRY,
+        Intervention("temperature", 0.7),
+        Intervention("mix", 0.5),
+        Intervention("dola", 1),
+        Intervention("top_p", 0.8),  # the OpenAI field top_p
+        Intervention("min_p", 0.05),  # vLLM's extra field min_p
+    ],
 )
 def test_served_sampling_equals_the_backend(hf_backends, server, intervention):
     from fixable.backends.openai import OpenAIBackend
@@ -192,7 +199,10 @@ def test_errors_are_openai_shaped(server):
         ({"prompt": "1|", "stream": True}, 400, "stream"),
         ({"prompt": "1|", "logprobs": 50}, 400, "logprobs"),
         ({"prompt": "1|", "n": 0}, 400, "n"),
-        ({"prompt": "1|", "top_p": 0.9}, 400, "top_p"),
+        ({"prompt": "1|", "top_p": 0.9, "temperature": 0.5}, 400, "one of temperature, top_p"),
+        ({"prompt": "1|", "top_p": 1.5}, 400, "top_p p must be in (0, 1)"),
+        ({"prompt": "1|", "min_p": "a"}, 400, "min_p must be a number"),
+        ({"prompt": "1|", "frequency_penalty": 0.5}, 400, "frequency_penalty"),
     ]
     for body, status, word in cases:
         r = httpx.post(f"{server}/completions", json=body)

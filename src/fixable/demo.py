@@ -397,19 +397,12 @@ def _concrete(intervention, model: str, checkpoints: Callable[[str], Mapping[str
     checkpoint of ``model``'s own run; every other intervention as it is. One grid then
     serves models whose runs saved checkpoints at different steps, and the setting label
     in the store stays the same for every model, which the rescue matrix needs."""
-    from fixable.interventions import Intervention
+    from fixable.interventions import SYMBOLIC_CHECKPOINTS, resolve_checkpoint
 
-    if intervention.kind != "checkpoint" or intervention.value not in ("first", "last"):
+    if intervention.kind != "checkpoint" or intervention.value not in SYMBOLIC_CHECKPOINTS:
         return intervention
-    available = checkpoints(model)
-    if not available:
-        raise ConfigError(
-            f"{model} has no intermediate checkpoints, so {intervention.label} cannot be sampled; "
-            "drop it from interventions"
-        )
-    labels = list(available)  # zoo.checkpoints lists them by step
-    chosen = labels[0] if intervention.value == "first" else labels[-1]
-    return Intervention("checkpoint", chosen)
+    # zoo.checkpoints lists them by step
+    return resolve_checkpoint(intervention, list(checkpoints(model) or {}), model=model)
 
 
 class CheckpointAlias:

@@ -1,41 +1,159 @@
 """Interventions: bounded changes to how a policy is sampled, declared as a finite grid.
 
-An ``Intervention`` is a kind plus parameters, validated on construction with messages
+Every kind of intervention is declared once, in ``KINDS``: its parameter and bounds, what
+it does, its cost per token, the backend capability it needs (the kind's name), its
+display order (the order of ``KINDS``), a representative value, and the field of the
+per-request ``SamplingSpec`` its parameter sets. Everything else reads the declaration:
+validation, labels and their parsing, ``fixable list interventions``, capability checks,
+the order figures and routing list settings in, and the backends, which read the
+``SamplingSpec`` field by field (as vLLM's ``SamplingParams`` is read).
+
+An ``Intervention`` is a kind plus its parameter, validated on construction with messages
 that name the bad value and the allowed range. Its ``label`` is the canonical string the
-store keys rollouts by, e.g. ``temperature(T=0.3)``. Grids are written on the command line
-as ``temperature:0.3,0.6,1.3`` or in a TOML run file (see ``fixable.config``).
+store keys rollouts by, e.g. ``temperature(T=0.3)``; ``parse_intervention`` reads a label
+back (the two are inverses). Grids are written on the command line as
+``temperature:0.3,0.6,1.3`` or in a TOML run file (see ``fixable.config``).
+
+Adding a kind: a ``Kind`` row below, a ``SamplingSpec`` field if it changes the
+next-token distribution, that field's arithmetic in ``fixable.distribution`` (used by the
+organism engine and the ``hf`` backend), and the capability in the backends that honour it
+(docs/backends.md, "Adding an intervention").
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 from fixable.errors import ConfigError, UnknownNameError
 
-# kind → (parameter name, type, (low, high) inclusive bounds or None, what it does)
-KINDS: dict[str, tuple[str | None, type | None, tuple[float, float] | None, str]] = {
-    "retry": (None, None, None, "more samples from the policy at the default config"),
-    "temperature": ("T", float, (0.05, 2.0), "sample at another temperature"),
-    "mix": (
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How one request is sampled: what a backend reads, field by field.
+
+    The defaults are the policy as it is (``retry``). An intervention sets one field; a
+    backend that cannot honour a field it is given refuses the intervention through its
+    capabilities before any sampling starts.
+    """
+
+    temperature: float = 1.0  # divide the log-probs by T
+    alpha: float = 0.0  # geometric mixture with the reference: p^(1-alpha) · p_ref^alpha
+    checkpoint: str | None = None  # sample this checkpoint of the model's run instead
+    dola_layer: int | None = None  # contrast with the early exit after this many blocks
+    top_p: float = 1.0  # nucleus: keep the most probable tokens holding mass >= top_p
+    min_p: float = 0.0  # keep tokens with probability >= min_p x the top token's
+
+
+@dataclass(frozen=True)
+class Kind:
+    """The declaration of one kind of intervention."""
+
+    name: str  # the kind, also the backend capability it needs
+    param: str | None  # its single parameter's name in labels (None: no parameter)
+    type: type | None  # the parameter's type
+    bounds: tuple[float, float] | None  # inclusive bounds, or exclusive with open_bounds
+    what: str  # one line: what it does
+    sets: str | None = None  # the SamplingSpec field the parameter sets
+    open_bounds: bool = False  # the bounds themselves are excluded (they are no change)
+    cost_factor: float = 1.0  # forward passes per generated token, relative to retry
+    example: Any = None  # a representative value (checks, docs)
+
+    @property
+    def capability(self) -> str:
+        return self.name
+
+    @property
+    def order(self) -> int:
+        """Display position: the order of ``KINDS``."""
+        return list(KINDS).index(self.name)
+
+    def interval(self) -> str:
+        """``[lo, hi]`` or ``(lo, hi)`` as the bounds read."""
+        if self.bounds is None:
+            return ""
+        lo, hi = self.bounds
+        return f"({lo:g}, {hi:g})" if self.open_bounds else f"[{lo:g}, {hi:g}]"
+
+
+_KIND_LIST = (
+    Kind("retry", None, None, None, "more samples from the policy at the default config"),
+    Kind(
+        "temperature",
+        "T",
+        float,
+        (0.05, 2.0),
+        "sample at another temperature",
+        sets="temperature",
+        example=0.5,
+    ),
+    Kind(
+        "top_p",
+        "p",
+        float,
+        (0.0, 1.0),
+        "nucleus sampling: keep the most probable tokens that together hold mass >= p",
+        sets="top_p",
+        open_bounds=True,  # p = 1 is retry; p = 0 would keep nothing
+        example=0.9,
+    ),
+    Kind(
+        "min_p",
+        "p",
+        float,
+        (0.0, 1.0),
+        "keep the tokens with probability >= p x the most probable token's",
+        sets="min_p",
+        open_bounds=True,  # p = 0 is retry; p = 1 is (nearly) greedy
+        example=0.1,
+    ),
+    Kind(
+        "mix",
         "alpha",
         float,
         (0.0, 1.0),
         "p ∝ p_policy^(1-alpha) · p_reference^alpha, token by token",
+        sets="alpha",
+        open_bounds=True,  # alpha 0 or 1 is no mixture: retry or the reference
+        cost_factor=2.0,  # mixing runs two models in lockstep
+        example=0.5,
     ),
-    "checkpoint": ("c", str, None, "sample an earlier checkpoint of the same training run"),
-    "dola": (
+    Kind(
+        "checkpoint",
+        "c",
+        str,
+        None,
+        "sample an earlier checkpoint of the same training run",
+        sets="checkpoint",
+    ),
+    Kind(
+        "dola",
         "layer",
         int,
         (0, 64),
         "contrast final-layer log-probs with an early-exit layer (DoLa)",
+        sets="dola_layer",
+        example=1,
     ),
-}
+)
+KINDS: dict[str, Kind] = {k.name: k for k in _KIND_LIST}
+# forward passes per generated token, by kind (read from the declarations)
+COST_FACTOR: dict[str, float] = {k.name: k.cost_factor for k in _KIND_LIST}
+SYMBOLIC_CHECKPOINTS = ("first", "last")  # resolved per model by resolve_checkpoint
 _TYPE_WORDS = {float: "a number", int: "an integer", str: "a name"}
-# forward passes per generated token: mixing runs two models in lockstep
-COST_FACTOR = {"mix": 2.0}
+_SPEC_FIELDS = {f.name for f in fields(SamplingSpec)}
+assert all(k.sets is None or k.sets in _SPEC_FIELDS for k in _KIND_LIST)
+
+
+def kind_of(name: str) -> Kind:
+    """The declaration of kind ``name``; UnknownNameError naming the kinds otherwise."""
+    if name not in KINDS:
+        raise UnknownNameError("intervention", name, KINDS)
+    return KINDS[name]
 
 
 @dataclass(frozen=True)
@@ -44,9 +162,8 @@ class Intervention:
     value: Any = None  # the kind's single parameter (None for retry)
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise UnknownNameError("intervention", self.kind, KINDS)
-        name, typ, bounds, _ = KINDS[self.kind]
+        decl = kind_of(self.kind)
+        name, typ, bounds = decl.param, decl.type, decl.bounds
         if name is None:
             if self.value is not None:
                 raise ConfigError(f"{self.kind} takes no parameter, got {self.value!r}")
@@ -61,18 +178,29 @@ class Intervention:
             ) from None
         if typ is int and float(self.value) != value:
             raise ConfigError(f"{self.kind} {name} must be an integer, got {self.value!r}")
+        if typ is float and not math.isfinite(value):
+            raise ConfigError(f"{self.kind} {name} must be a finite number, got {self.value!r}")
+        if typ is str and (not value or value != value.strip() or ")" in value):
+            raise ConfigError(
+                f"{self.kind} {name} must be a non-empty name without surrounding spaces "
+                f"or ')', got {self.value!r}"
+            )
         if bounds is not None:
             lo, hi = bounds
-            open_ends = self.kind == "mix"  # alpha 0 or 1 is no mixture: retry or the reference
-            bad = not (lo < value < hi) if open_ends else not (lo <= value <= hi)
-            if bad:
-                interval = f"({lo}, {hi})" if open_ends else f"[{lo}, {hi}]"
-                raise ConfigError(f"{self.kind} {name} must be in {interval}, got {self.value!r}")
+            inside = lo < value < hi if decl.open_bounds else lo <= value <= hi
+            if not inside:
+                raise ConfigError(
+                    f"{self.kind} {name} must be in {decl.interval()}, got {self.value!r}"
+                )
         object.__setattr__(self, "value", value)
 
     @property
+    def declaration(self) -> Kind:
+        return KINDS[self.kind]
+
+    @property
     def param_name(self) -> str | None:
-        return KINDS[self.kind][0]
+        return KINDS[self.kind].param
 
     @property
     def params(self) -> dict[str, Any]:
@@ -82,11 +210,7 @@ class Intervention:
     def label(self) -> str:
         if self.param_name is None:
             return self.kind
-        return (
-            f"{self.kind}({self.param_name}={self.value:g})"
-            if isinstance(self.value, float)
-            else f"{self.kind}({self.param_name}={self.value})"
-        )
+        return f"{self.kind}({self.param_name}={_format(self.value)})"
 
     @property
     def params_json(self) -> str:
@@ -94,10 +218,25 @@ class Intervention:
 
     @property
     def cost_factor(self) -> float:
-        return COST_FACTOR.get(self.kind, 1.0)
+        return KINDS[self.kind].cost_factor
+
+    @property
+    def spec(self) -> SamplingSpec:
+        """The per-request sampling specification this intervention resolves into."""
+        sets = KINDS[self.kind].sets
+        return SamplingSpec() if sets is None else SamplingSpec(**{sets: self.value})
 
     def __str__(self) -> str:
         return self.label
+
+
+def _format(value: Any) -> str:
+    """A parameter as labels print it: floats as ``%g`` (the labels the store has always
+    used), or their shortest exact form where ``%g`` would round."""
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
 
 
 RETRY = Intervention("retry")
@@ -105,17 +244,18 @@ _LABEL = re.compile(r"^(\w+)(?:\((?:(\w+)=)?([^)]*)\))?$")
 
 
 def parse_intervention(text: str) -> Intervention:
-    """``"retry"``, ``"temperature(T=0.3)"``, ``"temperature(0.3)"`` or ``"mix:0.5"`` → Intervention."""
+    """``"retry"``, ``"temperature(T=0.3)"``, ``"temperature(0.3)"`` or ``"mix:0.5"`` →
+    Intervention; ``parse_intervention(i.label) == i`` for every intervention."""
     text = text.strip()
-    if ":" in text:
-        kind, value = text.split(":", 1)
-        return Intervention(kind.strip(), value.strip())
     m = _LABEL.match(text)
     if not m:
+        if ":" in text:
+            kind, value = text.split(":", 1)
+            return Intervention(kind.strip(), value.strip())
         raise ConfigError(f"cannot read intervention {text!r}; write e.g. 'temperature(T=0.3)'")
     kind, name, value = m.groups()
-    if kind in KINDS and name is not None and name != KINDS[kind][0]:
-        raise ConfigError(f"{kind} has parameter {KINDS[kind][0]!r}, got {name!r}")
+    if kind in KINDS and name is not None and name != KINDS[kind].param:
+        raise ConfigError(f"{kind} has parameter {KINDS[kind].param!r}, got {name!r}")
     return Intervention(kind, value if value not in (None, "") else None)
 
 
@@ -126,7 +266,7 @@ def parse_grid(specs: str | list[str]) -> list[Intervention]:
     grid: list[Intervention] = []
     for spec in specs:
         spec = spec.strip()
-        if ":" in spec:
+        if ":" in spec and not _LABEL.match(spec):
             kind, values = spec.split(":", 1)
             grid.extend(
                 Intervention(kind.strip(), v.strip()) for v in values.split(",") if v.strip()
@@ -136,3 +276,51 @@ def parse_grid(specs: str | list[str]) -> list[Intervention]:
     seen: set[str] = set()
     unique = [i for i in grid if not (i.label in seen or seen.add(i.label))]
     return unique
+
+
+# ------------------------------------------------------------------ checkpoints and order
+
+
+def checkpoint_order(name: str) -> tuple[float, str]:
+    """Sort key of a checkpoint name, earliest first: ``first``, then step numbers
+    ascending (the last number in the name), then ``last`` and names without a number."""
+    name = str(name)
+    if name == "first":
+        return (-math.inf, name)
+    digits = re.findall(r"\d+", name)
+    return (float(digits[-1]) if digits else math.inf, name)
+
+
+def resolve_checkpoint(
+    intervention: Intervention, available: Sequence[str], *, model: str = "the model"
+) -> Intervention:
+    """``checkpoint(c=first)`` / ``checkpoint(c=last)`` → the earliest / latest of
+    ``available`` (the model's own checkpoint labels, in training order, as
+    ``zoo.checkpoints`` lists them); every other intervention unchanged. One grid then
+    serves models whose runs saved checkpoints at different steps."""
+    if intervention.kind != "checkpoint" or intervention.value not in SYMBOLIC_CHECKPOINTS:
+        return intervention
+    labels = list(available)
+    if not labels:
+        raise ConfigError(
+            f"{model} has no intermediate checkpoints, so {intervention.label} cannot be sampled; "
+            "drop it from interventions"
+        )
+    return Intervention("checkpoint", labels[0] if intervention.value == "first" else labels[-1])
+
+
+def sort_key(label: str) -> tuple:
+    """Sort key of a setting label: kinds in declaration order (retry, temperature, the
+    truncations top_p and min_p, mix, checkpoint, dola), then by parameter; a label no kind reads goes last."""
+    try:
+        intervention = parse_intervention(label)
+    except (ConfigError, UnknownNameError):
+        return (len(KINDS), str(label), math.inf, str(label))
+    decl = intervention.declaration
+    value = intervention.value
+    if value is None:
+        return (decl.order, decl.name, math.inf, "")
+    if decl.name == "checkpoint":
+        number, text = checkpoint_order(value)
+        return (decl.order, decl.name, number, text)
+    return (decl.order, decl.name, float(value), "")

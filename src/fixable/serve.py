@@ -19,7 +19,9 @@ Extensions (ignored by other clients): ``return_tokens_as_token_ids`` (tokens re
 served when the backend can), ``return_entropies`` (each choice gets ``entropies``, the
 policy's full-vocabulary entropy per generated token) and ``return_sampling_logprobs``
 (each choice gets ``sampling_logprobs``: per token, its log-prob under the distribution
-actually sampled from — tempered, mixed or contrasted).
+actually sampled from — tempered, truncated, mixed or contrasted). ``top_p`` (the OpenAI
+field) and ``min_p`` (vLLM's) are served as the ``top_p`` and ``min_p`` interventions; a
+request asks for one of temperature, ``top_p``, ``min_p`` or ``intervention``.
 
 Limits (``ServeLimits``, ``fixable serve --max-...``): the request body, prompts × ``n``,
 prompt tokens against the model's context, ``max_tokens`` against what the prompt leaves of
@@ -539,7 +541,7 @@ def _int(body: dict, key: str, default, low: int, high: int) -> int:
 def _params(body: dict, chat: bool) -> _Params:
     if body.get("stream"):
         raise _BadRequest("stream=true is not supported by fixable serve", "stream")
-    for key, neutral in (("top_p", 1.0), ("frequency_penalty", 0.0), ("presence_penalty", 0.0)):
+    for key, neutral in (("frequency_penalty", 0.0), ("presence_penalty", 0.0)):
         if body.get(key, neutral) not in (neutral, None):
             raise _BadRequest(f"{key} is not supported (only {neutral}), got {body[key]!r}", key)
     if body.get("best_of", 1) not in (1, None) and body.get("best_of") != body.get("n", 1):
@@ -573,7 +575,15 @@ def _params(body: dict, chat: bool) -> _Params:
             raise _BadRequest(f"seed must be an integer in [0, 2**63), got {seed!r}", "seed")
     else:
         seed = secrets.randbits(63)
-    intervention = _intervention(body.get("intervention"), temperature)
+    truncation = {}
+    for key, neutral in (("top_p", 1.0), ("min_p", 0.0)):
+        value = body.get(key)
+        if value is None or (not isinstance(value, bool) and value == neutral):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _BadRequest(f"{key} must be a number, got {value!r}", key)
+        truncation[key] = float(value)
+    intervention = _intervention(body.get("intervention"), temperature, truncation)
     return _Params(
         max_tokens,
         temperature,
@@ -590,10 +600,25 @@ def _params(body: dict, chat: bool) -> _Params:
     )
 
 
-def _intervention(label: Any, temperature: float) -> Intervention:
+def _intervention(label: Any, temperature: float, truncation: dict[str, float]) -> Intervention:
+    """The one intervention a request asks for: an ``intervention`` label, a temperature,
+    or a ``top_p`` / ``min_p`` truncation (each kind's own label; combinations are not
+    served, as every setting is one intervention)."""
+    asked = ["intervention"] if label is not None else []
+    asked += ["temperature"] if temperature != 1.0 else []
+    asked += list(truncation)
+    if len(asked) > 1:
+        raise _BadRequest(
+            f"give one of temperature, top_p, min_p or intervention, got {', '.join(asked)}",
+            asked[1],
+        )
+    if truncation:
+        ((kind, value),) = truncation.items()
+        try:
+            return Intervention(kind, value)
+        except FixableError as e:
+            raise _BadRequest(str(e), kind) from None
     if label is not None:
-        if temperature != 1.0:
-            raise _BadRequest("give either temperature or intervention, not both", "intervention")
         if not isinstance(label, str):
             raise _BadRequest(f"intervention must be a label string, got {label!r}", "intervention")
         try:

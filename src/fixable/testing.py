@@ -33,13 +33,10 @@ from collections.abc import Sequence
 
 from fixable.backends.base import (
     CHECKPOINT,
-    DOLA,
     FULL_ENTROPY,
-    MIX,
     RETRY,
     SCORE,
     SEEDED,
-    TEMPERATURE,
     Backend,
     Generation,
     GenerationRequest,
@@ -109,10 +106,11 @@ def _generate(backend: Backend, requests, intervention, where: str) -> list[Gene
 
 
 def _representative(kind: str, checkpoint: str | None) -> Intervention | None:
-    values = {RETRY: None, TEMPERATURE: 0.5, MIX: 0.5, DOLA: 1, CHECKPOINT: checkpoint}
+    """The kind at its declared example value (a checkpoint: the one given, if any)."""
+    value = checkpoint if kind == CHECKPOINT else KINDS[kind].example
     if kind == CHECKPOINT and checkpoint is None:
         return None
-    return Intervention(kind, values[kind])
+    return Intervention(kind, value)
 
 
 def check_backend(

@@ -94,6 +94,16 @@ def test_seeds_reproduce_and_temperature_is_flagged(backend):
     assert all(g.meta["logprobs_kind"] == "topk" for g in cold)
 
 
+@pytest.mark.parametrize("intervention", [Intervention("top_p", 0.6), Intervention("min_p", 0.2)])
+def test_truncation_is_vllms_own_and_its_logprobs_are_renormalised(backend, intervention):
+    reqs = _requests(max_tokens=12, per_prompt=2)
+    gens = backend.generate(reqs, intervention)
+    for g in gens:
+        assert g.finish_reason in ("stop", "length") and g.meta["logprobs_kind"] == "topk"
+        # at T=1 the truncated distribution is the policy's divided by the mass it keeps
+        assert all(q >= p - 1e-6 for q, p in zip(g.logprobs, g.policy_logprobs, strict=True))
+
+
 def test_checkpoint_is_a_second_engine(backend, models):
     from fixable.backends.vllm import VLLMBackend
 

@@ -30,7 +30,6 @@ sample lengths, not per sample.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -43,7 +42,7 @@ from sklearn.utils.validation import check_is_fitted
 from fixable.analysis.stats import Estimate, group_weights, percentile_interval, success_within
 from fixable.errors import ConfigError, DataError
 from fixable.features import FAILURE_KEY, axis_feature
-from fixable.interventions import parse_intervention
+from fixable.interventions import checkpoint_order, parse_intervention
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +71,6 @@ def _param(setting: str):
         return None
 
 
-def _checkpoint_order(value: str) -> tuple:
-    """Earliest first: ``first``, then step numbers ascending, then ``last`` and other names."""
-    if str(value) == "first":
-        return (float("-inf"), "")
-    digits = re.findall(r"\d+", str(value))
-    return (int(digits[-1]) if digits else float("inf"), str(value))
-
-
 TOWARD_REFERENCE = ("checkpoint", "mix")
 
 
@@ -96,7 +87,7 @@ def choose_settings(
     parsed = [(s, _param(s)) for s in settings]
     mixes = sorted((abs(p.value - 0.5), p.value, s) for s, p in parsed if p and p.kind == "mix")
     checkpoints = sorted(
-        (_checkpoint_order(p.value), s) for s, p in parsed if p and p.kind == "checkpoint"
+        (checkpoint_order(p.value), s) for s, p in parsed if p and p.kind == "checkpoint"
     )
     temps = [(p.value, s) for s, p in parsed if p and p.kind == "temperature"]
     hot = sorted(t for t in temps if t[0] > 1.0)

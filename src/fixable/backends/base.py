@@ -18,6 +18,7 @@ from fixable.interventions import Intervention
 
 # Capability flags. An intervention kind is a capability of the same name.
 RETRY, TEMPERATURE, MIX, CHECKPOINT, DOLA = "retry", "temperature", "mix", "checkpoint", "dola"
+TOP_P, MIN_P = "top_p", "min_p"
 SCORE = "score"  # teacher-forced log-probs of given completions under the policy or reference
 FULL_ENTROPY = "full_entropy"  # entropies over the whole vocabulary (else a flagged top-k estimate)
 SEEDED = "seeded"  # a rollout's tokens are a pure function of its seed (batch-invariant)

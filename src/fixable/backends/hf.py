@@ -7,12 +7,13 @@ policy at T=1, the geometric mixture with a reference model (two KV caches in lo
 layer-contrast (DoLa) decoding from the hidden states, and batch-invariant seeds.
 
 Tokens are drawn with the same counter-based Gumbel noise as the organism engine
-(``fixable.noise.gumbel_argmax``, step t of row seed s) from log-probs computed the same
-way (``sampling_logprobs``), so on the same weights and seeds the ``hf`` and ``organism``
-backends sample the same tokens (tests check it, mix and DoLa included). The noise makes
-a row's randomness a function of its seed alone; unlike the organism engine, this loop
-does not pin the floating-point summation order across batch shapes, so a near-tie can
-in rare cases resolve differently in another batch — hence no ``seeded`` capability.
+(``fixable.noise.gumbel_argmax``, step t of row seed s) from log-probs computed by the
+same function (``fixable.distribution.sampling_logprobs``), so on the same weights and
+seeds the ``hf`` and ``organism`` backends sample the same tokens (tests check it, mix,
+DoLa and truncation included). The noise makes a row's randomness a function of its seed
+alone; unlike the organism engine, this loop does not pin the floating-point summation
+order across batch shapes, so a near-tie can in rare cases resolve differently in another
+batch — hence no ``seeded`` capability.
 
 Loading is local first: a directory written by ``save_pretrained`` (or
 ``fixable zoo export``), a GGUF file (``gguf:PATH``), or one of the real models that
@@ -46,16 +47,24 @@ from fixable.backends.base import (
     CHECKPOINT,
     DOLA,
     FULL_ENTROPY,
+    MIN_P,
     MIX,
     RETRY,
     SCORE,
     TEMPERATURE,
+    TOP_P,
     Generation,
     GenerationRequest,
     check_capabilities,
 )
 from fixable.errors import CapabilityError, ConfigError, UnknownNameError
-from fixable.interventions import Intervention
+from fixable.interventions import (
+    SYMBOLIC_CHECKPOINTS,
+    Intervention,
+    SamplingSpec,
+    checkpoint_order,
+    resolve_checkpoint,
+)
 from fixable.registry import backends
 
 logger = logging.getLogger(__name__)
@@ -211,31 +220,6 @@ class _Model:
         return self.lm.get_output_embeddings()(norm(hidden_state))
 
 
-def sampling_logprobs(
-    policy_lp, temperature: float, ref_lp=None, alpha: float = 0.0, early_lp=None
-):
-    """Log-probs of the distribution an intervention samples from, computed exactly as the
-    organism engine does (``fixable.organism.decode``), so that the same seeds draw the
-    same tokens: the geometric mixture ``log_softmax((1-α) log p + α log p_ref)``; or DoLa,
-    ``log p - log p_early`` over the tokens with ``p >= 0.1 * max p``; then temperature."""
-    import math
-
-    import torch
-
-    from fixable.organism.decode import DOLA_PLAUSIBILITY
-
-    base = policy_lp
-    if ref_lp is not None:
-        base = torch.log_softmax((1 - alpha) * policy_lp + alpha * ref_lp, dim=-1)
-    elif early_lp is not None:
-        threshold = policy_lp.max(dim=-1, keepdim=True).values + math.log(DOLA_PLAUSIBILITY)
-        contrast = (policy_lp - early_lp).masked_fill(policy_lp < threshold, float("-inf"))
-        base = torch.log_softmax(contrast, dim=-1)
-    if temperature != 1:
-        base = torch.log_softmax(base / temperature, dim=-1)
-    return base
-
-
 @backends.register("hf")
 class HFBackend:
     """Sampling and teacher-forced scoring with transformers, under every intervention.
@@ -246,7 +230,8 @@ class HFBackend:
             ``gemma-3-270m``), or a Hub id (online only).
         reference: the reference model (same tokenizer) for ``mix`` and reference scoring.
         checkpoints: label → directory of earlier checkpoints, for ``checkpoint(c)``; a
-            ``c`` that is not a label is taken as a directory.
+            ``c`` that is not a label is taken as a directory; ``first`` and ``last`` are
+            the labels with the smallest and largest step number in their names.
         device: ``"auto"`` (the default: the CUDA GPU when torch sees one, else the CPU),
             ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. On a GPU, ``dtype="auto"`` runs GGUF
             and 16-bit checkpoints in bfloat16 where the GPU has it (any since Ampere).
@@ -267,7 +252,9 @@ class HFBackend:
     """
 
     name = "hf"
-    capabilities = frozenset({RETRY, TEMPERATURE, MIX, CHECKPOINT, DOLA, SCORE, FULL_ENTROPY})
+    capabilities = frozenset(
+        {RETRY, TEMPERATURE, TOP_P, MIN_P, MIX, CHECKPOINT, DOLA, SCORE, FULL_ENTROPY}
+    )
 
     def __init__(
         self,
@@ -524,20 +511,20 @@ class HFBackend:
         self, requests: Sequence[GenerationRequest], intervention: Intervention
     ) -> list[Generation]:
         check_capabilities(self, [intervention])
-        policy, reference, alpha, dola_layer, temperature = self.policy, None, 0.0, None, 1.0
-        if intervention.kind == TEMPERATURE:
-            temperature = float(intervention.value)
-        elif intervention.kind == MIX:
-            reference, alpha = self.reference, float(intervention.value)
-        elif intervention.kind == CHECKPOINT:
-            policy = self._checkpoint_model(str(intervention.value))
-        elif intervention.kind == DOLA:
-            dola_layer = int(intervention.value)
-            if not 0 <= dola_layer < policy.n_layers:
-                raise ConfigError(
-                    f"dola layer must be in [0, {policy.n_layers - 1}] for {self.source!r} "
-                    f"({policy.n_layers} layers), got {dola_layer}"
-                )
+        spec = intervention.spec
+        policy = self.policy
+        if spec.checkpoint in SYMBOLIC_CHECKPOINTS and spec.checkpoint not in self.checkpoints:
+            # the earliest / latest of the labelled checkpoints, by the step in their names
+            labels = sorted(self.checkpoints, key=checkpoint_order)
+            spec = resolve_checkpoint(intervention, labels, model=self.source).spec
+        if spec.checkpoint is not None:
+            policy = self._checkpoint_model(spec.checkpoint)
+        reference = self.reference if spec.alpha > 0 else None
+        if spec.dola_layer is not None and not 0 <= spec.dola_layer < policy.n_layers:
+            raise ConfigError(
+                f"dola layer must be in [0, {policy.n_layers - 1}] for {self.source!r} "
+                f"({policy.n_layers} layers), got {spec.dola_layer}"
+            )
         prompt_ids = [self.encode_prompt(r.prompt) for r in requests]
         results: list[Generation | None] = [None] * len(requests)
         # longest prompts first: rows of one batch then pad little
@@ -549,10 +536,8 @@ class HFBackend:
                 policy,
                 [prompt_ids[i] for i in chunk],
                 [requests[i] for i in chunk],
-                temperature=temperature,
+                spec=spec,
                 reference=reference,
-                alpha=alpha,
-                dola_layer=dola_layer,
             )
             share = (time.perf_counter() - t0) / len(chunk)
             for i, g in zip(chunk, gens, strict=True):
@@ -566,14 +551,15 @@ class HFBackend:
         prompts: list[list[int]],
         requests: list[GenerationRequest],
         *,
-        temperature: float,
+        spec: SamplingSpec,
         reference: _Model | None,
-        alpha: float,
-        dola_layer: int | None,
     ) -> list[Generation]:
         import torch
 
+        from fixable.distribution import sampling_logprobs
         from fixable.fastnoise import gumbel_argmax
+
+        dola_layer = spec.dola_layer
 
         n = len(prompts)
         seeds = torch.tensor([r.seed for r in requests], dtype=torch.int64)
@@ -621,7 +607,7 @@ class HFBackend:
                 if dola_layer is not None:
                     early = model.early_exit_logits(last[1])
                     early_lp = torch.log_softmax(early.float(), dim=-1)
-                sample_lp = sampling_logprobs(policy_lp, temperature, ref_lp, alpha, early_lp)
+                sample_lp = sampling_logprobs(policy_lp, spec, ref_lp, early_lp)
                 chosen = gumbel_argmax(sample_lp, seeds[active], step).to(self.device)
                 gather = chosen[:, None]
                 # one device-to-host copy per step (each .cpu() is a GPU sync)

@@ -44,10 +44,12 @@ from typing import Any
 from fixable.backends.base import (
     CHECKPOINT,
     DOLA,
+    MIN_P,
     MIX,
     RETRY,
     SCORE,
     TEMPERATURE,
+    TOP_P,
     Generation,
     GenerationRequest,
     check_capabilities,
@@ -55,7 +57,7 @@ from fixable.backends.base import (
 )
 from fixable.errors import CapabilityError, ConfigError, UnknownNameError
 from fixable.extras import require
-from fixable.interventions import Intervention
+from fixable.interventions import Intervention, SamplingSpec
 from fixable.registry import backends
 
 logger = logging.getLogger(__name__)
@@ -121,6 +123,49 @@ def tempered_logprob(
     peak = max(terms)
     log_normaliser = peak + math.log(sum(math.exp(t - peak) for t in terms))
     return sampled_logprob * inv - log_normaliser
+
+
+def topk_sampling_logprob(
+    sampled_logprob: float,
+    top_logprobs: Sequence[float],
+    spec: SamplingSpec,
+    others: Sequence[float] = (),
+) -> float:
+    """log q(y) under the distribution ``spec`` samples from (tempered, then cut to
+    ``top_p`` and ``min_p`` as ``fixable.distribution`` does), from the T=1 log-prob of
+    ``y`` and the step's top-k list (``top_logprobs``, ``others`` as in ``topk_entropy``).
+
+    Temperature as in ``tempered_logprob``. The truncated distribution is the tempered one
+    divided by the mass it keeps, summed over the listed tokens from the most probable:
+    ``top_p`` keeps them until they hold p, and when the list holds less than p the
+    nucleus reaches into the tail, counted as exactly filling p; ``min_p`` keeps the
+    listed tokens with q >= min_p x q_top, and the tail only if the least probable listed
+    token is kept (tail tokens are no more probable than it). Exact at T=1 when the list
+    holds every kept token; otherwise an estimate (``logprobs_kind = "topk"``).
+    """
+    tempered = tempered_logprob(sampled_logprob, top_logprobs, spec.temperature, others)
+    if spec.top_p >= 1 and spec.min_p <= 0:
+        return tempered
+    finite = [lp for lp in (*top_logprobs, *others) if lp is not None and lp > -math.inf]
+    if not finite:
+        return tempered
+    q = sorted(
+        (math.exp(tempered_logprob(lp, top_logprobs, spec.temperature, others)) for lp in finite),
+        reverse=True,
+    )
+    tail = max(0.0, 1.0 - sum(q))
+    kept: list[float] = []
+    for x in q:
+        if sum(kept) >= spec.top_p:
+            break
+        kept.append(x)
+    tail_kept = min(tail, max(0.0, spec.top_p - sum(kept))) if len(kept) == len(q) else 0.0
+    if spec.min_p > 0:
+        floor = spec.min_p * q[0]
+        kept = [x for x in kept if x >= floor]
+        if q[-1] < floor:
+            tail_kept = 0.0
+    return tempered - math.log(sum(kept) + tail_kept)
 
 
 # ---------------------------------------------------------------------------------------
@@ -333,7 +378,7 @@ class OpenAIBackend:
     """
 
     name = "openai"
-    capabilities = frozenset({RETRY, TEMPERATURE, CHECKPOINT, SCORE})
+    capabilities = frozenset({RETRY, TEMPERATURE, TOP_P, MIN_P, CHECKPOINT, SCORE})
 
     def __init__(
         self,
@@ -380,7 +425,9 @@ class OpenAIBackend:
         self.samples_per_request = samples_per_request
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
         self.forward_interventions = forward_interventions
-        caps = {RETRY, TEMPERATURE, CHECKPOINT}
+        caps = {RETRY, TEMPERATURE, TOP_P, CHECKPOINT}  # top_p: a field of the OpenAI API
+        if extensions:
+            caps.add(MIN_P)  # vLLM's, llama.cpp's and fixable serve's extra field
         if api == "completions" and extensions:
             caps.add(SCORE)
         if forward_interventions:
@@ -446,9 +493,9 @@ class OpenAIBackend:
         self.close()
 
     def _served_model(self, intervention: Intervention) -> str:
-        if intervention.kind != CHECKPOINT:
+        label = intervention.spec.checkpoint
+        if label is None:
             return self._model
-        label = str(intervention.value)
         if self.checkpoints:
             if label not in self.checkpoints:
                 raise UnknownNameError("checkpoint", label, self.checkpoints)
@@ -456,9 +503,7 @@ class OpenAIBackend:
         return label
 
     def _temperature(self, intervention: Intervention) -> float:
-        if intervention.kind == TEMPERATURE:
-            return float(intervention.value)
-        return 1.0  # every other setting samples the served model at its own distribution
+        return intervention.spec.temperature
 
     # -- sampling ------------------------------------------------------------------------
 
@@ -522,6 +567,11 @@ class OpenAIBackend:
             body["return_sampling_logprobs"] = True
         if intervention is not None and intervention.kind in (MIX, DOLA):
             body["intervention"] = intervention.label
+        spec = intervention.spec if intervention is not None else None
+        if spec is not None and spec.top_p < 1:
+            body["top_p"] = spec.top_p
+        if spec is not None and spec.min_p > 0:
+            body["min_p"] = spec.min_p
         return body
 
     def _sample_group(
@@ -542,6 +592,7 @@ class OpenAIBackend:
         forwarded = (
             intervention.label if intervention and intervention.kind in (MIX, DOLA) else None
         )
+        spec = intervention.spec if intervention else SamplingSpec(temperature=temperature)
         out: list[Generation] = []
         attempts_total, requests_made = 0, 0
         start = time.perf_counter()
@@ -602,7 +653,7 @@ class OpenAIBackend:
                     choice,
                     parse(choice),
                     req,
-                    temperature,
+                    spec,
                     attempts_total,
                     0.0,
                     group_seed=pending[0].seed,
@@ -625,7 +676,7 @@ class OpenAIBackend:
         choice: dict,
         steps: list[_Step],
         req: GenerationRequest,
-        temperature: float,
+        spec: SamplingSpec,
         attempts: int,
         time_s: float,
         group_seed: int,
@@ -655,10 +706,11 @@ class OpenAIBackend:
             logprobs_kind = "exact"
         else:
             logprobs = [
-                tempered_logprob(s.logprob, top, temperature, others)
+                topk_sampling_logprob(s.logprob, top, spec, others)
                 for s, (top, others) in zip(steps, listed, strict=True)
             ]
-            logprobs_kind = "exact" if temperature == 1.0 else "topk"
+            exact = spec.temperature == 1.0 and spec.top_p >= 1 and spec.min_p <= 0
+            logprobs_kind = "exact" if exact else "topk"
         server_reason = choice.get("finish_reason")
         error = ""
         if server_reason in ("stop", "eos", None) or server_reason == "length":

@@ -2,15 +2,19 @@
 
 ``OrganismBackend("llama-rl-s0")`` loads a zoo model (or any checkpoint directory written
 by ``save_checkpoint``) and, with ``reference="auto"``, the base model of its family for
-``mix`` and for reference scoring. Every intervention maps onto one ``decode`` call:
+``mix`` and for reference scoring. Every intervention resolves into a ``SamplingSpec``
+whose fields map onto one ``decode`` call:
 
 =================  ==========================================================
 ``retry``          T = 1
 ``temperature(T)`` T
 ``mix(alpha)``     ``p ∝ p_policy^(1-alpha) p_reference^alpha``, token by token
 ``checkpoint(c)``  the checkpoint ``c`` of the model's run (a label from
-                   ``zoo.checkpoints(model)``, e.g. ``step-200``, or a directory)
+                   ``zoo.checkpoints(model)``, e.g. ``step-200``, ``first`` or
+                   ``last``, or a directory)
 ``dola(layer)``    contrast with the early exit after ``layer`` blocks
+``top_p(p)``       nucleus truncation of the policy's distribution
+``min_p(p)``       drop tokens below ``p`` x the top token's probability
 =================  ==========================================================
 
 On CPU a rollout's tokens are a pure function of its seed (``seeded``): the engine's
@@ -35,17 +39,19 @@ from fixable.backends.base import (
     CHECKPOINT,
     DOLA,
     FULL_ENTROPY,
+    MIN_P,
     MIX,
     RETRY,
     SCORE,
     SEEDED,
     TEMPERATURE,
+    TOP_P,
     Generation,
     GenerationRequest,
     check_capabilities,
 )
 from fixable.errors import CapabilityError, ConfigError, UnknownNameError
-from fixable.interventions import Intervention
+from fixable.interventions import SYMBOLIC_CHECKPOINTS, Intervention, resolve_checkpoint
 from fixable.registry import backends
 
 log = logging.getLogger(__name__)
@@ -71,7 +77,7 @@ class OrganismBackend:
 
     name = "organism"
     capabilities = frozenset(
-        {RETRY, TEMPERATURE, MIX, CHECKPOINT, DOLA, SCORE, FULL_ENTROPY, SEEDED}
+        {RETRY, TEMPERATURE, TOP_P, MIN_P, MIX, CHECKPOINT, DOLA, SCORE, FULL_ENTROPY, SEEDED}
     )
 
     @staticmethod
@@ -198,22 +204,28 @@ class OrganismBackend:
         from fixable.organism.decode import decode
 
         check_capabilities(self, [intervention])
-        policy, settings = self.model, {}
-        if intervention.kind == TEMPERATURE:
-            settings["temperature"] = float(intervention.value)
-        elif intervention.kind == MIX:
-            settings.update(reference=self.reference, alpha=float(intervention.value))
-        elif intervention.kind == CHECKPOINT:
-            policy = self._checkpoint_model(str(intervention.value))
-        elif intervention.kind == DOLA:
-            layer = int(intervention.value)
-            n_layer = policy.cfg.n_layer
-            if not 0 <= layer < n_layer:
-                raise ConfigError(
-                    f"dola layer must be in [0, {n_layer - 1}] for {self.source!r} "
-                    f"({n_layer} layers), got {layer}"
-                )
-            settings["dola_layer"] = layer
+        spec = intervention.spec
+        policy = self.model
+        if spec.checkpoint in SYMBOLIC_CHECKPOINTS:  # the earliest / latest of the model's run
+            spec = resolve_checkpoint(
+                intervention, list(self.checkpoints()), model=self.source
+            ).spec
+        if spec.checkpoint is not None:
+            policy = self._checkpoint_model(spec.checkpoint)
+        n_layer = policy.cfg.n_layer
+        if spec.dola_layer is not None and not 0 <= spec.dola_layer < n_layer:
+            raise ConfigError(
+                f"dola layer must be in [0, {n_layer - 1}] for {self.source!r} "
+                f"({n_layer} layers), got {spec.dola_layer}"
+            )
+        settings = dict(
+            temperature=spec.temperature,
+            reference=self.reference if spec.alpha > 0 else None,
+            alpha=spec.alpha,
+            dola_layer=spec.dola_layer,
+            top_p=spec.top_p,
+            min_p=spec.min_p,
+        )
 
         results: list[Generation | None] = [None] * len(requests)
         prompts: dict[int, list[int]] = {}

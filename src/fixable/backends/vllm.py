@@ -11,7 +11,10 @@ What it maps onto vLLM:
   is built with ``logprobs_mode="raw_logprobs"``), which are the T=1 policy log-probs the
   store keeps. The entropy is estimated from the top-k list with a tail bucket
   (``entropy_kind="topk"``, see ``fixable.backends.openai.topk_entropy``), and at T≠1 the
-  sampling log-prob is estimated the same way (``meta["logprobs_kind"]="topk"``).
+  sampling log-prob is estimated the same way (``meta["logprobs_kind"]="topk"``), and so
+  is the renormalisation of ``top_p`` / ``min_p`` truncation (vLLM's own
+  ``SamplingParams.top_p`` and ``min_p`` do the sampling; see
+  ``fixable.backends.openai.topk_sampling_logprob``).
 * teacher-forced scoring: ``prompt_logprobs=0`` over ``prompt ids + completion ids``.
 * ``checkpoint(c)``: a second engine on the checkpoint's directory (one resident at a
   time); the reference model is another engine, built on first use.
@@ -38,17 +41,19 @@ from typing import Any
 
 from fixable.backends.base import (
     CHECKPOINT,
+    MIN_P,
     RETRY,
     SCORE,
     TEMPERATURE,
+    TOP_P,
     Generation,
     GenerationRequest,
     check_capabilities,
     group_same_calls,
 )
-from fixable.backends.openai import tempered_logprob, topk_entropy
+from fixable.backends.openai import topk_entropy, topk_sampling_logprob
 from fixable.errors import CapabilityError, ConfigError, UnknownNameError
-from fixable.interventions import Intervention
+from fixable.interventions import Intervention, SamplingSpec
 from fixable.registry import backends
 
 logger = logging.getLogger(__name__)
@@ -142,7 +147,7 @@ class VLLMBackend:
     """
 
     name = "vllm"
-    capabilities = frozenset({RETRY, TEMPERATURE, CHECKPOINT, SCORE})
+    capabilities = frozenset({RETRY, TEMPERATURE, TOP_P, MIN_P, CHECKPOINT, SCORE})
 
     def __init__(
         self,
@@ -251,15 +256,11 @@ class VLLMBackend:
         self, requests: Sequence[GenerationRequest], intervention: Intervention
     ) -> list[Generation]:
         check_capabilities(self, [intervention])
-        llm = self.llm
-        temperature = 1.0
-        if intervention.kind == TEMPERATURE:
-            temperature = float(intervention.value)
-        elif intervention.kind == CHECKPOINT:
-            llm = self._checkpoint_engine(str(intervention.value))
+        spec = intervention.spec
+        llm = self.llm if spec.checkpoint is None else self._checkpoint_engine(spec.checkpoint)
         groups = group_same_calls(requests, self.samples_per_request)
         prompt_ids = [self.encode_prompt(requests[g[0]].prompt) for g in groups]
-        params = [self._sampling_params(requests[g[0]], len(g), temperature) for g in groups]
+        params = [self._sampling_params(requests[g[0]], len(g), spec) for g in groups]
         start = time.perf_counter()
         outputs = llm.generate(
             [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False
@@ -269,13 +270,15 @@ class VLLMBackend:
         for group, output in zip(groups, outputs, strict=True):
             completions = sorted(output.outputs, key=lambda c: c.index)
             for i, completion in zip(group, completions, strict=True):
-                results[i] = self._to_generation(completion, temperature, share, requests[group[0]])
+                results[i] = self._to_generation(completion, spec, share, requests[group[0]])
         return results  # type: ignore[return-value]
 
-    def _sampling_params(self, req: GenerationRequest, n: int, temperature: float):
+    def _sampling_params(self, req: GenerationRequest, n: int, spec: SamplingSpec):
         return self._vllm.SamplingParams(
             n=n,
-            temperature=temperature,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            min_p=spec.min_p,
             seed=req.seed,
             max_tokens=req.max_tokens,
             stop=list(req.stop) or None,
@@ -283,7 +286,7 @@ class VLLMBackend:
         )
 
     def _to_generation(
-        self, completion, temperature: float, time_s: float, first: GenerationRequest
+        self, completion, spec: SamplingSpec, time_s: float, first: GenerationRequest
     ) -> Generation:
         ids = [int(t) for t in completion.token_ids]
         steps = list(completion.logprobs or [])
@@ -312,7 +315,7 @@ class VLLMBackend:
             others = [] if in_top else [chosen]
             policy.append(chosen)
             entropies.append(topk_entropy(top, others))
-            logprobs.append(tempered_logprob(chosen, top, temperature, others))
+            logprobs.append(topk_sampling_logprob(chosen, top, spec, others))
         reason = completion.finish_reason
         finish, error = ("length", "") if reason == "length" else ("stop", "")
         if reason not in ("stop", "length"):
@@ -330,7 +333,7 @@ class VLLMBackend:
             meta={
                 "seed_sent": first.seed,
                 "top_logprobs": self.top_logprobs,
-                "logprobs_kind": "exact" if temperature == 1.0 else "topk",
+                "logprobs_kind": "exact" if _raw(spec) else "topk",
                 "stop_reason": completion.stop_reason,
             },
         )
@@ -363,3 +366,8 @@ class VLLMBackend:
             start = len(prompt_ids[i])
             result[i] = [float(steps[t][sequence[t]].logprob) for t in range(start, len(sequence))]
         return result
+
+
+def _raw(spec: SamplingSpec) -> bool:
+    """Whether ``spec`` samples the model's own distribution (raw log-probs are exact)."""
+    return spec.temperature == 1.0 and spec.top_p >= 1.0 and spec.min_p <= 0.0

@@ -28,16 +28,14 @@ def list_lines(what: str) -> list[str]:
             lines.append(f"{name:<12} {', '.join(caps)}  [{backends.origin(name)}]")
         return lines
     if what == "interventions":
-        from fixable.interventions import COST_FACTOR, KINDS
+        from fixable.interventions import KINDS
 
         lines = []
-        for kind, (param, _typ, bounds, what_it_does) in KINDS.items():
-            spec = kind if param is None else f"{kind}({param}=…)"
-            if bounds is not None:
-                lo, hi = ("(", ")") if kind == "mix" else ("[", "]")  # mix: 0 and 1 are no mixture
-                spec += f" {param} in {lo}{bounds[0]:g}, {bounds[1]:g}{hi}"
-            cost = COST_FACTOR.get(kind, 1.0)
-            lines.append(f"{spec:<32} {what_it_does}; costs {cost:g}× per token")
+        for kind in KINDS.values():
+            spec = kind.name if kind.param is None else f"{kind.name}({kind.param}=…)"
+            if kind.bounds is not None:
+                spec += f" {kind.param} in {kind.interval()}"
+            lines.append(f"{spec:<32} {kind.what}; costs {kind.cost_factor:g}× per token")
         return lines
     from fixable.organism import zoo
 

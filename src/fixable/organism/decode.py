@@ -4,7 +4,9 @@
 every generated token, its log-prob under the distribution sampled from, the entropy of
 the policy's own T=1 next-token distribution and the policy's T=1 log-prob. Interventions
 act on the next-token distribution: temperature, greedy, geometric mixing with a reference
-model (two KV caches in lockstep) and DoLa (contrast with an early-exit layer).
+model (two KV caches in lockstep) and DoLa (contrast with an early-exit layer). The
+distribution arithmetic is ``fixable.distribution.sampling_logprobs``, shared with the
+``hf`` backend; this module steps the models whose log-probs it combines.
 
 Batch invariance. Row i's tokens depend only on (model, prompts[i], seeds[i], settings).
 The noise is counter-based (``fixable.noise``), but that alone is not enough: if the
@@ -37,6 +39,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fixable.distribution import DOLA_PLAUSIBILITY as DOLA_PLAUSIBILITY  # the manifest's
+from fixable.distribution import sampling_logprobs
+from fixable.interventions import SamplingSpec
 from fixable.noise import gumbel_argmax
 from fixable.organism.model import OrganismLM, rotate_half
 
@@ -44,7 +49,6 @@ log = logging.getLogger(__name__)
 
 MIN_ROWS = 32  # fewest rows a matmul runs on; below ~12 CPU GEMM changes its summation order
 PROMPT_BUCKET = 32  # prompts are left-padded to a multiple of this (and grouped by it)
-DOLA_PLAUSIBILITY = 0.1  # DoLa keeps tokens with final-layer prob >= 0.1 x the top prob
 _COMPACT_SHARE = 0.75  # drop finished rows once no more than this share of the batch is active
 
 
@@ -69,6 +73,8 @@ def decode(
     reference: OrganismLM | None = None,
     alpha: float = 0.0,
     dola_layer: int | None = None,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
     batch_size: int = 512,
     dtype: str | torch.dtype = "float32",
 ) -> Decoded:
@@ -87,6 +93,8 @@ def decode(
         alpha: mixing weight, ``log p ∝ (1-alpha) log p_model + alpha log p_reference``.
         dola_layer: contrast the final layer with the early exit after this many blocks
             (0 = the embeddings), in [0, n_layer - 1].
+        top_p: nucleus truncation after temperature, in (0, 1] (1: none).
+        min_p: keep tokens with probability >= min_p x the top token's, in [0, 1) (0: none).
         batch_size: most rows decoded at once (memory: the KV cache of one batch).
         dtype: ``"float32"`` or ``"bfloat16"``: the precision of the linear layers'
             weights and inputs (``_forward``); log-softmax, entropies and log-probs are
@@ -96,6 +104,10 @@ def decode(
     _validate(
         model, prompts, seeds, temperature, max_new_tokens, reference, alpha, dola_layer, batch_size
     )
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not 0 <= min_p < 1:
+        raise ValueError(f"min_p must be in [0, 1), got {min_p!r}")
     n = len(prompts)
     out = Decoded(
         [[] for _ in range(n)],
@@ -114,6 +126,8 @@ def decode(
         reference=reference if alpha > 0 else None,
         alpha=float(alpha),
         dola_layer=dola_layer,
+        top_p=float(top_p),
+        min_p=float(min_p),
         dtype=compute_dtype,
     )
     # Group rows by padded prompt length (the cache layout), then by prompt, so that the
@@ -149,7 +163,20 @@ class _Settings:
     reference: OrganismLM | None
     alpha: float
     dola_layer: int | None
+    top_p: float = 1.0
+    min_p: float = 0.0
     dtype: torch.dtype = torch.float32
+
+    @property
+    def spec(self) -> SamplingSpec:
+        """The distribution sampled from (greedy: the untempered one, whose argmax is taken)."""
+        return SamplingSpec(
+            temperature=1.0 if self.greedy else self.temperature,
+            alpha=self.alpha,
+            dola_layer=self.dola_layer,
+            top_p=self.top_p,
+            min_p=self.min_p,
+        )
 
 
 def _padded_length(length: int) -> int:
@@ -472,20 +499,6 @@ def _forward(
     return model.head(x), early
 
 
-def _sampling_logprobs(policy_logp, ref_logp, early_logp, s: _Settings) -> torch.Tensor:
-    """Log-probs (T=1, before temperature) of the distribution the intervention samples from."""
-    if ref_logp is not None:
-        return torch.log_softmax((1 - s.alpha) * policy_logp + s.alpha * ref_logp, dim=-1)
-    if early_logp is not None:
-        # DoLa: contrast log q_final - log q_early over the adaptive plausibility set
-        # {v : q_final(v) >= 0.1 * max q_final}; everything else can never be drawn.
-        threshold = policy_logp.max(dim=-1, keepdim=True).values + math.log(DOLA_PLAUSIBILITY)
-        contrast = policy_logp - early_logp
-        contrast = contrast.masked_fill(policy_logp < threshold, float("-inf"))
-        return torch.log_softmax(contrast, dim=-1)
-    return policy_logp
-
-
 def _decode_chunk(
     model, prompts, seeds, padded_len, s: _Settings, out: Decoded, out_rows: list[int]
 ) -> None:
@@ -533,19 +546,18 @@ def _decode_chunk(
     records: list[tuple[torch.Tensor, ...]] = []
     stopped = torch.zeros(B, dtype=torch.bool, device=device)
     max_steps = int(limit.max())
+    spec = s.spec
     for t in range(max_steps):
         policy_logp = torch.log_softmax(logits.float(), dim=-1)
         entropy = -(policy_logp.exp() * policy_logp).sum(-1)
         ref_logp = torch.log_softmax(ref_logits.float(), dim=-1) if ref_logits is not None else None
         early_logp = torch.log_softmax(early.float(), dim=-1) if early is not None else None
-        base = _sampling_logprobs(policy_logp, ref_logp, early_logp, s)
+        # the shared arithmetic of fixable.distribution (the hf backend calls it too)
+        sampled = sampling_logprobs(policy_logp, spec, ref_logp, early_logp)
         if s.greedy:
-            token = torch.argmax(base, dim=-1)
+            token = torch.argmax(sampled, dim=-1)
             token_logp = torch.zeros(B, device=device)  # a point mass: log 1
         else:
-            sampled = (
-                base if s.temperature == 1 else torch.log_softmax(base / s.temperature, dim=-1)
-            )
             token = gumbel_argmax(sampled, seed_t, t)
             token_logp = sampled.gather(1, token[:, None])[:, 0]
         policy_token_logp = policy_logp.gather(1, token[:, None])[:, 0]

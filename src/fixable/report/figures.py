@@ -27,6 +27,7 @@ from matplotlib.patches import Patch
 
 from fixable.analysis.paper import topography_text
 from fixable.features import axis_feature, signature_features
+from fixable.interventions import sort_key
 from fixable.report.style import (
     FAMILY_MARKERS,
     METHOD_ORDER,
@@ -42,8 +43,6 @@ from fixable.report.style import (
 logger = logging.getLogger(__name__)
 
 _RESCUE_COLUMN = re.compile(r"^rescue\[(.+)\]$")
-# the order interventions are listed in: retry first, then by kind, then by parameter
-_KIND_ORDER = {"retry": 0, "temperature": 1, "mix": 2, "checkpoint": 3, "dola": 4}
 RATE_CMAP = LinearSegmentedColormap.from_list(
     "rescue", ["#FFFFFF", "#C6DBEF", "#6BAED6", "#2171B5", "#08306B"]
 )
@@ -102,17 +101,9 @@ def _get(d, *path, default=None):
 
 
 def setting_order(setting: str) -> tuple:
-    """Sort key of a setting label: retry, temperatures, mixes, checkpoints, DoLa layers."""
-    kind = setting.split("(")[0]
-    value = setting[len(kind) :].strip("()").split("=")[-1]
-    try:
-        number = float(value)
-        text = ""
-    except ValueError:
-        digits = re.findall(r"\d+", value)
-        number = float(digits[-1]) if digits else math.inf
-        text = value
-    return (_KIND_ORDER.get(kind, 9), kind, number, text)
+    """Sort key of a setting label: kinds in the order ``fixable.interventions`` declares
+    them (retry first), then by parameter."""
+    return sort_key(setting)
 
 
 def rescue_settings(failures: pd.DataFrame) -> list[str]:
