@@ -249,7 +249,7 @@ PLANTED_GRID = (
     "checkpoint(c=step-300)",
     "dola(layer=2)",
 )
-PLANTED_ANALYSIS = {"frozen_router": "shipped", "truth": "key"}
+PLANTED_ANALYSIS = {"frozen_router": "shipped", "truth": "key", "learned_router": True}
 PLANTED = DemoConfig(
     models=PLANTED_MODELS,
     task="chains-planted",
