@@ -244,8 +244,10 @@ def test_the_learned_router_is_evaluated_beside_the_rule(truth_run):
     config = AnalysisConfig(
         n_boot=30, stability_boot=2, frozen_router=str(thresholds), learned_router=True
     )
-    result = analyze(table, sources=sources, model_info=INFO, config=config).result
+    analysis = analyze(table, sources=sources, model_info=INFO, config=config)
+    result = analysis.result
     routing = result["routing"]
+    assert analysis.failures["learned_setting"].notna().sum() == routing["subsets"]["all"]["n"]
     learned = routing["learned"]
     assert "leave-one-model-out" in learned["router"]
     assert set(learned["per_model"]) == set(MODELS)

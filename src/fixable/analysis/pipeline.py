@@ -416,6 +416,9 @@ def _analyze(
         )
         routing = _routing(rows, label_outcomes, score_outcomes, data, config, router)
         per_failure = routing.pop("per_failure")
+        learned = (routing.get("learned") or {}).pop("per_failure", None)
+        if learned is not None:
+            failures = failures.merge(learned, on=FAILURE_KEY, how="left")
         routing["paper"] = {"routing_lift_steerable_hard": PAPER["routing_lift_steerable_hard"]}
         keep = [c for c in per_failure.columns if c in STRATEGIES_V2]
         routed_cols = per_failure.rename(columns={s: f"within_budget[{s}]" for s in keep})
@@ -767,7 +770,9 @@ def _learned_routing(data: RoutingData, budget, toward, config) -> dict:
         "best_fixed_choices": r["best_fixed_choices"],
         "subsets": r["subsets"],
         "per_model": _per_model_routing(learned, per_failure, budget, toward, config),
-        "routed_setting": per_failure["routed_setting"].tolist(),
+        "per_failure": per_failure[["model", "problem_id", "routed_setting"]].rename(
+            columns={"routed_setting": "learned_setting"}
+        ),
     }
 
 
