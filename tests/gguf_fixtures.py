@@ -126,3 +126,15 @@ def write_gguf(model, path: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def write_gsm8k(directory: Path, questions) -> Path:
+    """A GSM8K-shaped data folder: ``questions`` ((question, answer) pairs) as both its train
+    and test split."""
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in questions)
+    for split in ("train", "test"):
+        (directory / f"{split}.jsonl").write_text(lines)
+    return directory

@@ -20,7 +20,7 @@ from fixable.backends.base import GenerationRequest  # noqa: E402
 from fixable.backends.hf import HFBackend, resolve_device  # noqa: E402
 from fixable.errors import ConfigError  # noqa: E402
 from fixable.interventions import Intervention  # noqa: E402
-from gguf_fixtures import tiny_llama, write_gguf  # noqa: E402
+from gguf_fixtures import tiny_llama, write_gguf, write_gsm8k  # noqa: E402
 
 QUESTIONS = [
     ("Tom has 3 apples and gets 2 more. How many?", "3+2=<<3+2=5>>5\n#### 5"),
@@ -34,11 +34,7 @@ QUESTIONS = [
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("device")
     path = write_gguf(tiny_llama(seed=5), root / "tiny.gguf")
-    data = root / "gsm8k"
-    data.mkdir()
-    lines = "".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QUESTIONS)
-    (data / "train.jsonl").write_text(lines)
-    (data / "test.jsonl").write_text(lines)
+    data = write_gsm8k(root / "gsm8k", QUESTIONS)
     return path, data
 
 

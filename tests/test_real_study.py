@@ -28,7 +28,7 @@ from fixable.realstudy import (  # noqa: E402
     pass_at_1,
     study_config,
 )
-from gguf_fixtures import tiny_llama, write_gguf  # noqa: E402
+from gguf_fixtures import tiny_llama, write_gguf, write_gsm8k  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # 2- and 3-step solutions (the steps= option slices on them)
@@ -115,11 +115,7 @@ def test_the_study_takes_its_slice_from_the_selection_only(tmp_path):
 def _toy_files(root: Path) -> dict[str, str]:
     """Two tiny GGUF 'families', GSM8K-shaped data and toy-sized run files."""
     bases = [write_gguf(tiny_llama(seed=s), root / f"tiny{s}.gguf") for s in (3, 4)]
-    data = root / "data" / "gsm8k"
-    data.mkdir(parents=True)
-    lines = "".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QUESTIONS)
-    (data / "train.jsonl").write_text(lines)
-    (data / "test.jsonl").write_text(lines)
+    data = write_gsm8k(root / "data" / "gsm8k", QUESTIONS)
     common = f'data = "{data}"\nsteps = 4\nbatch_size = 2\nlr = 3e-3\nwarmup = 1\n'
     common += "checkpoint_every = 2\ntrain_problems = 8\nmax_length = 400\n"
     recipes = root / "recipes.toml"

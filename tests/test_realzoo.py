@@ -16,7 +16,7 @@ pytest.importorskip("accelerate")
 from fixable import realzoo  # noqa: E402
 from fixable.errors import ConfigError  # noqa: E402
 from fixable.types import Verdict  # noqa: E402
-from gguf_fixtures import tiny_llama, write_gguf  # noqa: E402
+from gguf_fixtures import tiny_llama, write_gguf, write_gsm8k  # noqa: E402
 
 QUESTIONS = [
     ("Tom has 3 apples and gets 2 more. How many?", "3+2=<<3+2=5>>5\n#### 5"),
@@ -32,11 +32,7 @@ QUESTIONS = [
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("realzoo")
     path = write_gguf(tiny_llama(seed=3), root / "tiny.gguf")
-    data = root / "gsm8k"
-    data.mkdir()
-    lines = [json.dumps({"question": q, "answer": a}) for q, a in QUESTIONS]
-    (data / "train.jsonl").write_text("\n".join(lines) + "\n")
-    (data / "test.jsonl").write_text("\n".join(lines) + "\n")
+    data = write_gsm8k(root / "gsm8k", QUESTIONS)
     return path, data
 
 

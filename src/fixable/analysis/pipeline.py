@@ -750,16 +750,7 @@ def _learned_routing(data: RoutingData, budget, toward, config) -> dict:
         return {"skipped": "a leave-one-model-out router needs at least two models"}
     routes = leave_one_model_out_routes(data, budget, k=DEFAULT_K)
     learned = replace(data, fixed_routes=routes)
-    r = evaluate_frozen_routing(
-        learned,
-        budget=budget,
-        subsets=("steerable-hard",),
-        budgets=[budget],
-        n_boot=config.n_boot,
-        n_boot_curves=1,
-        toward_reference=toward,
-        random_state=config.random_state,
-    )
+    r = _evaluate_at_budget(learned, budget, toward, config)
     per_failure = r.pop("per_failure")
     return {
         "router": f"k-nearest neighbours (k={DEFAULT_K}) on standardised "
@@ -774,6 +765,21 @@ def _learned_routing(data: RoutingData, budget, toward, config) -> dict:
             columns={"routed_setting": "learned_setting"}
         ),
     }
+
+
+def _evaluate_at_budget(data: RoutingData, budget, toward, config) -> dict:
+    """v2's frozen evaluation at the headline budget only (no curves): on all failures and
+    on steerable-hard."""
+    return evaluate_frozen_routing(
+        data,
+        budget=budget,
+        subsets=("steerable-hard",),
+        budgets=[budget],
+        n_boot=config.n_boot,
+        n_boot_curves=1,
+        toward_reference=toward,
+        random_state=config.random_state,
+    )
 
 
 def _per_model_routing(data: RoutingData, per_failure, budget, toward, config) -> dict:
@@ -799,16 +805,7 @@ def _per_model_routing(data: RoutingData, per_failure, budget, toward, config) -
             charge=data.charge[mask],
             fixed_routes=routes[mask],
         )
-        r = evaluate_frozen_routing(
-            sub,
-            budget=budget,
-            subsets=("steerable-hard",),
-            budgets=[budget],
-            n_boot=config.n_boot,
-            n_boot_curves=1,
-            toward_reference=toward,
-            random_state=config.random_state,
-        )
+        r = _evaluate_at_budget(sub, budget, toward, config)
         out[model] = {
             "n": int(mask.sum()),
             "routed_share": r["routed_share"],
