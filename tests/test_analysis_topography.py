@@ -223,3 +223,40 @@ def test_seed_as_label_is_skipped_with_a_reason_for_a_single_seed(failures):
     res = topography(features, methods, seeds=[0] * len(features), feature_sets=MAIN, n_boot=50)
     assert res["seed_as_label"] is None
     assert "2 training seeds" in res["seed_as_label_skipped"]
+
+
+class _LabelSpy(_Spy):
+    """Records the labels each fit sees, per row."""
+
+    seen: list = []
+
+    def fit(self, X, y):
+        _LabelSpy.seen.append(dict(zip(X.index, y, strict=True)))
+        return super().fit(X, y)
+
+
+def test_stratified_permutations_stay_within_their_stratum(failures):
+    from fixable.analysis.topography import permutation_null
+
+    features, methods, _, _ = failures
+    models = features["model"].to_numpy()
+    stratum = np.array(["a" if m.split("-")[1] in ("sft", "rl") else "b" for m in models])
+    _LabelSpy.seen = []
+    res = permutation_null(
+        _LabelSpy(),
+        features,
+        methods.to_numpy(),
+        models,
+        models,
+        n_permutations=20,
+        strata=stratum,
+    )
+    assert res["n_distinct_permutations"] > 1
+    allowed = {"a": {"sft", "rl"}, "b": {"distill", "rft"}}
+    stratum_of = dict(zip(features.index, stratum, strict=True))
+    relabelled = False
+    for labels in _LabelSpy.seen:
+        for row, label in labels.items():
+            assert label in allowed[stratum_of[row]]
+            relabelled |= label != methods[row]
+    assert relabelled  # the labels did move, within their stratum

@@ -354,11 +354,14 @@ def permutation_null(
     *,
     n_permutations: int = 20,
     observed: float | None = None,
+    strata=None,
     random_state: int = 0,
 ) -> dict:
     """Held-out accuracy (mean over held-out models) with the method labels permuted across
     models (each model keeps one label; the labels' counts over models are kept), over
-    ``n_permutations`` permutations, and where ``observed`` falls in that distribution."""
+    ``n_permutations`` permutations, and where ``observed`` falls in that distribution.
+    ``strata`` (one value per row, constant within a model): permute only among the models
+    of the same stratum, so every stratum keeps its own labels' counts."""
     y = np.asarray(y, dtype=object).astype(str)
     models = np.asarray(models, dtype=object).astype(str)
     unique = sorted(set(models))
@@ -370,9 +373,21 @@ def permutation_null(
         label_of[m] = labels.pop()
     rng = np.random.default_rng(random_state)
     original = np.array([label_of[m] for m in unique])
+    if strata is None:
+        blocks = [np.arange(len(unique))]
+    else:
+        strata = np.asarray(strata, dtype=object).astype(str)
+        stratum_of = {m: strata[models == m][0] for m in unique}
+        blocks = [
+            np.array([i for i, m in enumerate(unique) if stratum_of[m] == s])
+            for s in sorted(set(stratum_of.values()))
+        ]
     scores, permutations = [], []
     for _ in range(n_permutations):
-        shuffled = dict(zip(unique, rng.permutation(original), strict=True))
+        permuted = original.copy()
+        for block in blocks:
+            permuted[block] = rng.permutation(original[block])
+        shuffled = dict(zip(unique, permuted, strict=True))
         y_perm = np.array([shuffled[m] for m in models])
         predicted = held_out_predictions(estimator, X, y_perm, folds, random_state=random_state)
         scores.append(float(np.mean(list(per_model_accuracy(predicted, y_perm, models).values()))))
@@ -417,7 +432,8 @@ def seed_as_label(
     something that is neither method nor seed (a bug, or a seed shared across methods by
     the recipes). Reported like the method classifier (mean ± std over held-out models, a
     bootstrap interval), beside chance, the training folds' majority seed and a null with
-    the seed labels permuted across models; ``at_chance``: chance lies in the interval."""
+    the seed labels permuted among each method's models; ``at_chance``: chance lies in the
+    interval."""
     seeds = np.asarray(
         [f"s{int(s)}" if float(s).is_integer() else f"s{s}" for s in seeds], dtype=object
     )
@@ -451,15 +467,19 @@ def seed_as_label(
             folds,
             n_permutations=n_null,
             observed=out["accuracy"]["mean"],
+            strata=methods,
             random_state=random_state,
         ),
         "how": "the method classifier's features, asked for the model's training seed; "
         f"leave-one-method-out ({len(set(folds))} folds): seeds learned on the other "
         "methods' models, named on the held-out method's models",
     }
+    # permuted within each method: every method keeps its seeds' counts, so the training
+    # folds stay as balanced as the real ones (permuting across all models unbalances them
+    # and pulls that null below chance, as the training folds' majority does)
     out["null"]["how"] = (
-        "seed labels permuted across models (each model keeps a single label), classifier "
-        "refitted in the same leave-one-method-out folds"
+        "seed labels permuted among the models of each method (each model keeps a single "
+        "label), classifier refitted in the same leave-one-method-out folds"
     )
     return out
 
