@@ -202,3 +202,14 @@ def test_cli_build_refuses_unknown_names(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["zoo", "build", "gpt-bse", "--zoo-dir", str(tmp_path), "--work-dir", str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+def test_topography_study_probes_every_post_trained_model_of_three_seeds():
+    from fixable.config import RunConfig, load_run_file
+
+    root = Path(__file__).resolve().parents[1]
+    config = RunConfig.from_dict(load_run_file(root / "studies" / "topography.toml"))
+    expected = {e.name for e in zoo.zoo_entries() if e.method != "base"}
+    assert set(config.models) == expected and len(config.models) == 24
+    assert {n.rsplit("-s", 1)[1] for n in config.models} == {"0", "1", "2"}
+    assert config.phase == "probe"  # topography needs no rescue sweep
