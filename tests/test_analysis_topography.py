@@ -141,3 +141,122 @@ def test_method_classifier_is_held_out_per_model(failures):
     assert scheme == "leave-one-seed-out" and set(folds) == {"seed 0", "seed 1"}
     predicted = held_out_predictions(MethodClassifier(), features, methods.to_numpy(), folds)
     assert len(predicted) == len(features)
+
+
+# --- the seed-as-label null (leave-one-method-out, must land at chance) ---------------
+
+FAIR_MODELS = [
+    f"{f}-{m}-s{s}"
+    for f in ("gpt", "llama")
+    for m in ("sft", "rl", "distill", "rft")
+    for s in (0, 1, 2)
+]
+
+
+def _feature_frame(seed_shift: float, *, random_state: int) -> tuple[pd.DataFrame, list, list]:
+    """Failures of the fair zoo's 24 models: every model has its own feature offset and
+    each method one of its own; ``seed_shift`` adds seed × shift to every feature (a
+    seed effect shared across methods, which the null must detect)."""
+    rng = np.random.default_rng(random_state)
+    method_offset = {m: rng.normal(0, 1.0, 3) for m in ("sft", "rl", "distill", "rft")}
+    rows = []
+    for name in FAIR_MODELS:
+        _, method, seed = name.split("-")
+        centre = method_offset[method] + rng.normal(0, 0.7, 3) + int(seed[1]) * seed_shift
+        for i in range(20):
+            f1, f2, f3 = centre + rng.normal(0, 0.3, 3)
+            rows.append(
+                {
+                    "model": name,
+                    "problem_id": f"p{i}",
+                    "answer_dispersion": f1,
+                    "trajectory_uncertainty": f2,
+                    "reference_drift": f3,
+                    "method": method,
+                    "seed": int(seed[1]),
+                }
+            )
+    frame = pd.DataFrame(rows)
+    return frame, frame["method"].tolist(), frame["seed"].tolist()
+
+
+def test_seed_as_label_is_at_chance_when_seeds_leave_no_trace():
+    features, methods, seeds = _feature_frame(0.0, random_state=11)
+    res = topography(features, methods, seeds=seeds, feature_sets=MAIN, n_boot=200)
+    # three seeds per method: the method classifier trains on two per method per fold
+    assert "leave-one-seed-out" in res["protocol"]["cv"] and "3 folds" in res["protocol"]["cv"]
+    null = res["seed_as_label"]
+    assert null["labels"] == ["s0", "s1", "s2"] and null["chance"] == pytest.approx(1 / 3)
+    assert null["n_models"] == 24 and "leave-one-method-out (4 folds)" in null["how"]
+    assert null["at_chance"]
+    assert null["null"]["p_value"] > 0.05
+    # the method signal is there all the same
+    assert res["classifier"]["accuracy"]["mean"] > 0.5
+
+
+def test_seed_as_label_detects_a_planted_seed_effect():
+    # the same data with a seed shift shared by every method: the null must not be at chance
+    features, methods, seeds = _feature_frame(2.5, random_state=11)
+    null = topography(features, methods, seeds=seeds, feature_sets=MAIN, n_boot=200)[
+        "seed_as_label"
+    ]
+    assert not null["at_chance"]
+    assert null["accuracy"]["mean"] > 0.6 and null["interval"]["low"] > 1 / 3
+    assert null["null"]["p_value"] <= 0.05
+
+
+def test_seed_as_label_never_fits_on_the_held_out_method():
+    from fixable.analysis.topography import seed_as_label
+
+    features, methods, seeds = _feature_frame(0.0, random_state=2)
+    _Spy.log = []
+    seed_as_label(_Spy(), features, seeds, methods, features["model"], n_null=20, n_boot=20)
+    method_of = features["method"]
+    assert len(_Spy.log) == 4 * (1 + 20)  # four folds, for the score and each permutation
+    for _, fit_rows, test_rows in _Spy.log:
+        assert len(set(method_of[list(test_rows)])) == 1
+        assert not (set(method_of[list(fit_rows)]) & set(method_of[list(test_rows)]))
+
+
+def test_seed_as_label_is_skipped_with_a_reason_for_a_single_seed(failures):
+    features, methods, _, _ = failures
+    res = topography(features, methods, seeds=[0] * len(features), feature_sets=MAIN, n_boot=50)
+    assert res["seed_as_label"] is None
+    assert "2 training seeds" in res["seed_as_label_skipped"]
+
+
+class _LabelSpy(_Spy):
+    """Records the labels each fit sees, per row."""
+
+    seen: list = []
+
+    def fit(self, X, y):
+        _LabelSpy.seen.append(dict(zip(X.index, y, strict=True)))
+        return super().fit(X, y)
+
+
+def test_stratified_permutations_stay_within_their_stratum(failures):
+    from fixable.analysis.topography import permutation_null
+
+    features, methods, _, _ = failures
+    models = features["model"].to_numpy()
+    stratum = np.array(["a" if m.split("-")[1] in ("sft", "rl") else "b" for m in models])
+    _LabelSpy.seen = []
+    res = permutation_null(
+        _LabelSpy(),
+        features,
+        methods.to_numpy(),
+        models,
+        models,
+        n_permutations=20,
+        strata=stratum,
+    )
+    assert res["n_distinct_permutations"] > 1
+    allowed = {"a": {"sft", "rl"}, "b": {"distill", "rft"}}
+    stratum_of = dict(zip(features.index, stratum, strict=True))
+    relabelled = False
+    for labels in _LabelSpy.seen:
+        for row, label in labels.items():
+            assert label in allowed[stratum_of[row]]
+            relabelled |= label != methods[row]
+    assert relabelled  # the labels did move, within their stratum

@@ -210,6 +210,29 @@ def test_shipped_run_files_match_the_presets_and_the_full_study_is_paper_scale()
     assert full.k >= DEMO.k and full.r >= DEMO.r
 
 
+def test_shipped_seed_studies_select_only_their_training_seeds():
+    # the zoo's third seed (s2, the fair topography zoo) must not change what the demo,
+    # quick and full studies sample: they choose models by training seed
+    from fixable.demo import demo_models
+    from fixable.organism import zoo
+
+    for name, seeds in (("demo", {0}), ("quick", {0}), ("full", {0, 1})):
+        config = load_config(ROOT / "studies" / f"{name}.toml")
+        assert set(config.seeds) == seeds
+        present = [
+            n
+            for n in zoo.list_models()
+            if zoo.card(n).get("method") in ("sft", "rl", "distill", "rft")
+            and zoo.card(n).get("seed") in seeds
+        ]
+        if not present:
+            continue  # the zoo is not built
+        chosen = demo_models(config)
+        assert all(n.rsplit("-s", 1)[1] in {str(s) for s in seeds} for n in chosen), chosen
+        assert not any(n.endswith("-s2") for n in chosen)
+        assert sorted(chosen) == sorted(present)
+
+
 def test_a_run_reproduces_from_its_manifest(finished):
     result, _ = finished
     assert load_config(result.run) == TINY

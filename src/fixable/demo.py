@@ -761,6 +761,11 @@ def headline_table(summary: dict) -> list[tuple[str, str, str, str]]:
             f"text {pct(c.get('text_baseline'))}, permuted-methods null "
             f"{pct(c.get('null_methods_permuted_mean'))} (p = {num(c.get('null_p_value'))})"
         )
+        if c.get("seed_as_label") is not None:
+            control += (
+                f", seed-as-label null {pct(c['seed_as_label'])} "
+                f"(chance {pct(c.get('seed_as_label_chance'))})"
+            )
     else:
         ours, control = f"not computed: {topo.get('skipped', 'no topography')}", "–"
     out.append(

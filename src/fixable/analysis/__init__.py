@@ -34,6 +34,7 @@ from fixable.analysis.thresholds import default_router
 from fixable.analysis.topography import (
     MethodClassifier,
     TextBaselineClassifier,
+    seed_as_label,
     topography,
     topography_by_problem,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "select_part",
     "sequential_labels",
     "topography_by_problem",
+    "seed_as_label",
     "Analysis",
     "AnalysisConfig",
     "BestFixedIntervention",

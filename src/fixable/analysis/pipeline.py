@@ -1000,6 +1000,15 @@ def _tables(result: dict, failures: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 "high": null.get("q95"),
             }
         )
+        seed = topo.get("seed_as_label")
+        if seed:
+            rows.append(
+                {
+                    "predictor": f"seed-as-label null: training seed, leave-one-method-out "
+                    f"(chance {seed['chance'] * 100:.1f} %)",
+                    **_acc_row(seed),
+                }
+            )
         for name, res in topo["ablations"].items():
             if name != "features":
                 rows.append({"predictor": name, **_acc_row(res)})
@@ -1142,6 +1151,14 @@ def _summary_lines(result: dict) -> str:
             f"{null.get('mean', float('nan')) * 100:.1f} %, p = {null.get('p_value', float('nan')):.2f}; "
             f"paper: {topography_text()})"
         )
+        seed = topo.get("seed_as_label")
+        if seed:
+            lines.append(
+                f"- seed-as-label null (training seed, leave-one-method-out): "
+                f"{seed['accuracy']['mean'] * 100:.1f} % [{seed['interval']['low'] * 100:.1f}, "
+                f"{seed['interval']['high'] * 100:.1f}] vs chance {seed['chance'] * 100:.1f} % "
+                f"({'at chance' if seed['at_chance'] else 'NOT at chance'})"
+            )
     gmm = (result.get("regimes") or {}).get("gmm")
     if gmm and gmm.get("agreement", {}).get("nmi") is not None:
         a, null = gmm["agreement"], gmm.get("null", {})

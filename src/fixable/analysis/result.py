@@ -69,6 +69,7 @@ class TopographySection(TypedDict, total=False):
     model_centroid: HeldOutScore
     text_baseline: HeldOutScore | None
     null: NullDict
+    seed_as_label: dict[str, Any] | None  # training seed named in leave-one-method-out folds
     confusion: dict[str, Any]
     ablations: dict[str, HeldOutScore]
     paper: dict[str, float]

@@ -12,7 +12,9 @@ share, and the training folds' majority), **failure rate only** (one number per 
 probe failure rate), **per-model feature centroid** (every failure replaced by its model's
 mean features), the text baseline, and a **null** in which the method labels are permuted
 across models (``n_null`` permutations; where the real score falls in it). A model-identity
-signal without a method signal scores at that null.
+signal without a method signal scores at that null. And the **seed-as-label null**
+(``seed_as_label``): the same classifier asked to name the model's training seed in
+leave-one-method-out folds, which must land at chance.
 
 Protocol v1 (``topography_by_problem``, kept for the tests that show why it was replaced):
 grouped K-fold cross-validation with problems as groups, repeated over seeds. Every model
@@ -352,11 +354,14 @@ def permutation_null(
     *,
     n_permutations: int = 20,
     observed: float | None = None,
+    strata=None,
     random_state: int = 0,
 ) -> dict:
     """Held-out accuracy (mean over held-out models) with the method labels permuted across
     models (each model keeps one label; the labels' counts over models are kept), over
-    ``n_permutations`` permutations, and where ``observed`` falls in that distribution."""
+    ``n_permutations`` permutations, and where ``observed`` falls in that distribution.
+    ``strata`` (one value per row, constant within a model): permute only among the models
+    of the same stratum, so every stratum keeps its own labels' counts."""
     y = np.asarray(y, dtype=object).astype(str)
     models = np.asarray(models, dtype=object).astype(str)
     unique = sorted(set(models))
@@ -368,9 +373,21 @@ def permutation_null(
         label_of[m] = labels.pop()
     rng = np.random.default_rng(random_state)
     original = np.array([label_of[m] for m in unique])
+    if strata is None:
+        blocks = [np.arange(len(unique))]
+    else:
+        strata = np.asarray(strata, dtype=object).astype(str)
+        stratum_of = {m: strata[models == m][0] for m in unique}
+        blocks = [
+            np.array([i for i, m in enumerate(unique) if stratum_of[m] == s])
+            for s in sorted(set(stratum_of.values()))
+        ]
     scores, permutations = [], []
     for _ in range(n_permutations):
-        shuffled = dict(zip(unique, rng.permutation(original), strict=True))
+        permuted = original.copy()
+        for block in blocks:
+            permuted[block] = rng.permutation(original[block])
+        shuffled = dict(zip(unique, permuted, strict=True))
         y_perm = np.array([shuffled[m] for m in models])
         predicted = held_out_predictions(estimator, X, y_perm, folds, random_state=random_state)
         scores.append(float(np.mean(list(per_model_accuracy(predicted, y_perm, models).values()))))
@@ -390,6 +407,80 @@ def permutation_null(
         out["observed"] = float(observed)
         out["p_value"] = float((1 + np.sum(scores_arr >= observed - 1e-12)) / (1 + len(scores)))
         out["percentile"] = float(np.mean(scores_arr < observed))
+    return out
+
+
+def seed_as_label(
+    estimator,
+    X,
+    seeds,
+    methods,
+    models,
+    *,
+    n_null: int = 20,
+    n_boot: int = 1000,
+    random_state: int = 0,
+) -> dict:
+    """The seed-as-label null: the same held-out-model classifier asked to name each
+    failure's model's *training seed* instead of its method.
+
+    A seed index means nothing across methods (``posttrain`` derives data order and
+    sampling from the method and the seed together), so the folds are **leave-one-method-
+    out**: the classifier learns seeds on three methods' models and names the seeds of the
+    fourth method's models, never seen. Nothing true links "seed 0 of sft" to "seed 0 of
+    rl", so it must land at chance (1 / number of seeds): above it, the evaluation leaks
+    something that is neither method nor seed (a bug, or a seed shared across methods by
+    the recipes). Reported like the method classifier (mean ± std over held-out models, a
+    bootstrap interval), beside chance, the training folds' majority seed and a null with
+    the seed labels permuted among each method's models; ``at_chance``: chance lies in the
+    interval."""
+    seeds = np.asarray(
+        [f"s{int(s)}" if float(s).is_integer() else f"s{s}" for s in seeds], dtype=object
+    )
+    methods = np.asarray(methods, dtype=object).astype(str)
+    models = np.asarray(models, dtype=object).astype(str)
+    labels = sorted(set(seeds))
+    if len(labels) < 2 or len(set(methods)) < 2:
+        raise DataError(
+            "the seed-as-label null needs models of at least 2 training seeds and 2 methods, "
+            f"got seeds {labels} and methods {sorted(set(methods))}"
+        )
+    folds = np.array([f"method {m}" for m in methods])
+    predicted = held_out_predictions(estimator, X, seeds, folds, random_state=random_state)
+    out = _held_out_summary(predicted, seeds, models, n_boot=n_boot, random_state=random_state)
+    chance = 1.0 / len(labels)
+    majority = held_out_predictions(
+        DummyClassifier(strategy="most_frequent"), X, seeds, folds, random_state=random_state
+    )
+    out |= {
+        "labels": labels,
+        "chance": chance,
+        "at_chance": bool(out["interval"]["low"] <= chance <= out["interval"]["high"]),
+        "majority_in_folds": _held_out_summary(
+            majority, seeds, models, n_boot=n_boot, random_state=random_state
+        ),
+        "null": permutation_null(
+            estimator,
+            X,
+            seeds,
+            models,
+            folds,
+            n_permutations=n_null,
+            observed=out["accuracy"]["mean"],
+            strata=methods,
+            random_state=random_state,
+        ),
+        "how": "the method classifier's features, asked for the model's training seed; "
+        f"leave-one-method-out ({len(set(folds))} folds): seeds learned on the other "
+        "methods' models, named on the held-out method's models",
+    }
+    # permuted within each method: every method keeps its seeds' counts, so the training
+    # folds stay as balanced as the real ones (permuting across all models unbalances them
+    # and pulls that null below chance, as the training folds' majority does)
+    out["null"]["how"] = (
+        "seed labels permuted among the models of each method (each model keeps a single "
+        "label), classifier refitted in the same leave-one-method-out folds"
+    )
     return out
 
 
@@ -505,6 +596,24 @@ def topography(
         observed=observed,
         random_state=rs,
     )
+    out["seed_as_label"] = None
+    try:
+        if seeds is None:
+            raise DataError("no training seeds given")
+        if pd.Series(seeds, dtype=object).isna().any():
+            raise DataError("some models have no training seed")
+        out["seed_as_label"] = seed_as_label(
+            MethodClassifier(features=main),
+            features,
+            seeds,
+            y,
+            models,
+            n_null=n_null,
+            n_boot=n_boot,
+            random_state=rs,
+        )
+    except DataError as e:
+        out["seed_as_label_skipped"] = str(e)
     out["ablations"] = {}
     for name, cols in feature_sets.items():
         if list(cols) == main and name == "features":

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
 FAMILIES = ("gpt", "llama")
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2)  # three per method: held-out-model topography trains on two per fold
 MICRO = "llama-micro"  # the rebuild-check model: trains in well under a minute
 CARD_PROBLEMS_PER_CELL = 16
 

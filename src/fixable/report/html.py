@@ -550,6 +550,12 @@ def topography_table(result: dict) -> str:
             ]
         )
         classes.append("")
+    seed = topo.get("seed_as_label")
+    if seed:
+        add(
+            f"seed-as-label null: training seed, leave-one-method-out (chance {pct(seed.get('chance'))})",
+            seed,
+        )
     for name, res in (topo.get("ablations") or {}).items():
         if name != "features":
             add(f"ablation: {name}", res)

@@ -89,6 +89,9 @@ def headline(result: dict) -> list[dict]:
                     "null_methods_permuted_mean": null.get("mean"),
                     "null_methods_permuted_q95": null.get("q95"),
                     "null_p_value": null.get("p_value"),
+                    "seed_as_label": _mean(topo.get("seed_as_label")),
+                    "seed_as_label_chance": (topo.get("seed_as_label") or {}).get("chance"),
+                    "seed_as_label_at_chance": (topo.get("seed_as_label") or {}).get("at_chance"),
                 },
                 "baselines": {
                     "majority_class": majority,
