@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fixable import noise
+from fixable.interventions import SamplingSpec
 from fixable.organism.decode import MIN_ROWS, decode
 from fixable.organism.model import ModelConfig, OrganismLM
 
@@ -340,3 +341,26 @@ def test_a_gpt_reference_bounds_the_positions_of_a_mixed_rollout():
     prompt = make_prompts(1, lengths=(30,))[0]
     result = decode(model, [prompt], [1], max_new_tokens=50, eos_id=99, reference=ref, alpha=0.5)
     assert len(result.token_ids[0]) == 10 and result.finish_reasons == ["length"]
+
+
+def test_a_spec_and_its_fields_by_keyword_sample_the_same():
+    model, ref = tiny_model(), tiny_model(seed=5)
+    prompts = make_prompts(4)
+    spec = SamplingSpec(temperature=0.7, top_p=0.9, min_p=0.05)
+    by_spec = decode(model, prompts, [1, 2, 3, 4], spec, max_new_tokens=15)
+    by_name = decode(
+        model, prompts, [1, 2, 3, 4], max_new_tokens=15, temperature=0.7, top_p=0.9, min_p=0.05
+    )
+    assert by_spec == by_name
+    mixed = decode(model, prompts, [1, 2, 3, 4], SamplingSpec(alpha=0.4), reference=ref)
+    assert mixed == decode(model, prompts, [1, 2, 3, 4], reference=ref, alpha=0.4)
+    # greedy ignores the temperature: the argmax of the untempered distribution
+    greedy = decode(model, prompts, [1, 2, 3, 4], spec, greedy=True, max_new_tokens=15)
+    assert greedy == decode(
+        model, prompts, [5, 6, 7, 8], max_new_tokens=15, temperature=0, top_p=0.9, min_p=0.05
+    )
+
+
+def test_an_unknown_sampling_keyword_is_a_type_error_naming_the_fields():
+    with pytest.raises(TypeError, match="nucleus.*sampling fields are alpha, checkpoint"):
+        decode(tiny_model(), make_prompts(1), [1], nucleus=0.9)

@@ -4,6 +4,7 @@ against a model's own checkpoints, and settings sort in the declared order."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -17,6 +18,7 @@ from fixable.interventions import (
     RETRY,
     Intervention,
     SamplingSpec,
+    distribution_kinds,
     parse_grid,
     parse_intervention,
     resolve_checkpoint,
@@ -187,3 +189,43 @@ def test_settings_sort_in_the_declared_order():
         "not-a-setting",
     ]
     assert sort_key("temperature(T=0.3)")[2] == 0.3 and math.isinf(sort_key("retry")[2])
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(temperature=0), r"temperature must be in \(0, 100\]"),
+        (dict(temperature=-1), "temperature must be in"),
+        (dict(alpha=1.5), r"alpha must be in \[0, 1\]"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=1.5), "top_p must be in"),
+        (dict(min_p=1.0), r"min_p must be in \[0, 1\)"),
+        (dict(dola_layer=-1), "dola_layer must be in"),
+        (dict(alpha=0.5, dola_layer=1), "separate interventions"),
+    ],
+)
+def test_a_spec_checks_its_own_fields(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        SamplingSpec(**fields)
+
+
+def test_a_spec_accepts_its_domains_edges():
+    assert SamplingSpec(top_p=1.0, min_p=0.0, alpha=1.0, temperature=100).alpha == 1
+    assert SamplingSpec(dola_layer=0).dola_layer == 0
+
+
+def test_every_grid_lies_inside_its_fields_domain():
+    """An intervention can never build a spec its own field refuses."""
+    domains = {f.name: f.metadata.get("domain") for f in dataclasses.fields(SamplingSpec)}
+    for kind in KINDS.values():
+        if kind.sets is None or kind.bounds is None:
+            continue
+        lo, hi, open_lo, open_hi = domains[kind.sets]
+        k_lo, k_hi = kind.bounds
+        assert lo < k_lo or (lo == k_lo and (kind.open_bounds or not open_lo)), kind.name
+        assert k_hi < hi or (k_hi == hi and (kind.open_bounds or not open_hi)), kind.name
+
+
+def test_the_distribution_only_kinds_are_those_without_backend_machinery():
+    assert distribution_kinds() == {"retry", "temperature", "top_p", "min_p"}
+    assert not {"mix", "checkpoint", "dola"} & distribution_kinds()

@@ -14,10 +14,14 @@ store keys rollouts by, e.g. ``temperature(T=0.3)``; ``parse_intervention`` read
 back (the two are inverses). Grids are written on the command line as
 ``temperature:0.3,0.6,1.3`` or in a TOML run file (see ``fixable.config``).
 
-Adding a kind: a ``Kind`` row below, a ``SamplingSpec`` field if it changes the
-next-token distribution, that field's arithmetic in ``fixable.distribution`` (used by the
-organism engine and the ``hf`` backend), and the capability in the backends that honour it
-(docs/backends.md, "Adding an intervention").
+Adding a kind whose whole effect is on the next-token distribution (as ``temperature``,
+``top_p`` and ``min_p``): a ``Kind`` row below with ``distribution_only=True``, a
+``SamplingSpec`` field with its domain, and that field's arithmetic in
+``fixable.distribution`` — nothing else. The organism engine and the ``hf`` backend pass
+the spec whole to that function and claim every ``distribution_only`` kind
+(``backends.base.DistributionCapabilities``). A kind that needs a backend's machinery (a
+reference model, checkpoints, early exits) also needs that machinery and an explicit
+capability in the backends that have it (docs/backends.md, "Adding an intervention").
 """
 
 from __future__ import annotations
@@ -26,10 +30,16 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fixable.errors import ConfigError, UnknownNameError
+
+
+def domain(lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False) -> dict:
+    """Field metadata: the values a ``SamplingSpec`` field accepts (what the arithmetic is
+    defined for; an intervention's grid bounds in ``KINDS`` lie inside it)."""
+    return {"domain": (lo, hi, open_lo, open_hi)}
 
 
 @dataclass(frozen=True)
@@ -38,15 +48,39 @@ class SamplingSpec:
 
     The defaults are the policy as it is (``retry``). An intervention sets one field; a
     backend that cannot honour a field it is given refuses the intervention through its
-    capabilities before any sampling starts.
+    capabilities before any sampling starts. Each numeric field declares its domain
+    (``domain``) and is checked against it on construction, so the engines that read a
+    spec (``fixable.organism.decode``, the ``hf`` backend) check no field themselves.
     """
 
-    temperature: float = 1.0  # divide the log-probs by T
-    alpha: float = 0.0  # geometric mixture with the reference: p^(1-alpha) · p_ref^alpha
+    # divide the log-probs by T (greedy decoding is the engine's switch, not T = 0)
+    temperature: float = field(default=1.0, metadata=domain(0, 100, open_lo=True))
+    # geometric mixture with the reference: p^(1-alpha) · p_ref^alpha
+    alpha: float = field(default=0.0, metadata=domain(0, 1))
     checkpoint: str | None = None  # sample this checkpoint of the model's run instead
-    dola_layer: int | None = None  # contrast with the early exit after this many blocks
-    top_p: float = 1.0  # nucleus: keep the most probable tokens holding mass >= top_p
-    min_p: float = 0.0  # keep tokens with probability >= min_p x the top token's
+    # contrast with the early exit after this many blocks (the engine checks the model has them)
+    dola_layer: int | None = field(default=None, metadata=domain(0, math.inf))
+    # nucleus: keep the most probable tokens holding mass >= top_p
+    top_p: float = field(default=1.0, metadata=domain(0, 1, open_lo=True))
+    # keep tokens with probability >= min_p x the top token's
+    min_p: float = field(default=0.0, metadata=domain(0, 1, open_hi=True))
+
+    def __post_init__(self):
+        for f in fields(self):
+            allowed = f.metadata.get("domain")
+            value = getattr(self, f.name)
+            if allowed is None or value is None:
+                continue
+            lo, hi, open_lo, open_hi = allowed
+            above = lo < value if open_lo else lo <= value
+            below = value < hi if open_hi else value <= hi
+            if not (above and below):
+                interval = f"{'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+                raise ConfigError(f"{f.name} must be in {interval}, got {value!r}")
+        if self.alpha > 0 and self.dola_layer is not None:
+            raise ConfigError(
+                "mixing and DoLa are separate interventions; set one of alpha, dola_layer"
+            )
 
 
 @dataclass(frozen=True)
@@ -62,6 +96,11 @@ class Kind:
     open_bounds: bool = False  # the bounds themselves are excluded (they are no change)
     cost_factor: float = 1.0  # forward passes per generated token, relative to retry
     example: Any = None  # a representative value (checks, docs)
+    # its whole effect is the arithmetic of fixable.distribution.sampling_logprobs on the
+    # policy's own log-probs: every backend that samples through that function supports it
+    # without code of its own (backends.base.DistributionCapabilities). False for kinds
+    # that need a backend's machinery: a reference model, checkpoints, early exits.
+    distribution_only: bool = False
 
     @property
     def capability(self) -> str:
@@ -81,7 +120,14 @@ class Kind:
 
 
 _KIND_LIST = (
-    Kind("retry", None, None, None, "more samples from the policy at the default config"),
+    Kind(
+        "retry",
+        None,
+        None,
+        None,
+        "more samples from the policy at the default config",
+        distribution_only=True,  # the default spec: the policy's own distribution
+    ),
     Kind(
         "temperature",
         "T",
@@ -89,6 +135,7 @@ _KIND_LIST = (
         (0.05, 2.0),
         "sample at another temperature",
         sets="temperature",
+        distribution_only=True,
         example=0.5,
     ),
     Kind(
@@ -98,6 +145,7 @@ _KIND_LIST = (
         (0.0, 1.0),
         "nucleus sampling: keep the most probable tokens that together hold mass >= p",
         sets="top_p",
+        distribution_only=True,
         open_bounds=True,  # p = 1 is retry; p = 0 would keep nothing
         example=0.9,
     ),
@@ -108,6 +156,7 @@ _KIND_LIST = (
         (0.0, 1.0),
         "keep the tokens with probability >= p x the most probable token's",
         sets="min_p",
+        distribution_only=True,
         open_bounds=True,  # p = 0 is retry; p = 1 is (nearly) greedy
         example=0.1,
     ),
@@ -147,6 +196,12 @@ SYMBOLIC_CHECKPOINTS = ("first", "last")  # resolved per model by resolve_checkp
 _TYPE_WORDS = {float: "a number", int: "an integer", str: "a name"}
 _SPEC_FIELDS = {f.name for f in fields(SamplingSpec)}
 assert all(k.sets is None or k.sets in _SPEC_FIELDS for k in _KIND_LIST)
+
+
+def distribution_kinds() -> frozenset[str]:
+    """The kinds declared ``distribution_only``, read from ``KINDS`` when called: what every
+    backend sampling through ``fixable.distribution`` supports with no code of its own."""
+    return frozenset(name for name, kind in KINDS.items() if kind.distribution_only)
 
 
 def kind_of(name: str) -> Kind:

@@ -45,7 +45,13 @@ from fixable.interventions import KINDS, Intervention
 from fixable.tasks.base import Task
 from fixable.types import Problem
 
-KNOWN_CAPABILITIES = frozenset(KINDS) | {SCORE, FULL_ENTROPY, SEEDED}
+
+def known_capabilities() -> frozenset[str]:
+    """The flags a backend may claim: every intervention kind in ``KINDS`` (read when
+    called, so a kind added there is known) plus ``score``, ``full_entropy``, ``seeded``."""
+    return frozenset(KINDS) | {SCORE, FULL_ENTROPY, SEEDED}
+
+
 FINISH_REASONS = ("stop", "length", "error")
 
 __all__ = ["ContractError", "check_backend", "check_task"]
@@ -138,10 +144,9 @@ def check_backend(
     caps = getattr(backend, "capabilities", None)
     _require(isinstance(getattr(backend, "name", None), str), "backend.name must be a str")
     _require(isinstance(caps, frozenset), "backend.capabilities must be a frozenset")
-    unknown = set(caps) - KNOWN_CAPABILITIES
-    _require(
-        not unknown, f"unknown capabilities {sorted(unknown)}; known: {sorted(KNOWN_CAPABILITIES)}"
-    )
+    known = known_capabilities()
+    unknown = set(caps) - known
+    _require(not unknown, f"unknown capabilities {sorted(unknown)}; known: {sorted(known)}")
     _require(RETRY in caps, "every backend samples the policy as it is: 'retry' must be claimed")
     _require(
         isinstance(backend.model_name, str) and bool(backend.model_name),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
 from fixable.errors import CapabilityError
-from fixable.interventions import Intervention
+from fixable.interventions import Intervention, distribution_kinds
 
 # Capability flags. An intervention kind is a capability of the same name.
 RETRY, TEMPERATURE, MIX, CHECKPOINT, DOLA = "retry", "temperature", "mix", "checkpoint", "dola"
@@ -22,6 +22,27 @@ TOP_P, MIN_P = "top_p", "min_p"
 SCORE = "score"  # teacher-forced log-probs of given completions under the policy or reference
 FULL_ENTROPY = "full_entropy"  # entropies over the whole vocabulary (else a flagged top-k estimate)
 SEEDED = "seeded"  # a rollout's tokens are a pure function of its seed (batch-invariant)
+
+
+class DistributionCapabilities:
+    """The ``capabilities`` of a backend that computes its sampling distribution with
+    ``fixable.distribution.sampling_logprobs`` from a whole ``SamplingSpec``: every
+    intervention kind declared ``distribution_only`` (read from ``interventions.KINDS``
+    when asked, so a new such kind needs no backend code), plus the flags given here for
+    what takes the backend's own machinery (``mix``, ``checkpoint``, ``dola``) and its other
+    promises (``score``, ``seeded``…).
+
+        capabilities = DistributionCapabilities(MIX, CHECKPOINT, DOLA, SCORE)
+
+    Read on the class (``fixable list backends``) or on an instance; an instance that
+    narrows its set (no reference model: no ``mix``) assigns its own frozenset.
+    """
+
+    def __init__(self, *flags: str):
+        self.flags = frozenset(flags)
+
+    def __get__(self, instance: object, owner: type | None = None) -> frozenset[str]:
+        return distribution_kinds() | self.flags
 
 
 @dataclass(frozen=True)

@@ -47,12 +47,9 @@ from fixable.backends.base import (
     CHECKPOINT,
     DOLA,
     FULL_ENTROPY,
-    MIN_P,
     MIX,
-    RETRY,
     SCORE,
-    TEMPERATURE,
-    TOP_P,
+    DistributionCapabilities,
     Generation,
     GenerationRequest,
     check_capabilities,
@@ -252,9 +249,8 @@ class HFBackend:
     """
 
     name = "hf"
-    capabilities = frozenset(
-        {RETRY, TEMPERATURE, TOP_P, MIN_P, MIX, CHECKPOINT, DOLA, SCORE, FULL_ENTROPY}
-    )
+    # retry, temperature, top_p, min_p and every other distribution-only kind, plus these
+    capabilities = DistributionCapabilities(MIX, CHECKPOINT, DOLA, SCORE, FULL_ENTROPY)
 
     def __init__(
         self,

@@ -2,20 +2,20 @@
 
 ``OrganismBackend("llama-rl-s0")`` loads a zoo model (or any checkpoint directory written
 by ``save_checkpoint``) and, with ``reference="auto"``, the base model of its family for
-``mix`` and for reference scoring. Every intervention resolves into a ``SamplingSpec``
-whose fields map onto one ``decode`` call:
+``mix`` and for reference scoring. Every intervention resolves into a ``SamplingSpec``,
+handed whole to one ``decode`` call:
 
-=================  ==========================================================
-``retry``          T = 1
-``temperature(T)`` T
-``mix(alpha)``     ``p ∝ p_policy^(1-alpha) p_reference^alpha``, token by token
-``checkpoint(c)``  the checkpoint ``c`` of the model's run (a label from
-                   ``zoo.checkpoints(model)``, e.g. ``step-200``, ``first`` or
-                   ``last``, or a directory)
-``dola(layer)``    contrast with the early exit after ``layer`` blocks
-``top_p(p)``       nucleus truncation of the policy's distribution
-``min_p(p)``       drop tokens below ``p`` x the top token's probability
-=================  ==========================================================
+====================  ==========================================================
+distribution-only     ``retry``, ``temperature(T)``, ``top_p(p)``, ``min_p(p)`` and
+kinds                 every other kind declared ``distribution_only``: the arithmetic
+                      of ``fixable.distribution``, with no code here
+``mix(alpha)``        ``p ∝ p_policy^(1-alpha) p_reference^alpha``, token by token
+                      (the backend hands ``decode`` the reference model)
+``checkpoint(c)``     the checkpoint ``c`` of the model's run (a label from
+                      ``zoo.checkpoints(model)``, e.g. ``step-200``, ``first`` or
+                      ``last``, or a directory), loaded by the backend
+``dola(layer)``       contrast with the early exit after ``layer`` blocks
+====================  ==========================================================
 
 On CPU a rollout's tokens are a pure function of its seed (``seeded``): the engine's
 results do not depend on batching. On a GPU the backend does not promise that (see
@@ -39,13 +39,10 @@ from fixable.backends.base import (
     CHECKPOINT,
     DOLA,
     FULL_ENTROPY,
-    MIN_P,
     MIX,
-    RETRY,
     SCORE,
     SEEDED,
-    TEMPERATURE,
-    TOP_P,
+    DistributionCapabilities,
     Generation,
     GenerationRequest,
     check_capabilities,
@@ -76,9 +73,8 @@ class OrganismBackend:
     """
 
     name = "organism"
-    capabilities = frozenset(
-        {RETRY, TEMPERATURE, TOP_P, MIN_P, MIX, CHECKPOINT, DOLA, SCORE, FULL_ENTROPY, SEEDED}
-    )
+    # retry, temperature, top_p, min_p and every other distribution-only kind, plus these
+    capabilities = DistributionCapabilities(MIX, CHECKPOINT, DOLA, SCORE, FULL_ENTROPY, SEEDED)
 
     @staticmethod
     def check_model(model: str | Path, zoo_dir: str | Path | None = None, **_options) -> None:
@@ -218,14 +214,6 @@ class OrganismBackend:
                 f"dola layer must be in [0, {n_layer - 1}] for {self.source!r} "
                 f"({n_layer} layers), got {spec.dola_layer}"
             )
-        settings = dict(
-            temperature=spec.temperature,
-            reference=self.reference if spec.alpha > 0 else None,
-            alpha=spec.alpha,
-            dola_layer=spec.dola_layer,
-            top_p=spec.top_p,
-            min_p=spec.min_p,
-        )
 
         results: list[Generation | None] = [None] * len(requests)
         prompts: dict[int, list[int]] = {}
@@ -252,11 +240,12 @@ class OrganismBackend:
                 policy,
                 [prompts[i] for i in rows],
                 [requests[i].seed for i in rows],
+                spec,  # whole: the engine reads it through fixable.distribution
                 max_new_tokens=limit,
                 eos_id=self.tokenizer.eos_id,
+                reference=self.reference if spec.alpha > 0 else None,
                 batch_size=self.batch_size,
                 dtype=self.dtype,
-                **settings,
             )
             share = (time.perf_counter() - t0) / len(rows)
             for k, i in enumerate(rows):

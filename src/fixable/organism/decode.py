@@ -4,9 +4,11 @@
 every generated token, its log-prob under the distribution sampled from, the entropy of
 the policy's own T=1 next-token distribution and the policy's T=1 log-prob. Interventions
 act on the next-token distribution: temperature, greedy, geometric mixing with a reference
-model (two KV caches in lockstep) and DoLa (contrast with an early-exit layer). The
-distribution arithmetic is ``fixable.distribution.sampling_logprobs``, shared with the
-``hf`` backend; this module steps the models whose log-probs it combines.
+model (two KV caches in lockstep) and DoLa (contrast with an early-exit layer). ``decode``
+takes the request's ``SamplingSpec`` whole and hands it to
+``fixable.distribution.sampling_logprobs``, the distribution arithmetic shared with the
+``hf`` backend; this module steps the models whose log-probs it combines and names no
+field that only that function reads (a new truncation needs no change here).
 
 Batch invariance. Row i's tokens depend only on (model, prompts[i], seeds[i], settings).
 The noise is counter-based (``fixable.noise``), but that alone is not enough: if the
@@ -34,13 +36,13 @@ import logging
 import math
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 
+from fixable import distribution
 from fixable.distribution import DOLA_PLAUSIBILITY as DOLA_PLAUSIBILITY  # the manifest's
-from fixable.distribution import sampling_logprobs
 from fixable.interventions import SamplingSpec
 from fixable.noise import gumbel_argmax
 from fixable.organism.model import OrganismLM, rotate_half
@@ -65,18 +67,15 @@ def decode(
     model: OrganismLM,
     prompts: list[list[int]],
     seeds: list[int],
+    spec: SamplingSpec | None = None,
     *,
-    temperature: float = 1.0,
     max_new_tokens: int = 160,
     eos_id: int = 2,
     greedy: bool = False,
     reference: OrganismLM | None = None,
-    alpha: float = 0.0,
-    dola_layer: int | None = None,
-    top_p: float = 1.0,
-    min_p: float = 0.0,
     batch_size: int = 512,
     dtype: str | torch.dtype = "float32",
+    **spec_fields,
 ) -> Decoded:
     """Sample one completion per (prompt, seed) row.
 
@@ -84,30 +83,27 @@ def decode(
         model: the policy.
         prompts: token-id lists, each starting with <bos> (``CharTokenizer.encode(p, bos=True)``).
         seeds: one seed per row; row i's tokens are a pure function of its seed and prompt.
-        temperature: sampling temperature; 0 (or ``greedy``) takes the argmax.
+        spec: the distribution to sample (``Intervention.spec``), read whole by
+            ``fixable.distribution.sampling_logprobs``; its fields are validated by
+            ``SamplingSpec`` itself. ``spec.alpha`` needs ``reference``; ``spec.dola_layer``
+            must be in [0, n_layer - 1] (0 = the embeddings); ``spec.checkpoint`` is the
+            caller's to resolve (pass that checkpoint as ``model``). Default: the policy.
         max_new_tokens: most tokens generated per row (a GPT-family model also stops at
             its ``block_size``, which its learned positions cannot go past).
         eos_id: the end-of-sequence id; sampling it ends the row with finish "stop".
-        greedy: take the argmax of the (intervened) distribution.
+        greedy: take the argmax of the (intervened, untempered) distribution.
         reference: the reference model for mixing (same vocabulary).
-        alpha: mixing weight, ``log p ∝ (1-alpha) log p_model + alpha log p_reference``.
-        dola_layer: contrast the final layer with the early exit after this many blocks
-            (0 = the embeddings), in [0, n_layer - 1].
-        top_p: nucleus truncation after temperature, in (0, 1] (1: none).
-        min_p: keep tokens with probability >= min_p x the top token's, in [0, 1) (0: none).
         batch_size: most rows decoded at once (memory: the KV cache of one batch).
         dtype: ``"float32"`` or ``"bfloat16"``: the precision of the linear layers'
             weights and inputs (``_forward``); log-softmax, entropies and log-probs are
             fp32 either way.
+        **spec_fields: ``SamplingSpec`` fields by name (``temperature=0.7``, ``alpha=0.5``,
+            ``top_p=0.9``…), for callers that build no spec; they replace ``spec``'s.
+            ``temperature=0`` means greedy.
     """
     compute_dtype = resolve_dtype(dtype)
-    _validate(
-        model, prompts, seeds, temperature, max_new_tokens, reference, alpha, dola_layer, batch_size
-    )
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not 0 <= min_p < 1:
-        raise ValueError(f"min_p must be in [0, 1), got {min_p!r}")
+    spec, greedy = _spec_of(spec, greedy, spec_fields)
+    _validate(model, prompts, seeds, max_new_tokens, reference, spec, batch_size)
     n = len(prompts)
     out = Decoded(
         [[] for _ in range(n)],
@@ -119,15 +115,12 @@ def decode(
     if n == 0 or max_new_tokens == 0:
         return out
     settings = _Settings(
-        temperature=float(temperature),
-        greedy=bool(greedy) or temperature == 0,
+        # greedy takes the argmax of the untempered distribution
+        spec=replace(spec, temperature=1.0) if greedy else spec,
+        greedy=greedy,
         max_new_tokens=int(max_new_tokens),
         eos_id=int(eos_id),
-        reference=reference if alpha > 0 else None,
-        alpha=float(alpha),
-        dola_layer=dola_layer,
-        top_p=float(top_p),
-        min_p=float(min_p),
+        reference=reference if spec.alpha > 0 else None,
         dtype=compute_dtype,
     )
     # Group rows by padded prompt length (the cache layout), then by prompt, so that the
@@ -154,74 +147,71 @@ def decode(
     return out
 
 
+def _spec_of(
+    spec: SamplingSpec | None, greedy: bool, spec_fields: dict
+) -> tuple[SamplingSpec, bool]:
+    """The spec ``decode`` samples and whether it takes the argmax: ``spec`` (default: the
+    policy's) with the keyword fields replaced; ``temperature=0`` is greedy."""
+    spec = spec if spec is not None else SamplingSpec()
+    known = {f.name for f in fields(spec)}
+    unknown = sorted(set(spec_fields) - known)
+    if unknown:
+        raise TypeError(
+            f"decode() got unexpected keyword arguments {', '.join(unknown)}; "
+            f"sampling fields are {', '.join(sorted(known))}"
+        )
+    if spec_fields.get("temperature") == 0:
+        spec_fields = {**spec_fields, "temperature": 1.0}
+        greedy = True
+    return (replace(spec, **spec_fields) if spec_fields else spec), bool(greedy)
+
+
 @dataclass(frozen=True)
 class _Settings:
-    temperature: float
+    spec: SamplingSpec  # the distribution sampled from (greedy: the untempered one)
     greedy: bool
     max_new_tokens: int
     eos_id: int
     reference: OrganismLM | None
-    alpha: float
-    dola_layer: int | None
-    top_p: float = 1.0
-    min_p: float = 0.0
     dtype: torch.dtype = torch.float32
-
-    @property
-    def spec(self) -> SamplingSpec:
-        """The distribution sampled from (greedy: the untempered one, whose argmax is taken)."""
-        return SamplingSpec(
-            temperature=1.0 if self.greedy else self.temperature,
-            alpha=self.alpha,
-            dola_layer=self.dola_layer,
-            top_p=self.top_p,
-            min_p=self.min_p,
-        )
 
 
 def _padded_length(length: int) -> int:
     return PROMPT_BUCKET * math.ceil(length / PROMPT_BUCKET)
 
 
-def _validate(
-    model, prompts, seeds, temperature, max_new_tokens, reference, alpha, dola_layer, batch_size
-) -> None:
+def _validate(model, prompts, seeds, max_new_tokens, reference, spec, batch_size) -> None:
+    """What the engine checks itself: the shapes of its inputs and what the spec needs of
+    the models (a reference for mixing, enough layers for DoLa); the spec's own values
+    were checked when it was built."""
     if len(prompts) != len(seeds):
         raise ValueError(
             f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt"
         )
-    if not 0 <= temperature <= 100:
-        raise ValueError(f"temperature must be in [0, 100], got {temperature!r}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    if alpha > 0 and reference is None:
-        raise ValueError(f"mixing with alpha={alpha} needs a reference model")
+    mixing = spec.alpha > 0
+    if mixing and reference is None:
+        raise ValueError(f"mixing with alpha={spec.alpha} needs a reference model")
     if reference is not None and reference.cfg.vocab_size != model.cfg.vocab_size:
         raise ValueError(
             f"reference vocabulary ({reference.cfg.vocab_size}) differs from the "
             f"model's ({model.cfg.vocab_size}); mixing needs the same tokenizer"
         )
-    if dola_layer is not None:
-        if not 0 <= dola_layer < model.cfg.n_layer:
-            raise ValueError(
-                f"dola_layer must be in [0, {model.cfg.n_layer - 1}] for a "
-                f"{model.cfg.n_layer}-layer model, got {dola_layer!r}"
-            )
-        if alpha > 0:
-            raise ValueError(
-                "mixing and DoLa are separate interventions; set one of alpha, dola_layer"
-            )
+    if spec.dola_layer is not None and spec.dola_layer >= model.cfg.n_layer:
+        raise ValueError(
+            f"dola_layer must be in [0, {model.cfg.n_layer - 1}] for a "
+            f"{model.cfg.n_layer}-layer model, got {spec.dola_layer!r}"
+        )
     vocab = model.cfg.vocab_size
     for i, prompt in enumerate(prompts):
         if len(prompt) == 0:
             raise ValueError(f"prompt {i} is empty; prompts start with <bos>")
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise ValueError(f"prompt {i} has token ids outside [0, {vocab - 1}]")
-        for m in (model, reference if alpha > 0 else None):
+        for m in (model, reference if mixing else None):
             if m is not None and m.cfg.family == "gpt" and len(prompt) >= m.cfg.block_size:
                 raise ValueError(
                     f"prompt {i} has {len(prompt)} tokens; a gpt-family model with "
@@ -523,7 +513,7 @@ def _decode_chunk(
         lengths[u] = len(prompt)
     positions = (torch.arange(P, device=device)[None] - (P - lengths)[:, None]).clamp(min=0)
 
-    policy = _Stream(model, s.dola_layer, s.dtype)
+    policy = _Stream(model, s.spec.dola_layer, s.dtype)
     logits, early = policy.prefill(idx, positions, key_mask, fan)
     reference = None
     ref_logits = None
@@ -553,7 +543,7 @@ def _decode_chunk(
         ref_logp = torch.log_softmax(ref_logits.float(), dim=-1) if ref_logits is not None else None
         early_logp = torch.log_softmax(early.float(), dim=-1) if early is not None else None
         # the shared arithmetic of fixable.distribution (the hf backend calls it too)
-        sampled = sampling_logprobs(policy_logp, spec, ref_logp, early_logp)
+        sampled = distribution.sampling_logprobs(policy_logp, spec, ref_logp, early_logp)
         if s.greedy:
             token = torch.argmax(sampled, dim=-1)
             token_logp = torch.zeros(B, device=device)  # a point mass: log 1
