@@ -262,3 +262,30 @@ def test_the_learned_router_is_evaluated_beside_the_rule(truth_run):
     result["recovery"] = result.get("recovery") or {"field": "kind"}
     html = control_section(result)
     assert "A learned router against best fixed" in html and "all models (pooled)" in html
+
+
+def test_the_learned_router_is_printed_with_its_controls(truth_run):
+    from fixable.demo import headline_table
+    from fixable.report.summary import headline
+
+    path, thresholds, _ = truth_run
+    table, sources = load_runs([path])
+    config = AnalysisConfig(
+        n_boot=30, stability_boot=2, frozen_router=str(thresholds), learned_router=True
+    )
+    result = analyze(table, sources=sources, model_info=INFO, config=config).result
+    rows = {r["id"]: r for r in headline(result)}
+    learned = rows["learned_router_lift_steerable_hard_vs_best_fixed"]
+    over = result["routing"]["learned"]["subsets"]["steerable-hard"]["lift_over_best_fixed"]
+    assert learned["value"] == over["routed"]["value"]
+    assert learned["controls"]["shuffled_within_model"] == over["shuffled_within_model"]["value"]
+    names = [row[0] for row in headline_table({"headline": list(rows.values())})]
+    assert "learned router vs best fixed, steerable-hard" in names
+    # without the learned router the table has no such row
+    plain = analyze(
+        table,
+        sources=sources,
+        model_info=INFO,
+        config=AnalysisConfig(n_boot=30, stability_boot=2, frozen_router=str(thresholds)),
+    ).result
+    assert not any(r["id"].startswith("learned_router") for r in headline(plain))

@@ -796,6 +796,26 @@ def headline_table(summary: dict) -> list[tuple[str, str, str, str]]:
         else:
             ours, control = f"not computed: {lift.get('skipped', 'no routing')}", "–"
         out.append((name, ours, control, ref))
+    for row_id, name in (
+        ("learned_router_lift_all_vs_best_fixed", "learned router vs best fixed, all"),
+        (
+            "learned_router_lift_steerable_hard_vs_best_fixed",
+            "learned router vs best fixed, steerable-hard",
+        ),
+    ):
+        lift = rows.get(row_id) or {}
+        if lift.get("value") is not None:  # only when the analysis evaluated it
+            c = lift.get("controls") or {}
+            out.append(
+                (
+                    name,
+                    f"{pts(lift['value'])} points [{pts(lift.get('low'))}, "
+                    f"{pts(lift.get('high'))}], n={lift.get('n')}",
+                    f"shuffled within model {pts(c.get('shuffled_within_model'))}, charged "
+                    f"for F3 {pts(c.get('router_charged_for_scoring'))}",
+                    "–",
+                )
+            )
     gap = rows.get("oracle_gap_closed_all") or {}
     if gap.get("value") is not None:
         out.append(
