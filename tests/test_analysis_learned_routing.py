@@ -84,3 +84,25 @@ def test_missing_features_fall_back_and_one_model_is_refused():
     assert routes[0] in SETTINGS
     with pytest.raises(DataError, match="at least two models"):
         leave_one_model_out_routes(_data(models=("a",)), budget=4)
+
+
+def test_columns_restrict_what_the_router_reads():
+    # the deciding feature is column 0: a router reading only columns 1 and 2 cannot learn
+    # the map, one reading column 0 alone learns it as well as one reading all three
+    data = _data()
+    expected = np.where(data.features[:, 0] > 0.5, "checkpoint(c=first)", "temperature(T=0.3)")
+    alone = leave_one_model_out_routes(data, budget=4, k=5, columns=[0])
+    blind = leave_one_model_out_routes(data, budget=4, k=5, columns=[1, 2])
+    assert np.mean(alone == expected) > 0.9
+    assert np.mean(blind == expected) < 0.75
+    with pytest.raises(DataError, match="at least one feature"):
+        leave_one_model_out_routes(data, budget=4, k=5, columns=[])
+
+
+def test_the_free_router_reads_neither_drift_nor_its_cost():
+    from fixable.analysis.learned_routing import FREE_FEATURES
+    from fixable.analysis.routing import ROUTER_FEATURES
+
+    assert "reference_drift" in ROUTER_FEATURES
+    assert "reference_drift" not in FREE_FEATURES
+    assert set(FREE_FEATURES) < set(ROUTER_FEATURES) and len(FREE_FEATURES) == 2

@@ -289,3 +289,33 @@ def test_the_learned_router_is_printed_with_its_controls(truth_run):
         config=AnalysisConfig(n_boot=30, stability_boot=2, frozen_router=str(thresholds)),
     ).result
     assert not any(r["id"].startswith("learned_router") for r in headline(plain))
+    assert not any(r["id"].startswith("free_router") for r in headline(plain))
+
+
+def test_the_free_router_is_evaluated_uncharged_and_printed(truth_run):
+    from fixable.demo import headline_table
+    from fixable.report.control import control_section
+    from fixable.report.summary import headline
+
+    path, thresholds, _ = truth_run
+    table, sources = load_runs([path])
+    config = AnalysisConfig(
+        n_boot=30, stability_boot=2, frozen_router=str(thresholds), learned_router=True
+    )
+    analysis = analyze(table, sources=sources, model_info=INFO, config=config)
+    result = analysis.result
+    free = result["routing"]["learned_free"]
+    assert free["features"] == ["answer_dispersion", "trajectory_uncertainty"]
+    assert analysis.failures["free_setting"].notna().sum() == free["subsets"]["all"]["n"]
+    # it teacher-forces nothing, so charging it changes nothing; the learned router (F3) pays
+    over = free["subsets"]["all"]["lift_over_best_fixed"]
+    assert over["routed_charged"]["value"] == over["routed"]["value"]
+    paid = result["routing"]["learned"]["subsets"]["all"]["lift_over_best_fixed"]
+    assert paid["routed_charged"]["value"] < paid["routed"]["value"]
+    rows = {r["id"]: r for r in headline(result)}
+    row = rows["free_router_lift_all_vs_best_fixed"]
+    assert row["value"] == over["routed"]["value"]
+    names = [r[0] for r in headline_table({"headline": list(rows.values())})]
+    assert "free router (F1, F2) vs best fixed, all" in names
+    result["recovery"] = result.get("recovery") or {"field": "kind"}
+    assert "The free router" in control_section(result)

@@ -802,17 +802,26 @@ def headline_table(summary: dict) -> list[tuple[str, str, str, str]]:
             "learned_router_lift_steerable_hard_vs_best_fixed",
             "learned router vs best fixed, steerable-hard",
         ),
+        ("free_router_lift_all_vs_best_fixed", "free router (F1, F2) vs best fixed, all"),
+        (
+            "free_router_lift_steerable_hard_vs_best_fixed",
+            "free router (F1, F2) vs best fixed, steerable-hard",
+        ),
     ):
         lift = rows.get(row_id) or {}
         if lift.get("value") is not None:  # only when the analysis evaluated it
             c = lift.get("controls") or {}
+            charged = (
+                f", charged for F3 {pts(c.get('router_charged_for_scoring'))}"
+                if row_id.startswith("learned")
+                else " (charged nothing: reads no F3)"
+            )
             out.append(
                 (
                     name,
                     f"{pts(lift['value'])} points [{pts(lift.get('low'))}, "
                     f"{pts(lift.get('high'))}], n={lift.get('n')}",
-                    f"shuffled within model {pts(c.get('shuffled_within_model'))}, charged "
-                    f"for F3 {pts(c.get('router_charged_for_scoring'))}",
+                    f"shuffled within model {pts(c.get('shuffled_within_model'))}{charged}",
                     "–",
                 )
             )

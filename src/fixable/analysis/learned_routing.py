@@ -13,6 +13,10 @@ router that can learn from rescue outcomes without seeing the failures it is sco
 * a failure with a missing feature gets the setting best on average over the other
   models' labelling parts.
 
+``columns`` restricts the router to some of the features: the *free router* reads answer
+dispersion (F1) and trajectory uncertainty (F2) only, which come with the probes, and so
+costs nothing beyond them (no teacher-forced pass under the reference for drift, F3).
+
 Its routes are then evaluated frozen by protocol v2 (``evaluation.evaluate_frozen_routing``),
 scored on the scoring part, with the same nulls as the rule. The bootstrap resamples
 problems and models with these routes fixed: the variance of fitting the router is not in
@@ -21,18 +25,31 @@ the intervals.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from fixable.analysis.evaluation import RoutingData
+from fixable.analysis.routing import ROUTER_FEATURES
 from fixable.errors import DataError
+from fixable.features import axis_feature
 
 #: neighbours per routed failure; fixed before the router was first run, not tuned
 DEFAULT_K = 25
+#: what the free router reads: every router feature but reference drift (F3), whose
+#: teacher-forced pass under the reference is the router's only cost beyond the probes
+FREE_FEATURES = tuple(f for f in ROUTER_FEATURES if f != axis_feature("reference"))
 
 
-def leave_one_model_out_routes(data: RoutingData, budget: float, k: int = DEFAULT_K) -> np.ndarray:
+def leave_one_model_out_routes(
+    data: RoutingData,
+    budget: float,
+    k: int = DEFAULT_K,
+    columns: Sequence[int] | None = None,
+) -> np.ndarray:
     """(F,) setting labels: each model's failures routed by a k-nearest-neighbour router
-    fitted on the other models' features and labelling-part outcomes."""
+    fitted on the other models' features and labelling-part outcomes. ``columns``: the
+    indices of ``data.features`` it reads (default: all)."""
     if k < 1:
         raise DataError(f"the learned router needs k >= 1 neighbours, got {k}")
     models = np.asarray(data.models).astype(str)
@@ -41,6 +58,10 @@ def leave_one_model_out_routes(data: RoutingData, budget: float, k: int = DEFAUL
     settings = list(data.score.settings)
     success = np.nan_to_num(data.label.success(budget))  # (F, S), labelling part only
     x = np.asarray(data.features, dtype=float)
+    if columns is not None:
+        if not len(columns):
+            raise DataError("the learned router needs at least one feature column")
+        x = x[:, list(columns)]
     complete = np.isfinite(x).all(axis=1)
     routes = np.empty(len(models), dtype=object)
     for model in sorted(set(models)):

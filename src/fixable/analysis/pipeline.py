@@ -50,7 +50,13 @@ from fixable.analysis.regimes import (
     split_stability,
 )
 from fixable.analysis.result import FORMAT, FORMAT_VERSION
-from fixable.analysis.routing import ROUTER_FEATURES, Outcomes, SignatureRouter, route_failures
+from fixable.analysis.routing import (
+    ROUTER_AXES,
+    ROUTER_FEATURES,
+    Outcomes,
+    SignatureRouter,
+    route_failures,
+)
 from fixable.analysis.thresholds import FamilyRouter
 from fixable.analysis.topography import topography
 from fixable.analysis.transfer import transfer
@@ -109,7 +115,9 @@ class AnalysisConfig:
     truth: str | None = None
     # also evaluate a k-nearest-neighbour router fitted leave-one-model-out on the other
     # models' labelling parts (analysis/learned_routing.py): does the signature carry
-    # per-failure routing information the rule does not read? Result in routing["learned"]
+    # per-failure routing information the rule does not read? Result in routing["learned"];
+    # the same router on F1 and F2 only (free: no teacher-forced pass) in
+    # routing["learned_free"]
     learned_router: bool = False
 
     def __post_init__(self):
@@ -416,9 +424,10 @@ def _analyze(
         )
         routing = _routing(rows, label_outcomes, score_outcomes, data, config, router)
         per_failure = routing.pop("per_failure")
-        learned = (routing.get("learned") or {}).pop("per_failure", None)
-        if learned is not None:
-            failures = failures.merge(learned, on=FAILURE_KEY, how="left")
+        for key in ("learned", "learned_free"):
+            learned = (routing.get(key) or {}).pop("per_failure", None)
+            if learned is not None:
+                failures = failures.merge(learned, on=FAILURE_KEY, how="left")
         routing["paper"] = {"routing_lift_steerable_hard": PAPER["routing_lift_steerable_hard"]}
         keep = [c for c in per_failure.columns if c in STRATEGIES_V2]
         routed_cols = per_failure.rename(columns={s: f"within_budget[{s}]" for s in keep})
@@ -721,7 +730,12 @@ def _routing(rows, label_outcomes, score_outcomes, data, config, router) -> dict
         routing_data, routing["per_failure"], budget, toward, config
     )
     if config.learned_router:
+        from fixable.analysis.learned_routing import FREE_FEATURES
+
         routing["learned"] = _learned_routing(routing_data, budget, toward, config)
+        routing["learned_free"] = _learned_routing(
+            routing_data, budget, toward, config, features=FREE_FEATURES
+        )
     routing["protocol_version"] = 2
     routing["calibration"] = calibration
     routing["router"] = repr(router) if router is not None else repr(SignatureRouter())
@@ -741,28 +755,37 @@ def _routing(rows, label_outcomes, score_outcomes, data, config, router) -> dict
     return routing
 
 
-def _learned_routing(data: RoutingData, budget, toward, config) -> dict:
-    """The leave-one-model-out k-NN router's routes, evaluated frozen like the rule's: pooled
-    and per model, with the same strategies and nulls."""
+def _learned_routing(
+    data: RoutingData, budget, toward, config, features: tuple[str, ...] = ROUTER_FEATURES
+) -> dict:
+    """The leave-one-model-out k-NN router's routes on ``features`` (some of
+    ROUTER_FEATURES), evaluated frozen like the rule's: pooled and per model, with the same
+    strategies and nulls. Without reference drift it teacher-forces nothing and is charged
+    nothing (its charged figures equal its uncharged ones)."""
     from fixable.analysis.learned_routing import DEFAULT_K, leave_one_model_out_routes
 
     if len(set(data.models)) < 2:
         return {"skipped": "a leave-one-model-out router needs at least two models"}
-    routes = leave_one_model_out_routes(data, budget, k=DEFAULT_K)
-    learned = replace(data, fixed_routes=routes)
+    columns = [ROUTER_FEATURES.index(f) for f in features]
+    routes = leave_one_model_out_routes(data, budget, k=DEFAULT_K, columns=columns)
+    drift = ROUTER_FEATURES[ROUTER_AXES.index("reference")]
+    charge = data.charge if drift in features else np.zeros_like(data.charge)
+    learned = replace(data, fixed_routes=routes, charge=charge)
     r = _evaluate_at_budget(learned, budget, toward, config)
     per_failure = r.pop("per_failure")
+    column = "learned_setting" if tuple(features) == ROUTER_FEATURES else "free_setting"
     return {
         "router": f"k-nearest neighbours (k={DEFAULT_K}) on standardised "
-        + ", ".join(ROUTER_FEATURES)
+        + ", ".join(features)
         + ", fitted leave-one-model-out on the other models' labelling parts",
+        "features": list(features),
         "intervals": "routes frozen; the variance of fitting the router is not included",
         "routed_share": r["routed_share"],
         "best_fixed_choices": r["best_fixed_choices"],
         "subsets": r["subsets"],
         "per_model": _per_model_routing(learned, per_failure, budget, toward, config),
         "per_failure": per_failure[["model", "problem_id", "routed_setting"]].rename(
-            columns={"routed_setting": "learned_setting"}
+            columns={"routed_setting": column}
         ),
     }
 

@@ -48,10 +48,13 @@ def _lift_cells(block: dict) -> list[str]:
     ]
 
 
-def routing_rows(result: dict, *, learned: bool = False) -> tuple[list[str], list[list[str]]]:
-    """Per model (and, for the learned router, all models pooled): lift over best fixed."""
+def routing_rows(result: dict, *, learned: bool | str = False) -> tuple[list[str], list[list[str]]]:
+    """Per model (and, for a learned router, all models pooled): lift over best fixed.
+    ``learned``: True or "learned" for the learned router, "learned_free" for the free one."""
     routing = _get(result, "routing") or {}
-    source = (routing.get("learned") or {}) if learned else routing
+    if learned is True:
+        learned = "learned"
+    source = (routing.get(learned) or {}) if learned else routing
     per_model = dict(source.get("per_model") or {})
     if learned and per_model and source.get("subsets"):
         per_model = {"all models (pooled)": source} | per_model
@@ -176,6 +179,17 @@ def control_section(result: dict | None, *, source: str | None = None) -> str:
             "scoring part stay out of the fit. Evaluated as the rule is, routes frozen (the "
             "variance of fitting the router is not in the intervals). It asks whether the "
             "signature carries per-failure routing information, which the rule may not read.</p>",
+        ]
+    headers, rows = routing_rows(result, learned="learned_free")
+    if rows:
+        parts += [
+            "<h3>The free router: the learned router without reference drift</h3>",
+            table(headers, rows, text_columns=(0, 13)),
+            '<p class="legend">'
+            + esc(_get(routing, "learned_free", "router", default=""))
+            + ": the learned router on the two features that come with the probes. It "
+            "teacher-forces nothing under the reference, so it costs nothing beyond the probes "
+            "and its lift is what a user gets at the same budget.</p>",
         ]
     headers, rows = recovery_rows(recovery)
     parts += [

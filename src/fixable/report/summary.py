@@ -151,28 +151,41 @@ def headline(result: dict) -> list[dict]:
                 "unit": "share (points / 100)",
             }
         )
-    learned = (routing or {}).get("learned") or {}
-    for subset, row_id in (
-        ("all", "learned_router_lift_all_vs_best_fixed"),
-        ("steerable-hard", "learned_router_lift_steerable_hard_vs_best_fixed"),
+    for key, prefix, what in (
+        ("learned", "learned_router", "Learned router (k-NN, fitted leave-one-model-out)"),
+        (
+            "learned_free",
+            "free_router",
+            "Free router (the learned router on answer dispersion and trajectory uncertainty "
+            "only, charged nothing)",
+        ),
     ):
-        block = learned.get("subsets", {}).get(subset, {})
-        if not block.get("n"):
-            continue
-        over = block.get("lift_over_best_fixed") or {}
-        rows.append(
-            {
-                "id": row_id,
-                "name": f"Learned router (k-NN, fitted leave-one-model-out) lift over best "
-                f"fixed on {subset} failures (scoring part, budget {budget:g} samples)",
-                **_estimate(over["routed"]),
-                "controls": {
-                    "shuffled_within_model": (over.get("shuffled_within_model") or {}).get("value"),
-                    "router_charged_for_scoring": (over.get("routed_charged") or {}).get("value"),
-                },
-                "unit": "share (points / 100)",
-            }
-        )
+        learned = (routing or {}).get(key) or {}
+        for subset, row_id in (
+            ("all", f"{prefix}_lift_all_vs_best_fixed"),
+            ("steerable-hard", f"{prefix}_lift_steerable_hard_vs_best_fixed"),
+        ):
+            block = learned.get("subsets", {}).get(subset, {})
+            if not block.get("n"):
+                continue
+            over = block.get("lift_over_best_fixed") or {}
+            rows.append(
+                {
+                    "id": row_id,
+                    "name": f"{what} lift over best "
+                    f"fixed on {subset} failures (scoring part, budget {budget:g} samples)",
+                    **_estimate(over["routed"]),
+                    "controls": {
+                        "shuffled_within_model": (over.get("shuffled_within_model") or {}).get(
+                            "value"
+                        ),
+                        "router_charged_for_scoring": (over.get("routed_charged") or {}).get(
+                            "value"
+                        ),
+                    },
+                    "unit": "share (points / 100)",
+                }
+            )
     if routing:
         all_ = routing.get("subsets", {}).get("all", {})
         rate = all_.get("rates", {}).get("routed")
