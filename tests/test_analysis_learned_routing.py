@@ -106,3 +106,43 @@ def test_the_free_router_reads_neither_drift_nor_its_cost():
     assert "reference_drift" in ROUTER_FEATURES
     assert "reference_drift" not in FREE_FEATURES
     assert set(FREE_FEATURES) < set(ROUTER_FEATURES) and len(FREE_FEATURES) == 2
+
+
+def test_refitted_on_bootstrap_weights():
+    from fixable.analysis.learned_routing import RefittedKNNRouter
+
+    # model "b" has the opposite map; "a" is routed by b, c and d, so the majority decides
+    data = _data(flip_model="b")
+    fit = RefittedKNNRouter(data, budget=4, k=5)
+    F = len(data.models)
+    settings = list(data.score.settings)
+    ones = fit(np.ones((1, F)))[0]
+    assert [settings[i] for i in ones] == list(leave_one_model_out_routes(data, budget=4, k=5))
+    a = data.models == "a"
+    expected = np.where(data.features[:, 0] > 0.5, 2, 1)
+    assert np.mean(ones[a] == expected[a]) > 0.7
+    # a replicate that drew only "a" and "b": "a" is now routed by "b" alone, the wrong way
+    w = np.where(np.isin(data.models, ["a", "b"]), 1.0, 0.0)
+    only_b = fit(w[None])[0]
+    assert np.mean(only_b[a] == expected[a]) < 0.1
+    # "b" drawn three times over outweighs c and d among the neighbours
+    heavy = fit(np.where(data.models == "b", 3.0, 1.0)[None])[0]
+    assert np.mean(heavy[a] == expected[a]) < np.mean(ones[a] == expected[a]) - 0.2
+
+
+def test_the_pooled_interval_includes_refitting():
+    from fixable.analysis.learned_routing import RefittedKNNRouter
+
+    data = _data(flip_model="b")
+    fit = RefittedKNNRouter(data, budget=4, k=5)
+    routes = leave_one_model_out_routes(data, budget=4, k=5)
+    frozen = RoutingData(**{**data.__dict__, "fixed_routes": routes})
+    refit = RoutingData(**{**data.__dict__, "fixed_routes": routes, "refit_routes": fit})
+    kw = dict(budget=4, n_boot=60, n_boot_curves=2)
+    a = evaluate_frozen_routing(frozen, **kw)["subsets"]["all"]["lift_over_best_fixed"]
+    b = evaluate_frozen_routing(refit, **kw)["subsets"]["all"]["lift_over_best_fixed"]
+    assert a["routed"]["value"] == b["routed"]["value"]  # same point routes
+    assert "refitted on each replicate" in b["routed"]["interval"]
+    # replicates that leave out "c" and "d" let the flipped model decide: wider
+    width = lambda e: e["high"] - e["low"]  # noqa: E731
+    assert width(b["routed"]) > width(a["routed"])

@@ -29,14 +29,15 @@ shuffles); ``oracle``.
 Intervals: a hierarchical bootstrap — models resampled with replacement within each
 calibration group, then failures (problems) with replacement within each drawn model — in
 which the thresholds, the routes, the routers' shares and the best fixed choice are refitted
-on every replicate's weights.
+on every replicate's weights. A fitted router (``RoutingData.refit_routes``) is refitted
+there too, so its intervals carry the variance of fitting it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,6 +135,10 @@ class RoutingData:
     # (F,) which failures are evaluated (a declared calibration subset is not); None: all
     evaluate: np.ndarray | None = None
     fixed_routes: np.ndarray | None = None  # (F,) setting labels of a caller's router
+    # a router refitted on each bootstrap replicate: (B, F) weights -> (B, F) setting
+    # indices (e.g. learned_routing.RefittedKNNRouter); its routes under unit weights are
+    # the point routes. None: the routes are the rule's, or ``fixed_routes`` frozen
+    refit_routes: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __post_init__(self):
         n = len(self.score)
@@ -196,6 +201,8 @@ class FrozenRouting:
         """(B, F) setting index of every failure under each replicate's thresholds, and the
         thresholds per group."""
         B, F = weights.shape
+        if self.data.refit_routes is not None:
+            return np.asarray(self.data.refit_routes(weights)), {}
         if self.fixed_routes is not None:
             return np.broadcast_to(self.fixed_routes, (B, F)), {}
         per_group = self.thresholds(weights)
@@ -352,11 +359,12 @@ def evaluate_frozen_routing(
     masks = {"all": np.asarray(data.evaluate, dtype=bool)}
     for name in subsets:
         masks[name] = masks["all"] & (np.asarray(data.labels, dtype=object) == name)
-    refitted = (
-        "thresholds, routes and best fixed refitted"
-        if data.fixed_routes is None and fixed_thresholds is None
-        else "routes frozen by the router, best fixed refitted"
-    )
+    if data.refit_routes is not None:
+        refitted = "the router refitted on each replicate, best fixed refitted"
+    elif data.fixed_routes is None and fixed_thresholds is None:
+        refitted = "thresholds, routes and best fixed refitted"
+    else:
+        refitted = "routes frozen by the router, best fixed refitted"
     unit = (
         f"hierarchical bootstrap-percentile {level:.0%} (models within calibration groups, "
         f"then problems within models; {refitted}; {n_boot} resamples)"

@@ -762,16 +762,20 @@ def _learned_routing(
     ROUTER_FEATURES), evaluated frozen like the rule's: pooled and per model, with the same
     strategies and nulls. Without reference drift it teacher-forces nothing and is charged
     nothing (its charged figures equal its uncharged ones)."""
-    from fixable.analysis.learned_routing import DEFAULT_K, leave_one_model_out_routes
+    from fixable.analysis.learned_routing import DEFAULT_K, RefittedKNNRouter
 
     if len(set(data.models)) < 2:
         return {"skipped": "a leave-one-model-out router needs at least two models"}
     columns = [ROUTER_FEATURES.index(f) for f in features]
-    routes = leave_one_model_out_routes(data, budget, k=DEFAULT_K, columns=columns)
+    fit = RefittedKNNRouter(data, budget, k=DEFAULT_K, columns=columns)
+    settings = list(data.score.settings)
+    routes = np.array([settings[i] for i in fit(np.ones((1, len(data.models))))[0]], dtype=object)
     drift = ROUTER_FEATURES[ROUTER_AXES.index("reference")]
     charge = data.charge if drift in features else np.zeros_like(data.charge)
+    # pooled: refitted inside every bootstrap replicate; per model: its point routes, frozen
+    refitted = replace(data, fixed_routes=routes, charge=charge, refit_routes=fit)
     learned = replace(data, fixed_routes=routes, charge=charge)
-    r = _evaluate_at_budget(learned, budget, toward, config)
+    r = _evaluate_at_budget(refitted, budget, toward, config)
     per_failure = r.pop("per_failure")
     column = "learned_setting" if tuple(features) == ROUTER_FEATURES else "free_setting"
     return {
@@ -779,7 +783,8 @@ def _learned_routing(
         + ", ".join(features)
         + ", fitted leave-one-model-out on the other models' labelling parts",
         "features": list(features),
-        "intervals": "routes frozen; the variance of fitting the router is not included",
+        "intervals": "pooled: the router refitted on every bootstrap replicate (its fitting "
+        "variance included); per model: its point routes frozen (not included)",
         "routed_share": r["routed_share"],
         "best_fixed_choices": r["best_fixed_choices"],
         "subsets": r["subsets"],
