@@ -315,6 +315,13 @@ def test_the_free_router_is_evaluated_uncharged_and_printed(truth_run):
     rows = {r["id"]: r for r in headline(result)}
     row = rows["free_router_lift_all_vs_best_fixed"]
     assert row["value"] == over["routed"]["value"]
+    # the sensitivity interval with the router refitted in the bootstrap rides along
+    low, high = row["controls"]["interval_with_router_refitted"]
+    assert low <= high
+    assert [low, high] == [
+        free["refitted_lift_over_best_fixed"]["all"]["low"],
+        free["refitted_lift_over_best_fixed"]["all"]["high"],
+    ]
     names = [r[0] for r in headline_table({"headline": list(rows.values())})]
     assert "free router (F1, F2) vs best fixed, all" in names
     result["recovery"] = result.get("recovery") or {"field": "kind"}

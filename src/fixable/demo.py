@@ -816,12 +816,16 @@ def headline_table(summary: dict) -> list[tuple[str, str, str, str]]:
                 if row_id.startswith("learned")
                 else " (charged nothing: reads no F3)"
             )
+            refit = c.get("interval_with_router_refitted")
+            refit = (
+                f"; refitted in the bootstrap [{pts(refit[0])}, {pts(refit[1])}]" if refit else ""
+            )
             out.append(
                 (
                     name,
                     f"{pts(lift['value'])} points [{pts(lift.get('low'))}, "
                     f"{pts(lift.get('high'))}], n={lift.get('n')}",
-                    f"shuffled within model {pts(c.get('shuffled_within_model'))}{charged}",
+                    f"shuffled within model {pts(c.get('shuffled_within_model'))}{charged}{refit}",
                     "–",
                 )
             )

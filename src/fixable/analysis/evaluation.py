@@ -360,7 +360,7 @@ def evaluate_frozen_routing(
     for name in subsets:
         masks[name] = masks["all"] & (np.asarray(data.labels, dtype=object) == name)
     if data.refit_routes is not None:
-        refitted = "the router refitted on each replicate, best fixed refitted"
+        refitted = "the router refitted on each replicate (failures resampled within every model), best fixed refitted"
     elif data.fixed_routes is None and fixed_thresholds is None:
         refitted = "thresholds, routes and best fixed refitted"
     else:

@@ -18,9 +18,10 @@ dispersion (F1) and trajectory uncertainty (F2) only, which come with the probes
 costs nothing beyond them (no teacher-forced pass under the reference for drift, F3).
 
 Its routes are then evaluated frozen by protocol v2 (``evaluation.evaluate_frozen_routing``),
-scored on the scoring part, with the same nulls as the rule. In the pooled evaluation the
-router is refitted on every bootstrap replicate (``RefittedKNNRouter``), so its intervals
-carry the variance of fitting it; the per-model evaluation keeps its point routes frozen.
+scored on the scoring part, with the same nulls as the rule; their intervals leave out the
+variance of fitting it. As a sensitivity check the pooled evaluation is repeated with the
+router refitted on every bootstrap replicate (``RefittedKNNRouter``); a k-NN refitted on
+a resample is weaker than the one evaluated, so that interval leans low.
 """
 
 from __future__ import annotations
@@ -56,15 +57,23 @@ def leave_one_model_out_routes(
 
 
 class RefittedKNNRouter:
-    """The leave-one-model-out k-NN router as a function of bootstrap weights: called with
-    (B, F) replicate weights (how often each failure was drawn), it refits the router on
-    each replicate and returns (B, F) setting indices. A failure drawn c times counts c
-    times: in the standardisation (weighted mean and standard deviation of the other
-    models' drawn failures), among the k nearest neighbours (the nearest drawn failures
-    up to a total weight of k, the last one in part) and in the fallback setting. With
-    every weight one this is the router of ``leave_one_model_out_routes``. Passed as
-    ``RoutingData.refit_routes``, it puts the variance of fitting the router into
-    protocol v2's intervals."""
+    """The leave-one-model-out k-NN router, refitted per bootstrap replicate.
+
+    Called with (B, F) replicate weights, it returns (B, F) setting indices. A row of all
+    ones is the point fit: every failure of the other models counts once. Any other row is
+    a replicate: the router is refitted on a fresh resample of the failures *within* every
+    other model (problems drawn with replacement, each model kept once; the draws are
+    seeded by ``random_state`` and the order of the calls). The set of models stays whole
+    on purpose: the replicate weights of the evaluation also resample models, but a router
+    fitted on the ~63 % of distinct models that one model-level draw keeps is a weaker
+    router than the one being evaluated, and refitting on it biases the interval low. A
+    failure drawn c times counts c times: in the standardisation (weighted variances of the
+    other models' drawn failures), among the k nearest neighbours (the nearest drawn
+    failures up to a total weight of k, the last one in part) and in the fallback setting
+    for a failure without features. Passed as ``RoutingData.refit_routes``, it brings the
+    variance of fitting the router into protocol v2's pooled intervals, with a low lean:
+    duplicates in a resample shrink the neighbourhood, so a refit is weaker than the
+    router being evaluated."""
 
     def __init__(
         self,
@@ -72,6 +81,7 @@ class RefittedKNNRouter:
         budget: float,
         k: int = DEFAULT_K,
         columns: Sequence[int] | None = None,
+        random_state: int = 0,
     ):
         if k < 1:
             raise DataError(f"the learned router needs k >= 1 neighbours, got {k}")
@@ -87,31 +97,41 @@ class RefittedKNNRouter:
         self.k = k
         self.complete = np.isfinite(x).all(axis=1)
         self.success = np.nan_to_num(data.label.success(budget))  # (F, S), labelling part
+        self.rng = np.random.default_rng(random_state)
         for model in sorted(set(self.models)):
             if not (self.complete & (self.models != model)).any():
                 raise DataError(f"no other model's failures have features to route {model} by")
 
+    def training_weights(self, n: int) -> np.ndarray:
+        """(n, F) weights of n refits: failures resampled within every model."""
+        out = np.zeros((n, len(self.models)))
+        members = [np.flatnonzero(self.models == m) for m in sorted(set(self.models))]
+        for b in range(n):
+            for idx in members:
+                out[b, idx] = self.rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)))
+        return out
+
     def __call__(self, weights: np.ndarray) -> np.ndarray:
         weights = np.asarray(weights, dtype=float)
+        point = (weights == 1).all(axis=1)
+        train_w = np.ones_like(weights)
+        if (~point).any():
+            train_w[~point] = self.training_weights(int((~point).sum()))
         out = np.empty(weights.shape, dtype=int)
         success, x = self.success, self.x
         for model in sorted(set(self.models)):
             test = self.models == model
             rows = np.flatnonzero(test & self.complete)
             train = np.flatnonzero(~test & self.complete)
-            # squared differences per feature, shared by every replicate: standardising
-            # divides them by the replicate's variances (the means cancel)
+            # squared differences per feature, shared by every refit: standardising
+            # divides them by the refit's variances (the means cancel)
             diff = (x[rows][:, None, :] - x[train][None, :, :]) ** 2  # (rows, train, J)
-            for b, w in enumerate(weights):
+            for b, w in enumerate(train_w):
                 drawn = ~test & (w > 0)
-                if not drawn.any():  # no other model drawn: fall back to all of them
-                    drawn, w = ~test, np.ones_like(w)
                 score = w[drawn] @ success[drawn] + 1e-9 * success[drawn].sum(axis=0)
                 out[b, test] = int(np.argmax(score))
-                wt = w[train]
-                if len(rows) == 0 or not (wt > 0).any():
-                    continue
-                out[b, rows] = self._nearest_best(diff, x[train], wt, success[train])
+                if len(rows):
+                    out[b, rows] = self._nearest_best(diff, x[train], w[train], success[train])
         return out
 
     def _nearest_best(self, diff, x_train, wt, success) -> np.ndarray:

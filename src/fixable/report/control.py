@@ -176,10 +176,10 @@ def control_section(result: dict | None, *, source: str | None = None) -> str:
             + esc(_get(routing, "learned", "router", default=""))
             + ": each model's failures are routed by the k nearest failures of the other "
             "models, to the setting best on their labelling parts; the model itself and every "
-            "scoring part stay out of the fit. Evaluated as the rule is; the pooled row's "
-            "interval refits the router on every bootstrap replicate, the per-model rows keep "
-            "its routes frozen (their intervals leave out its fitting variance). It asks "
-            "whether the "
+            "scoring part stay out of the fit. Evaluated as the rule is, routes frozen (the "
+            "variance of fitting the router is not in the intervals; analysis.json's "
+            "refitted_lift_over_best_fixed gives the pooled interval with the router refitted "
+            "in the bootstrap, which leans low). It asks whether the "
             "signature carries per-failure routing information, which the rule may not read.</p>",
         ]
     headers, rows = routing_rows(result, learned="learned_free")

@@ -182,6 +182,9 @@ def headline(result: dict) -> list[dict]:
                         "router_charged_for_scoring": (over.get("routed_charged") or {}).get(
                             "value"
                         ),
+                        "interval_with_router_refitted": _interval(
+                            (learned.get("refitted_lift_over_best_fixed") or {}).get(subset)
+                        ),
                     },
                     "unit": "share (points / 100)",
                 }
@@ -358,3 +361,10 @@ def build_summary(
         "figures": report_files or {},
         "figures_unavailable": unavailable or {},
     }
+
+
+def _interval(estimate: dict | None) -> list[float] | None:
+    """[low, high] of an estimate, or None."""
+    if not estimate or estimate.get("low") is None:
+        return None
+    return [estimate["low"], estimate["high"]]
