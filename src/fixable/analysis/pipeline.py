@@ -111,6 +111,10 @@ class AnalysisConfig:
     # models' labelling parts (analysis/learned_routing.py): does the signature carry
     # per-failure routing information the rule does not read? Result in routing["learned"]
     learned_router: bool = False
+    # topography's accuracy-matched view: the post-training methods whose failures it is
+    # rerun on, chosen before the run from the models' accuracies (e.g. the zoo's
+    # ``accuracy_matched_methods``), never from the rollouts analysed; empty: no such view
+    matched_methods: tuple = ()
 
     def __post_init__(self):
         if self.budget is not None and not self.budget > 0:
@@ -122,6 +126,14 @@ class AnalysisConfig:
             raise ConfigError(f"n_null must be at least 20 permutations, got {self.n_null!r}")
         if isinstance(self.calibration, str):
             self.calibration = (self.calibration,)
+        if isinstance(self.matched_methods, str):
+            self.matched_methods = tuple(m for m in self.matched_methods.split(",") if m)
+        self.matched_methods = tuple(str(m).strip() for m in self.matched_methods)
+        if len(self.matched_methods) == 1:
+            raise ConfigError(
+                "matched_methods must name at least 2 post-training methods (e.g. "
+                f"'distill,rft'), got {list(self.matched_methods)}"
+            )
         self.calibration = tuple(str(c) for c in self.calibration)
         if self.frozen_router is not None:
             self.frozen_router = str(self.frozen_router)
@@ -139,6 +151,7 @@ class AnalysisConfig:
         d = asdict(self)
         d["thresholds"] = self.thresholds.to_dict()
         d["calibration"] = list(self.calibration)
+        d["matched_methods"] = list(self.matched_methods)
         return d
 
 
@@ -440,6 +453,7 @@ def _analyze(
                 texts=texts,
                 failure_rates={m: data["models"][m]["failure_rate"] for m in models},
                 seeds=features["seed"].tolist(),
+                matched_methods=config.matched_methods or None,
                 n_null=config.n_null,
                 n_boot=config.n_boot,
                 random_state=rs,
@@ -986,11 +1000,13 @@ def _tables(result: dict, failures: pd.DataFrame) -> dict[str, pd.DataFrame]:
         rows.append({"predictor": "training-fold majority", **_acc_row(topo["majority_in_folds"])})
         for key, name in (
             ("failure_rate_only", "failure rate only (one number per model)"),
+            ("features_plus_failure_rate", "features + failure rate (nested)"),
             ("model_centroid", "per-model feature centroid"),
             ("text_baseline", "text baseline (TF-IDF)"),
         ):
             if topo.get(key):
                 rows.append({"predictor": name, **_acc_row(topo[key])})
+        rows += _gain_rows(topo.get("beyond_failure_rate"), "")
         null = topo.get("null") or {}
         rows.append(
             {
@@ -1019,6 +1035,7 @@ def _tables(result: dict, failures: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 "accuracy_std": PAPER["topography_accuracy"]["std"],
             }
         )
+        rows += _matched_rows(topo.get("matched"))
         tables["topography"] = pd.DataFrame(rows)
         conf = topo["confusion"]
         tables["confusion"] = pd.DataFrame(
@@ -1151,6 +1168,7 @@ def _summary_lines(result: dict) -> str:
             f"{null.get('mean', float('nan')) * 100:.1f} %, p = {null.get('p_value', float('nan')):.2f}; "
             f"paper: {topography_text()})"
         )
+        lines += _topography_nested_lines(topo)
         seed = topo.get("seed_as_label")
         if seed:
             lines.append(
@@ -1170,6 +1188,86 @@ def _summary_lines(result: dict) -> str:
     for stage, why in result.get("skipped", {}).items():
         lines.append(f"- {stage} skipped: {why}")
     return "\n".join(lines)
+
+
+def _gain_rows(beyond: dict | None, prefix: str) -> list[dict]:
+    """The nested comparison's gain (features + failure rate minus failure rate only) as
+    a topography table row."""
+    if not beyond:
+        return []
+    gain = beyond["gain"]
+    return [
+        {
+            "predictor": f"{prefix}gain of features + failure rate over failure rate only "
+            f"(better on {beyond['models_better']}, worse on {beyond['models_worse']} "
+            "held-out models)",
+            "accuracy_mean": gain["value"],
+            "low": gain["low"],
+            "high": gain["high"],
+        }
+    ]
+
+
+def _matched_rows(matched: dict | None) -> list[dict]:
+    """The accuracy-matched view's rows of the topography table."""
+    if not matched or matched.get("skipped"):
+        return []
+    prefix = f"matched ({', '.join(matched['methods'])}): "
+    rows = [{"predictor": f"{prefix}features (F1-F3)", **_acc_row(matched["classifier"])}]
+    rows.append({"predictor": f"{prefix}majority class (share)", **_acc_row(matched["majority"])})
+    rows.append(
+        {"predictor": f"{prefix}training-fold majority", **_acc_row(matched["majority_in_folds"])}
+    )
+    for key, name in (
+        ("failure_rate_only", "failure rate only"),
+        ("features_plus_failure_rate", "features + failure rate (nested)"),
+    ):
+        if matched.get(key):
+            rows.append({"predictor": f"{prefix}{name}", **_acc_row(matched[key])})
+    rows += _gain_rows(matched.get("beyond_failure_rate"), prefix)
+    null = matched["null"]
+    rows.append(
+        {
+            "predictor": f"{prefix}null: methods permuted across models ({null['n_permutations']})",
+            "accuracy_mean": null["mean"],
+            "accuracy_std": null["std"],
+            "high": null["q95"],
+        }
+    )
+    return rows
+
+
+def _topography_nested_lines(topo: dict) -> list[str]:
+    """Summary lines of the nested comparison and the accuracy-matched view."""
+    lines = []
+
+    def nested(section: dict, where: str) -> None:
+        both, rate = section.get("features_plus_failure_rate"), section.get("failure_rate_only")
+        beyond = section.get("beyond_failure_rate")
+        if not (both and rate and beyond):
+            return
+        g = beyond["gain"]
+        lines.append(
+            f"- {where}features + failure rate {both['accuracy']['mean'] * 100:.1f} % vs failure "
+            f"rate only {rate['accuracy']['mean'] * 100:.1f} %: gain {_pts(g['value'])} "
+            f"[{_pts(g['low'])}, {_pts(g['high'])}] points over {rate['n_models']} held-out "
+            f"models ({beyond['verdict']})"
+        )
+
+    nested(topo, "nested: ")
+    matched = topo.get("matched")
+    if matched and matched.get("skipped"):
+        lines.append(f"- accuracy-matched view skipped: {matched['skipped']}")
+    elif matched:
+        acc, null = matched["classifier"]["accuracy"], matched["null"]
+        lines.append(
+            f"- accuracy-matched methods ({', '.join(matched['methods'])}; {matched['n_models']} "
+            f"models, {matched['n_failures']} failures): features {acc['mean'] * 100:.1f} ± "
+            f"{acc['std'] * 100:.1f} % (majority {matched['majority']['accuracy']['mean'] * 100:.1f} "
+            f"%; permuted-methods null {null['mean'] * 100:.1f} %, p = {null['p_value']:.2f})"
+        )
+        nested(matched, "accuracy-matched: ")
+    return lines
 
 
 def _num(x) -> str:
