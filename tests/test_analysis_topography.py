@@ -343,10 +343,10 @@ def test_accuracy_matched_view_removes_the_accuracy_confound():
         seeds=seeds,
         failure_rates=rates,
         feature_sets=MAIN,
-        matched_methods=["rft", "distill"],
+        matched_methods=[["rft", "distill"], ["sft", "rl"]],
         n_boot=200,
     )
-    matched = res["matched"]
+    matched, by_rate = res["matched"]
     assert matched["methods"] == ["distill", "rft"] and matched["n_models"] == 12
     per_model = matched["classifier"]["accuracy"]["per_model"]
     assert set(per_model) == {m for m in FAIR_MODELS if "-distill-" in m or "-rft-" in m}
@@ -359,6 +359,10 @@ def test_accuracy_matched_view_removes_the_accuracy_confound():
     assert matched["beyond_failure_rate"]["gain"]["low"] > 0
     # over all four methods, the failure rate alone does at least as well as the features
     assert res["failure_rate_only"]["accuracy"]["mean"] >= res["classifier"]["accuracy"]["mean"]
+    # a second set, its own folds: sft and rl differ in failure rate only
+    assert by_rate["methods"] == ["rl", "sft"] and by_rate["n_models"] == 12
+    assert by_rate["failure_rate_only"]["accuracy"]["mean"] == 1.0
+    assert by_rate["beyond_failure_rate"]["gain"]["high"] <= 0
 
 
 def test_accuracy_matched_view_says_why_it_is_skipped():
@@ -369,10 +373,10 @@ def test_accuracy_matched_view_says_why_it_is_skipped():
         seeds=seeds,
         failure_rates=rates,
         feature_sets=MAIN,
-        matched_methods=["rft", "sftb"],
+        matched_methods=[["rft", "sftb"]],
         n_boot=50,
     )
-    assert "absent: ['sftb']" in res["matched"]["skipped"]
+    assert "absent: ['sftb']" in res["matched"][0]["skipped"]
     assert "matched" not in topography(features, methods, seeds=seeds, feature_sets=MAIN, n_boot=50)
 
 
@@ -380,7 +384,12 @@ def test_analysis_config_reads_matched_methods_and_refuses_a_single_one():
     from fixable.analysis.pipeline import AnalysisConfig
     from fixable.errors import ConfigError
 
-    assert AnalysisConfig(matched_methods="distill, rft").matched_methods == ("distill", "rft")
+    assert AnalysisConfig(matched_methods="rft, distill").matched_methods == (("distill", "rft"),)
+    two = AnalysisConfig(matched_methods=["distill,rft", ("sftb", "rl")])
+    assert two.matched_methods == (("distill", "rft"), ("rl", "sftb"))
+    assert two.to_dict()["matched_methods"] == [["distill", "rft"], ["rl", "sftb"]]
     assert AnalysisConfig().to_dict()["matched_methods"] == []
     with pytest.raises(ConfigError, match="at least 2"):
         AnalysisConfig(matched_methods="rft")
+    with pytest.raises(ConfigError, match="at least 2"):
+        AnalysisConfig(matched_methods=["distill,rft", "rft,rft"])

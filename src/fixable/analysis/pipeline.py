@@ -111,9 +111,10 @@ class AnalysisConfig:
     # models' labelling parts (analysis/learned_routing.py): does the signature carry
     # per-failure routing information the rule does not read? Result in routing["learned"]
     learned_router: bool = False
-    # topography's accuracy-matched view: the post-training methods whose failures it is
-    # rerun on, chosen before the run from the models' accuracies (e.g. the zoo's
-    # ``accuracy_matched_methods``), never from the rollouts analysed; empty: no such view
+    # topography's accuracy-matched views: sets of post-training methods whose failures it
+    # is rerun on, each chosen before the run from the models' accuracies (e.g. the zoo's
+    # ``accuracy_matched_methods``), never from the rollouts analysed; written
+    # "distill,rft" (one set) or a list of such; empty: no such view
     matched_methods: tuple = ()
 
     def __post_init__(self):
@@ -126,14 +127,7 @@ class AnalysisConfig:
             raise ConfigError(f"n_null must be at least 20 permutations, got {self.n_null!r}")
         if isinstance(self.calibration, str):
             self.calibration = (self.calibration,)
-        if isinstance(self.matched_methods, str):
-            self.matched_methods = tuple(m for m in self.matched_methods.split(",") if m)
-        self.matched_methods = tuple(str(m).strip() for m in self.matched_methods)
-        if len(self.matched_methods) == 1:
-            raise ConfigError(
-                "matched_methods must name at least 2 post-training methods (e.g. "
-                f"'distill,rft'), got {list(self.matched_methods)}"
-            )
+        self.matched_methods = _method_sets(self.matched_methods)
         self.calibration = tuple(str(c) for c in self.calibration)
         if self.frozen_router is not None:
             self.frozen_router = str(self.frozen_router)
@@ -151,8 +145,26 @@ class AnalysisConfig:
         d = asdict(self)
         d["thresholds"] = self.thresholds.to_dict()
         d["calibration"] = list(self.calibration)
-        d["matched_methods"] = list(self.matched_methods)
+        d["matched_methods"] = [list(s) for s in self.matched_methods]
         return d
+
+
+def _method_sets(value) -> tuple[tuple[str, ...], ...]:
+    """Sets of post-training methods: "a,b", ["a,b", "c,d"] or [["a", "b"], ...]; each
+    names at least two methods (a ConfigError otherwise)."""
+    if isinstance(value, str):
+        value = [value]
+    sets = []
+    for item in value or ():
+        names = item.split(",") if isinstance(item, str) else [str(m) for m in item]
+        names = tuple(sorted({n.strip() for n in names if n.strip()}))
+        if len(names) < 2:
+            raise ConfigError(
+                "every set of matched methods must name at least 2 post-training methods "
+                f"(e.g. 'distill,rft'), got {list(names)}"
+            )
+        sets.append(names)
+    return tuple(sets)
 
 
 @dataclass
@@ -1035,7 +1047,8 @@ def _tables(result: dict, failures: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 "accuracy_std": PAPER["topography_accuracy"]["std"],
             }
         )
-        rows += _matched_rows(topo.get("matched"))
+        for matched in topo.get("matched") or ():
+            rows += _matched_rows(matched)
         tables["topography"] = pd.DataFrame(rows)
         conf = topo["confusion"]
         tables["confusion"] = pd.DataFrame(
@@ -1255,10 +1268,13 @@ def _topography_nested_lines(topo: dict) -> list[str]:
         )
 
     nested(topo, "nested: ")
-    matched = topo.get("matched")
-    if matched and matched.get("skipped"):
-        lines.append(f"- accuracy-matched view skipped: {matched['skipped']}")
-    elif matched:
+    for matched in topo.get("matched") or ():
+        if matched.get("skipped"):
+            lines.append(
+                f"- accuracy-matched view ({', '.join(matched['methods'])}) skipped: "
+                f"{matched['skipped']}"
+            )
+            continue
         acc, null = matched["classifier"]["accuracy"], matched["null"]
         lines.append(
             f"- accuracy-matched methods ({', '.join(matched['methods'])}; {matched['n_models']} "
@@ -1266,7 +1282,7 @@ def _topography_nested_lines(topo: dict) -> list[str]:
             f"{acc['std'] * 100:.1f} % (majority {matched['majority']['accuracy']['mean'] * 100:.1f} "
             f"%; permuted-methods null {null['mean'] * 100:.1f} %, p = {null['p_value']:.2f})"
         )
-        nested(matched, "accuracy-matched: ")
+        nested(matched, f"accuracy-matched ({', '.join(matched['methods'])}): ")
     return lines
 
 

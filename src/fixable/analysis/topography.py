@@ -498,7 +498,7 @@ def topography(
     failure_rates: dict[str, float] | None = None,
     seeds=None,
     feature_sets: dict[str, Sequence[str]] | None = None,
-    matched_methods: Sequence[str] | None = None,
+    matched_methods: Sequence[Sequence[str]] | None = None,
     n_null: int = 20,
     n_boot: int = 1000,
     random_state: int = 0,
@@ -509,8 +509,9 @@ def topography(
     ``features`` needs a ``model`` column; ``methods`` holds each failure's method (None:
     left out); ``seeds`` each failure's model's training seed (for leave-one-seed-out);
     ``failure_rates`` model → probe failure rate (the failure-rate-only baseline and the
-    nested comparison); ``matched_methods``: the accuracy-matched methods, chosen before
-    the run (the ``matched`` section; its folds are redrawn on their models only)."""
+    nested comparison); ``matched_methods``: sets of accuracy-matched methods, each chosen
+    before the run (the ``matched`` list, one section per set; each redraws its folds on
+    its own models)."""
     methods = pd.Series(list(methods), index=features.index, dtype=object)
     keep = methods.notna().to_numpy()
     features, methods = features[keep], methods[keep]
@@ -623,18 +624,21 @@ def topography(
             continue
         _, res = run(MethodClassifier(features=list(cols)), features)
         out["ablations"][name] = res | {"features": list(cols)}
-    if matched_methods is not None:
-        out["matched"] = matched_topography(
-            features,
-            y,
-            matched_methods,
-            seeds=seeds,
-            failure_rates=failure_rates,
-            main=main,
-            n_null=n_null,
-            n_boot=n_boot,
-            random_state=rs,
-        )
+    if matched_methods:
+        out["matched"] = [
+            matched_topography(
+                features,
+                y,
+                chosen,
+                seeds=seeds,
+                failure_rates=failure_rates,
+                main=main,
+                n_null=n_null,
+                n_boot=n_boot,
+                random_state=rs,
+            )
+            for chosen in matched_methods
+        ]
     return out
 
 

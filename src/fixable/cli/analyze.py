@@ -90,10 +90,11 @@ STAGES = ("features", "labels", "regimes", "routing", "topography", "transfer")
 )
 @click.option(
     "--matched-methods",
-    default="",
+    multiple=True,
     help="Topography's accuracy-matched view: post-training methods (comma-separated, e.g. "
     "'distill,rft') chosen beforehand from the models' accuracies (the zoo's rule: "
-    "fixable.organism.zoo.accuracy_matched_methods); topography is rerun on their failures.",
+    "fixable.organism.zoo.accuracy_matched_methods); topography is rerun on their failures. "
+    "Repeat for more sets.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 def command(
@@ -141,7 +142,7 @@ def command(
         n_null=n_null,
         random_state=seed,
         learned_router=learned_router,
-        matched_methods=matched_methods,
+        matched_methods=tuple(matched_methods),
     )
     table, sources = load_runs(runs, models=models or None)
     if table.num_rows == 0:

@@ -558,8 +558,9 @@ def topography_table(result: dict) -> str:
         add("per-model feature centroid", topo["model_centroid"])
     if topo.get("text_baseline"):
         add("text baseline (TF-IDF over the failed rollouts)", topo["text_baseline"])
-    matched = topo.get("matched") or {}
-    if matched and not matched.get("skipped"):
+    for matched in topo.get("matched") or ():
+        if matched.get("skipped"):
+            continue
         prefix = f"accuracy-matched ({', '.join(matched['methods'])}): "
         add(f"{prefix}features (F1–F3)", matched["classifier"], em=True)
         add(f"{prefix}majority class (share)", matched["majority"])

@@ -117,7 +117,7 @@ def headline(result: dict) -> list[dict]:
                     "null_p_value": null.get("p_value"),
                     "features_plus_failure_rate": _mean(topo.get("features_plus_failure_rate")),
                     "gain_over_failure_rate_only": _gain(topo.get("beyond_failure_rate")),
-                    "matched": _matched_controls(topo.get("matched")),
+                    "matched": [_matched_controls(m) for m in topo.get("matched") or ()],
                     "seed_as_label": _mean(topo.get("seed_as_label")),
                     "seed_as_label_chance": (topo.get("seed_as_label") or {}).get("chance"),
                     "seed_as_label_at_chance": (topo.get("seed_as_label") or {}).get("at_chance"),
