@@ -100,9 +100,7 @@ def test_every_recipe_is_named_and_seeded():
 def test_broad_sft_differs_from_narrow_sft_in_data_scope_only():
     narrow, broad = zoo.posttrain_recipe("sft", 1), zoo.posttrain_recipe("sftb", 1)
     assert broad.subdists == TRAIN_SUBDISTS and "alien" not in broad.subdists
-    differing = {
-        k for k in vars(narrow) if getattr(narrow, k) != getattr(broad, k)
-    }
+    differing = {k for k in vars(narrow) if getattr(narrow, k) != getattr(broad, k)}
     assert differing == {"method", "subdists"}  # same steps, batch, rate, checkpoints
 
 
@@ -232,9 +230,10 @@ def test_shipped_broad_sft_keeps_the_operations_narrow_sft_forgets(family):
         # trained on every taught operation, broad SFT does not forget arithmetic
         for subdist in ("arith", "cross"):
             assert broad[subdist] > narrow[subdist] + 0.2, (seed, subdist)
-        assert zoo.card(f"{family}-sftb-s{seed}")["checkpoints"] == zoo.card(
-            f"{family}-sft-s{seed}"
-        )["checkpoints"]
+        assert (
+            zoo.card(f"{family}-sftb-s{seed}")["checkpoints"]
+            == zoo.card(f"{family}-sft-s{seed}")["checkpoints"]
+        )
 
 
 @needs_zoo

@@ -738,7 +738,9 @@ def matched_topography(
     y = methods[keep].astype(str)
     models = sub["model"].astype(str).to_numpy()
     if len(set(models)) < 3:
-        out["skipped"] = f"held-out-model topography needs at least 3 models, got {sorted(set(models))}"
+        out["skipped"] = (
+            f"held-out-model topography needs at least 3 models, got {sorted(set(models))}"
+        )
         return out
     sub_seeds = None if seeds is None else [s for s, k in zip(list(seeds), keep, strict=True) if k]
     scheme, folds = held_out_folds(models, y, sub_seeds)

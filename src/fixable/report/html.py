@@ -570,7 +570,9 @@ def topography_table(result: dict) -> str:
         mnull = matched.get("null") or {}
         rows.append(
             [
-                esc(f"{prefix}null: methods permuted ({mnull.get('n_permutations')}×; p = {fixed(mnull.get('p_value'), 2)})"),
+                esc(
+                    f"{prefix}null: methods permuted ({mnull.get('n_permutations')}×; p = {fixed(mnull.get('p_value'), 2)})"
+                ),
                 pct(mnull.get("mean")),
                 pct(mnull.get("std")),
                 f"95th pct {pct(mnull.get('q95'))}",
