@@ -393,3 +393,41 @@ def test_analysis_config_reads_matched_methods_and_refuses_a_single_one():
         AnalysisConfig(matched_methods="rft")
     with pytest.raises(ConfigError, match="at least 2"):
         AnalysisConfig(matched_methods=["distill,rft", "rft,rft"])
+
+
+def test_summary_lines_and_tables_print_the_nested_comparison_and_the_matched_views():
+    from fixable.analysis.pipeline import _matched_rows, _topography_nested_lines
+
+    scale = {"sft": 0.0, "rl": 0.0, "distill": 1.5, "rft": 1.5}
+    rates = {"sft": 0.75, "rl": 0.3, "distill": 0.5, "rft": 0.5}
+    features, methods, seeds, rates = _method_frame(scale, rates, random_state=5)
+    res = topography(
+        features,
+        methods,
+        seeds=seeds,
+        failure_rates=rates,
+        feature_sets=MAIN,
+        matched_methods=[["distill", "rft"], ["rft", "sftb"]],
+        n_boot=50,
+    )
+    lines = "\n".join(_topography_nested_lines(res))
+    both = res["features_plus_failure_rate"]["accuracy"]["mean"] * 100
+    assert f"nested: features + failure rate {both:.1f} %" in lines
+    assert "accuracy-matched methods (distill, rft; 12 models" in lines
+    assert "accuracy-matched (distill, rft): features + failure rate" in lines
+    assert "accuracy-matched view (rft, sftb) skipped" in lines
+    rows = _matched_rows(res["matched"][0])
+    assert rows[0]["predictor"] == "matched (distill, rft): features (F1-F3)"
+    assert rows[0]["accuracy_mean"] == res["matched"][0]["classifier"]["accuracy"]["mean"]
+    assert any("gain of features + failure rate" in r["predictor"] for r in rows)
+    assert _matched_rows(res["matched"][1]) == []
+
+
+def test_cli_analyze_refuses_a_matched_set_of_one_method(tmp_path, capsys):
+    from fixable.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyze", str(tmp_path), "--matched-methods", "rft"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "at least 2 post-training methods" in err and "Traceback" not in err
