@@ -1,9 +1,9 @@
 """Produce the shipped router thresholds (src/fixable/analysis/router_thresholds.json).
 
-Probes the zoo's calibration models (default: every post-trained seed-1 model) on chains
-test problems the demo and the study never draw (problem_seed 1), K = 8 rollouts each with
-reference log-probs, then writes each family's feature medians over those failures with
-their provenance. The run directory is kept (resumable) so the thresholds can be traced
+Probes the zoo's calibration models (default: every seed-1 model of the four methods in
+``zoo.DEMO_METHODS``) on chains test problems the demo and the study never draw
+(problem_seed 1), K = 8 rollouts each with reference log-probs, then writes each family's
+feature medians over those failures with their provenance. The run directory is kept (resumable) so the thresholds can be traced
 to their rollouts.
 
     python scripts/freeze_router_thresholds.py --run runs/calibration-s1
@@ -45,7 +45,8 @@ def main(argv=None) -> int:
         m
         for m in zoo.list_models()
         if _zoo_info(m).get("seed") == args.seed_of_models
-        and _zoo_info(m).get("method") not in (None, "base", "micro")
+        # the four methods the shipped thresholds were frozen on (broad SFT came later)
+        and _zoo_info(m).get("method") in zoo.DEMO_METHODS
     ]
     task = get_task("chains")
     problems = task.problems(args.problems, seed=args.problem_seed, split="test")

@@ -260,3 +260,174 @@ def test_stratified_permutations_stay_within_their_stratum(failures):
             assert label in allowed[stratum_of[row]]
             relabelled |= label != methods[row]
     assert relabelled  # the labels did move, within their stratum
+
+
+# --- the nested comparison and the accuracy-matched view ------------------------------
+
+
+def _method_frame(
+    method_scale: dict[str, float], rates: dict[str, float], *, random_state: int
+) -> tuple[pd.DataFrame, list, list, dict]:
+    """Failures of the fair zoo's 24 models: each method's features sit at its own offset
+    times ``method_scale[method]`` (0: the method leaves no trace), each model fails at
+    its method's ``rates`` entry plus a little per-model noise."""
+    rng = np.random.default_rng(random_state)
+    offset = {m: rng.normal(0, 1.0, 3) for m in ("sft", "rl", "distill", "rft")}
+    rows, failure_rates = [], {}
+    for name in FAIR_MODELS:
+        _, method, seed = name.split("-")
+        failure_rates[name] = rates[method] + rng.normal(0, 0.005)
+        centre = offset[method] * method_scale[method] + rng.normal(0, 0.3, 3)
+        for i in range(20):
+            f1, f2, f3 = centre + rng.normal(0, 0.3, 3)
+            rows.append(
+                {
+                    "model": name,
+                    "problem_id": f"p{i}",
+                    "answer_dispersion": f1,
+                    "trajectory_uncertainty": f2,
+                    "reference_drift": f3,
+                    "seed": int(seed[1]),
+                }
+            )
+    frame = pd.DataFrame(rows)
+    methods = frame["model"].str.split("-").str[1].tolist()
+    return frame, methods, frame["seed"].tolist(), failure_rates
+
+
+EVERY_METHOD = {"sft": 1.0, "rl": 1.0, "distill": 1.0, "rft": 1.0}
+SAME_RATE = {"sft": 0.5, "rl": 0.5, "distill": 0.5, "rft": 0.5}
+
+
+def test_nested_comparison_finds_features_beyond_an_uninformative_failure_rate():
+    features, methods, seeds, rates = _method_frame(EVERY_METHOD, SAME_RATE, random_state=3)
+    res = topography(
+        features, methods, seeds=seeds, failure_rates=rates, feature_sets=MAIN, n_boot=200
+    )
+    rate, both = res["failure_rate_only"], res["features_plus_failure_rate"]
+    # the same held-out models, scored in the same folds
+    assert set(both["accuracy"]["per_model"]) == set(rate["accuracy"]["per_model"])
+    assert set(both["accuracy"]["per_model"]) == set(FAIR_MODELS)
+    beyond = res["beyond_failure_rate"]
+    gain = beyond["gain"]
+    assert gain["value"] == pytest.approx(
+        both["accuracy"]["mean"] - rate["accuracy"]["mean"], abs=1e-9
+    )
+    assert gain["low"] > 0.2 and beyond["verdict"].startswith("features add method")
+    assert beyond["models_better"] + beyond["models_worse"] + beyond["models_equal"] == 24
+
+
+def test_nested_comparison_finds_nothing_when_the_failure_rate_says_it_all():
+    # the features carry no method signal; the failure rate names every method
+    rates = {"sft": 0.75, "rl": 0.45, "distill": 0.5, "rft": 0.55}
+    none = dict.fromkeys(EVERY_METHOD, 0.0)
+    features, methods, seeds, rates = _method_frame(none, rates, random_state=3)
+    res = topography(
+        features, methods, seeds=seeds, failure_rates=rates, feature_sets=MAIN, n_boot=200
+    )
+    assert res["failure_rate_only"]["accuracy"]["mean"] > 0.9
+    assert res["classifier"]["accuracy"]["mean"] < 0.5
+    beyond = res["beyond_failure_rate"]
+    assert beyond["gain"]["low"] <= 0 and not beyond["verdict"].startswith("features add")
+
+
+def test_accuracy_matched_view_removes_the_accuracy_confound():
+    # sft and rl differ in failure rate only; distill and rft share a rate and differ in
+    # their features: failure rate wins overall, the features win among the matched pair
+    scale = {"sft": 0.0, "rl": 0.0, "distill": 1.5, "rft": 1.5}
+    rates = {"sft": 0.75, "rl": 0.3, "distill": 0.5, "rft": 0.5}
+    features, methods, seeds, rates = _method_frame(scale, rates, random_state=5)
+    res = topography(
+        features,
+        methods,
+        seeds=seeds,
+        failure_rates=rates,
+        feature_sets=MAIN,
+        matched_methods=[["rft", "distill"], ["sft", "rl"]],
+        n_boot=200,
+    )
+    matched, by_rate = res["matched"]
+    assert matched["methods"] == ["distill", "rft"] and matched["n_models"] == 12
+    per_model = matched["classifier"]["accuracy"]["per_model"]
+    assert set(per_model) == {m for m in FAIR_MODELS if "-distill-" in m or "-rft-" in m}
+    assert "leave-one-seed-out" in matched["protocol"]["cv"]
+    assert matched["majority"]["accuracy"]["mean"] == pytest.approx(0.5)
+    assert np.array(matched["confusion"]["matrix"]).sum() == matched["n_failures"] == 12 * 20
+    # failure rate carries nothing among the matched methods; the features do
+    assert matched["failure_rate_only"]["accuracy"]["mean"] <= 0.75
+    assert matched["classifier"]["accuracy"]["mean"] > matched["null"]["q95"]
+    assert matched["beyond_failure_rate"]["gain"]["low"] > 0
+    # over all four methods, the failure rate alone does at least as well as the features
+    assert res["failure_rate_only"]["accuracy"]["mean"] >= res["classifier"]["accuracy"]["mean"]
+    # a second set, its own folds: sft and rl differ in failure rate only
+    assert by_rate["methods"] == ["rl", "sft"] and by_rate["n_models"] == 12
+    assert by_rate["failure_rate_only"]["accuracy"]["mean"] == 1.0
+    assert by_rate["beyond_failure_rate"]["gain"]["high"] <= 0
+
+
+def test_accuracy_matched_view_says_why_it_is_skipped():
+    features, methods, seeds, rates = _method_frame(EVERY_METHOD, SAME_RATE, random_state=3)
+    res = topography(
+        features,
+        methods,
+        seeds=seeds,
+        failure_rates=rates,
+        feature_sets=MAIN,
+        matched_methods=[["rft", "sftb"]],
+        n_boot=50,
+    )
+    assert "absent: ['sftb']" in res["matched"][0]["skipped"]
+    assert "matched" not in topography(features, methods, seeds=seeds, feature_sets=MAIN, n_boot=50)
+
+
+def test_analysis_config_reads_matched_methods_and_refuses_a_single_one():
+    from fixable.analysis.pipeline import AnalysisConfig
+    from fixable.errors import ConfigError
+
+    assert AnalysisConfig(matched_methods="rft, distill").matched_methods == (("distill", "rft"),)
+    two = AnalysisConfig(matched_methods=["distill,rft", ("sftb", "rl")])
+    assert two.matched_methods == (("distill", "rft"), ("rl", "sftb"))
+    assert two.to_dict()["matched_methods"] == [["distill", "rft"], ["rl", "sftb"]]
+    assert AnalysisConfig().to_dict()["matched_methods"] == []
+    with pytest.raises(ConfigError, match="at least 2"):
+        AnalysisConfig(matched_methods="rft")
+    with pytest.raises(ConfigError, match="at least 2"):
+        AnalysisConfig(matched_methods=["distill,rft", "rft,rft"])
+
+
+def test_summary_lines_and_tables_print_the_nested_comparison_and_the_matched_views():
+    from fixable.analysis.pipeline import _matched_rows, _topography_nested_lines
+
+    scale = {"sft": 0.0, "rl": 0.0, "distill": 1.5, "rft": 1.5}
+    rates = {"sft": 0.75, "rl": 0.3, "distill": 0.5, "rft": 0.5}
+    features, methods, seeds, rates = _method_frame(scale, rates, random_state=5)
+    res = topography(
+        features,
+        methods,
+        seeds=seeds,
+        failure_rates=rates,
+        feature_sets=MAIN,
+        matched_methods=[["distill", "rft"], ["rft", "sftb"]],
+        n_boot=50,
+    )
+    lines = "\n".join(_topography_nested_lines(res))
+    both = res["features_plus_failure_rate"]["accuracy"]["mean"] * 100
+    assert f"nested: features + failure rate {both:.1f} %" in lines
+    assert "accuracy-matched methods (distill, rft; 12 models" in lines
+    assert "accuracy-matched (distill, rft): features + failure rate" in lines
+    assert "accuracy-matched view (rft, sftb) skipped" in lines
+    rows = _matched_rows(res["matched"][0])
+    assert rows[0]["predictor"] == "matched (distill, rft): features (F1-F3)"
+    assert rows[0]["accuracy_mean"] == res["matched"][0]["classifier"]["accuracy"]["mean"]
+    assert any("gain of features + failure rate" in r["predictor"] for r in rows)
+    assert _matched_rows(res["matched"][1]) == []
+
+
+def test_cli_analyze_refuses_a_matched_set_of_one_method(tmp_path, capsys):
+    from fixable.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyze", str(tmp_path), "--matched-methods", "rft"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "at least 2 post-training methods" in err and "Traceback" not in err

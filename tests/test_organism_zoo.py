@@ -87,14 +87,75 @@ def test_load_is_fp32_eval_and_card_and_reference(tmp_zoo):
 
 def test_every_recipe_is_named_and_seeded():
     names = [e.name for e in zoo.zoo_entries()]
-    # 2 bases + 2 families x 4 methods x 3 seeds: held-out-model topography then trains on
+    # 2 bases + 2 families x 5 methods x 3 seeds: held-out-model topography then trains on
     # two models per method in every leave-one-seed-out fold
-    assert len(names) == 26 == len(set(names))
-    for method in ("sft", "rl", "distill", "rft"):
+    assert len(names) == 32 == len(set(names))
+    for method in ("sft", "rl", "distill", "rft", "sftb"):
         a, b, c = (zoo.posttrain_recipe(method, s) for s in (0, 1, 2))
         assert (a.seed, b.seed, c.seed) == (0, 1, 2) and 2 <= len(a.checkpoint_steps) <= 3
         assert a.checkpoint_steps == c.checkpoint_steps and a.steps == c.steps
     assert zoo.posttrain_recipe("sft", 0).subdists == ("move",)
+
+
+def test_broad_sft_differs_from_narrow_sft_in_data_scope_only():
+    narrow, broad = zoo.posttrain_recipe("sft", 1), zoo.posttrain_recipe("sftb", 1)
+    assert broad.subdists == TRAIN_SUBDISTS and "alien" not in broad.subdists
+    differing = {k for k in vars(narrow) if getattr(narrow, k) != getattr(broad, k)}
+    assert differing == {"method", "subdists"}  # same steps, batch, rate, checkpoints
+
+
+def test_broad_sft_draws_its_own_data_order(monkeypatch):
+    # sftb seed s must not replay sft seed s's draws (a seed shared across methods is what
+    # the seed-as-label null would catch)
+    import fixable.organism.posttrain as posttrain
+
+    seen = {}
+
+    def first_draws(model, rng, batch_size, subdists, weights):
+        seen[subdists] = [rng.random() for _ in range(3)]
+
+    monkeypatch.setattr(posttrain, "gold_batch_loss", first_draws)
+    for method in ("sft", "sftb"):
+        posttrain._sft_step(zoo.posttrain_recipe(method, 0))(None, 5)
+    assert seen[("move",)] != seen[TRAIN_SUBDISTS]
+
+
+def _card(family: str, method: str, seed: int, accuracy: float) -> dict:
+    return {
+        "family": family,
+        "method": method,
+        "seed": seed,
+        "t1_by_subdist": {"arith": accuracy, "move": accuracy, "cross": accuracy, "alien": 0.0},
+    }
+
+
+def test_accuracy_matched_methods_follow_the_written_rule():
+    table = {  # family → method → accuracy of its seeds
+        "gpt": {"sft": 0.23, "rl": 0.53, "distill": 0.46, "rft": 0.44, "sftb": 0.48},
+        "llama": {"sft": 0.25, "rl": 0.62, "distill": 0.56, "rft": 0.55, "sftb": 0.58},
+    }
+    cards = {
+        f"{f}-{m}-s{s}": _card(f, m, s, a + 0.01 * (s - 1))
+        for f, ms in table.items()
+        for m, a in ms.items()
+        for s in (0, 1, 2)
+    }
+    cards["gpt-base"] = _card("gpt", "base", 0, 0.5)
+    res = zoo.accuracy_matched_methods(cards)
+    # distill, rft and sftb lie within 4 points in both families; rl is 5-7 points away
+    assert res["methods"] == ["distill", "rft", "sftb"]
+    assert res["widest_spread"] == pytest.approx(0.04)
+    assert res["accuracy"]["gpt"]["sftb"] == pytest.approx(0.48)
+    assert "base" not in res["accuracy"]["gpt"]
+    # one family out of the window is enough to drop a method
+    cards["llama-sftb-s0"] = _card("llama", "sftb", 0, 0.70)
+    assert zoo.accuracy_matched_methods(cards)["methods"] == ["distill", "rft"]
+    # a tie in size goes to the tighter set
+    tight = {
+        f"gpt-{m}-s0": _card("gpt", m, 0, a) for m, a in {"a": 0.40, "b": 0.44, "c": 0.45}.items()
+    }
+    assert zoo.accuracy_matched_methods(tight, points=0.04)["methods"] == ["b", "c"]
+    assert zoo.accuracy_matched_methods(tight, points=0.005)["methods"] == []
 
 
 # --- the shipped zoo ------------------------------------------------------------------
@@ -160,6 +221,32 @@ def test_shipped_methods_leave_their_mark(family):
     assert sum(rl_entropy) / len(rl_entropy) < base["mean_entropy"]
 
 
+@needs_zoo
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_shipped_broad_sft_keeps_the_operations_narrow_sft_forgets(family):
+    for seed in zoo.SEEDS:
+        narrow = zoo.card(f"{family}-sft-s{seed}")["t1_by_subdist"]
+        broad = zoo.card(f"{family}-sftb-s{seed}")["t1_by_subdist"]
+        # trained on every taught operation, broad SFT does not forget arithmetic
+        for subdist in ("arith", "cross"):
+            assert broad[subdist] > narrow[subdist] + 0.2, (seed, subdist)
+        assert (
+            zoo.card(f"{family}-sftb-s{seed}")["checkpoints"]
+            == zoo.card(f"{family}-sft-s{seed}")["checkpoints"]
+        )
+
+
+@needs_zoo
+def test_shipped_accuracy_matched_methods_are_the_documented_ones():
+    # docs/organism.md "The fair topography zoo" names them before the topography run
+    res = zoo.accuracy_matched_methods()
+    assert res["methods"] == ["distill", "rft"]
+    # the second pair the docs name (read from the cards, not by the rule): rl and sftb
+    for family, accuracy in res["accuracy"].items():
+        assert abs(accuracy["rl"] - accuracy["sftb"]) <= zoo.ACCURACY_MATCH_POINTS, family
+        assert accuracy["sft"] < min(accuracy[m] for m in ("rl", "distill", "rft", "sftb"))
+
+
 MICRO_TOLERANCE = {"loss": 0.1, "token_accuracy": 0.05}  # stated in docs/organism.md
 
 
@@ -210,6 +297,6 @@ def test_topography_study_probes_every_post_trained_model_of_three_seeds():
     root = Path(__file__).resolve().parents[1]
     config = RunConfig.from_dict(load_run_file(root / "studies" / "topography.toml"))
     expected = {e.name for e in zoo.zoo_entries() if e.method != "base"}
-    assert set(config.models) == expected and len(config.models) == 24
+    assert set(config.models) == expected and len(config.models) == 30
     assert {n.rsplit("-s", 1)[1] for n in config.models} == {"0", "1", "2"}
     assert config.phase == "probe"  # topography needs no rescue sweep

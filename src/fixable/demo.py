@@ -347,8 +347,9 @@ class DemoResult:
 
 def demo_models(config: DemoConfig) -> list[str]:
     """The models to study: ``config.models``, or every post-trained zoo model whose
-    training seed is in ``config.seeds`` (both families, all four methods; the planted
-    testbed, which needs its own task, is left out)."""
+    training seed is in ``config.seeds`` (both families, the four methods of
+    ``zoo.DEMO_METHODS``; the planted testbed, which needs its own task, and broad SFT,
+    built for the fair topography zoo, are left out)."""
     if config.models:
         return list(config.models)
     from fixable.organism import zoo
@@ -357,7 +358,7 @@ def demo_models(config: DemoConfig) -> list[str]:
     chosen = []
     for name in present:
         info = _zoo_info(name)
-        if info.get("method") in (None, "base", "micro", "planted"):
+        if info.get("method") not in zoo.DEMO_METHODS:  # not bases, planted, broad SFT
             continue
         if info.get("seed") in config.seeds:
             chosen.append(name)

@@ -119,6 +119,11 @@ class AnalysisConfig:
     # the same router on F1 and F2 only (free: no teacher-forced pass) in
     # routing["learned_free"]
     learned_router: bool = False
+    # topography's accuracy-matched views: sets of post-training methods whose failures it
+    # is rerun on, each chosen before the run from the models' accuracies (e.g. the zoo's
+    # ``accuracy_matched_methods``), never from the rollouts analysed; written
+    # "distill,rft" (one set) or a list of such; empty: no such view
+    matched_methods: tuple = ()
 
     def __post_init__(self):
         if self.budget is not None and not self.budget > 0:
@@ -130,6 +135,7 @@ class AnalysisConfig:
             raise ConfigError(f"n_null must be at least 20 permutations, got {self.n_null!r}")
         if isinstance(self.calibration, str):
             self.calibration = (self.calibration,)
+        self.matched_methods = _method_sets(self.matched_methods)
         self.calibration = tuple(str(c) for c in self.calibration)
         if self.frozen_router is not None:
             self.frozen_router = str(self.frozen_router)
@@ -147,7 +153,26 @@ class AnalysisConfig:
         d = asdict(self)
         d["thresholds"] = self.thresholds.to_dict()
         d["calibration"] = list(self.calibration)
+        d["matched_methods"] = [list(s) for s in self.matched_methods]
         return d
+
+
+def _method_sets(value) -> tuple[tuple[str, ...], ...]:
+    """Sets of post-training methods: "a,b", ["a,b", "c,d"] or [["a", "b"], ...]; each
+    names at least two methods (a ConfigError otherwise)."""
+    if isinstance(value, str):
+        value = [value]
+    sets = []
+    for item in value or ():
+        names = item.split(",") if isinstance(item, str) else [str(m) for m in item]
+        names = tuple(sorted({n.strip() for n in names if n.strip()}))
+        if len(names) < 2:
+            raise ConfigError(
+                "every set of matched methods must name at least 2 post-training methods "
+                f"(e.g. 'distill,rft'), got {list(names)}"
+            )
+        sets.append(names)
+    return tuple(sets)
 
 
 @dataclass
@@ -449,6 +474,7 @@ def _analyze(
                 texts=texts,
                 failure_rates={m: data["models"][m]["failure_rate"] for m in models},
                 seeds=features["seed"].tolist(),
+                matched_methods=config.matched_methods or None,
                 n_null=config.n_null,
                 n_boot=config.n_boot,
                 random_state=rs,
@@ -1027,11 +1053,13 @@ def _tables(result: dict, failures: pd.DataFrame) -> dict[str, pd.DataFrame]:
         rows.append({"predictor": "training-fold majority", **_acc_row(topo["majority_in_folds"])})
         for key, name in (
             ("failure_rate_only", "failure rate only (one number per model)"),
+            ("features_plus_failure_rate", "features + failure rate (nested)"),
             ("model_centroid", "per-model feature centroid"),
             ("text_baseline", "text baseline (TF-IDF)"),
         ):
             if topo.get(key):
                 rows.append({"predictor": name, **_acc_row(topo[key])})
+        rows += _gain_rows(topo.get("beyond_failure_rate"), "")
         null = topo.get("null") or {}
         rows.append(
             {
@@ -1060,6 +1088,8 @@ def _tables(result: dict, failures: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 "accuracy_std": PAPER["topography_accuracy"]["std"],
             }
         )
+        for matched in topo.get("matched") or ():
+            rows += _matched_rows(matched)
         tables["topography"] = pd.DataFrame(rows)
         conf = topo["confusion"]
         tables["confusion"] = pd.DataFrame(
@@ -1192,6 +1222,7 @@ def _summary_lines(result: dict) -> str:
             f"{null.get('mean', float('nan')) * 100:.1f} %, p = {null.get('p_value', float('nan')):.2f}; "
             f"paper: {topography_text()})"
         )
+        lines += _topography_nested_lines(topo)
         seed = topo.get("seed_as_label")
         if seed:
             lines.append(
@@ -1211,6 +1242,89 @@ def _summary_lines(result: dict) -> str:
     for stage, why in result.get("skipped", {}).items():
         lines.append(f"- {stage} skipped: {why}")
     return "\n".join(lines)
+
+
+def _gain_rows(beyond: dict | None, prefix: str) -> list[dict]:
+    """The nested comparison's gain (features + failure rate minus failure rate only) as
+    a topography table row."""
+    if not beyond:
+        return []
+    gain = beyond["gain"]
+    return [
+        {
+            "predictor": f"{prefix}gain of features + failure rate over failure rate only "
+            f"(better on {beyond['models_better']}, worse on {beyond['models_worse']} "
+            "held-out models)",
+            "accuracy_mean": gain["value"],
+            "low": gain["low"],
+            "high": gain["high"],
+        }
+    ]
+
+
+def _matched_rows(matched: dict | None) -> list[dict]:
+    """The accuracy-matched view's rows of the topography table."""
+    if not matched or matched.get("skipped"):
+        return []
+    prefix = f"matched ({', '.join(matched['methods'])}): "
+    rows = [{"predictor": f"{prefix}features (F1-F3)", **_acc_row(matched["classifier"])}]
+    rows.append({"predictor": f"{prefix}majority class (share)", **_acc_row(matched["majority"])})
+    rows.append(
+        {"predictor": f"{prefix}training-fold majority", **_acc_row(matched["majority_in_folds"])}
+    )
+    for key, name in (
+        ("failure_rate_only", "failure rate only"),
+        ("features_plus_failure_rate", "features + failure rate (nested)"),
+    ):
+        if matched.get(key):
+            rows.append({"predictor": f"{prefix}{name}", **_acc_row(matched[key])})
+    rows += _gain_rows(matched.get("beyond_failure_rate"), prefix)
+    null = matched["null"]
+    rows.append(
+        {
+            "predictor": f"{prefix}null: methods permuted across models ({null['n_permutations']})",
+            "accuracy_mean": null["mean"],
+            "accuracy_std": null["std"],
+            "high": null["q95"],
+        }
+    )
+    return rows
+
+
+def _topography_nested_lines(topo: dict) -> list[str]:
+    """Summary lines of the nested comparison and the accuracy-matched view."""
+    lines = []
+
+    def nested(section: dict, where: str) -> None:
+        both, rate = section.get("features_plus_failure_rate"), section.get("failure_rate_only")
+        beyond = section.get("beyond_failure_rate")
+        if not (both and rate and beyond):
+            return
+        g = beyond["gain"]
+        lines.append(
+            f"- {where}features + failure rate {both['accuracy']['mean'] * 100:.1f} % vs failure "
+            f"rate only {rate['accuracy']['mean'] * 100:.1f} %: gain {_pts(g['value'])} "
+            f"[{_pts(g['low'])}, {_pts(g['high'])}] points over {rate['n_models']} held-out "
+            f"models ({beyond['verdict']})"
+        )
+
+    nested(topo, "nested: ")
+    for matched in topo.get("matched") or ():
+        if matched.get("skipped"):
+            lines.append(
+                f"- accuracy-matched view ({', '.join(matched['methods'])}) skipped: "
+                f"{matched['skipped']}"
+            )
+            continue
+        acc, null = matched["classifier"]["accuracy"], matched["null"]
+        lines.append(
+            f"- accuracy-matched methods ({', '.join(matched['methods'])}; {matched['n_models']} "
+            f"models, {matched['n_failures']} failures): features {acc['mean'] * 100:.1f} ± "
+            f"{acc['std'] * 100:.1f} % (majority {matched['majority']['accuracy']['mean'] * 100:.1f} "
+            f"%; permuted-methods null {null['mean'] * 100:.1f} %, p = {null['p_value']:.2f})"
+        )
+        nested(matched, f"accuracy-matched ({', '.join(matched['methods'])}): ")
+    return lines
 
 
 def _num(x) -> str:

@@ -66,6 +66,9 @@ class TopographySection(TypedDict, total=False):
     majority: HeldOutScore
     majority_in_folds: HeldOutScore
     failure_rate_only: HeldOutScore | None
+    features_plus_failure_rate: HeldOutScore | None  # the nested comparison
+    beyond_failure_rate: dict[str, Any] | None  # its gain over failure rate only
+    matched: list[dict[str, Any]]  # the accuracy-matched views (when sets were named)
     model_centroid: HeldOutScore
     text_baseline: HeldOutScore | None
     null: NullDict

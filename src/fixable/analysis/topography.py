@@ -14,7 +14,13 @@ mean features), the text baseline, and a **null** in which the method labels are
 across models (``n_null`` permutations; where the real score falls in it). A model-identity
 signal without a method signal scores at that null. And the **seed-as-label null**
 (``seed_as_label``): the same classifier asked to name the model's training seed in
-leave-one-method-out folds, which must land at chance.
+leave-one-method-out folds, which must land at chance. The **nested comparison**
+(``features_plus_failure_rate``, ``beyond_failure_rate``): the same classifier given the
+features *and* the failure rate, beside failure rate only, in the same folds, and their
+per-held-out-model difference: do the failures carry method information beyond the
+model's accuracy? And the **accuracy-matched view** (``matched``): all of that again on
+the failures of a set of methods named by the caller, chosen beforehand from the models'
+accuracies (``zoo.accuracy_matched_methods``), never from these rollouts.
 
 Protocol v1 (``topography_by_problem``, kept for the tests that show why it was replaced):
 grouped K-fold cross-validation with problems as groups, repeated over seeds. Every model
@@ -492,6 +498,7 @@ def topography(
     failure_rates: dict[str, float] | None = None,
     seeds=None,
     feature_sets: dict[str, Sequence[str]] | None = None,
+    matched_methods: Sequence[Sequence[str]] | None = None,
     n_null: int = 20,
     n_boot: int = 1000,
     random_state: int = 0,
@@ -501,7 +508,10 @@ def topography(
 
     ``features`` needs a ``model`` column; ``methods`` holds each failure's method (None:
     left out); ``seeds`` each failure's model's training seed (for leave-one-seed-out);
-    ``failure_rates`` model → probe failure rate (the failure-rate-only baseline)."""
+    ``failure_rates`` model → probe failure rate (the failure-rate-only baseline and the
+    nested comparison); ``matched_methods``: sets of accuracy-matched methods, each chosen
+    before the run (the ``matched`` list, one section per set; each redraws its folds on
+    its own models)."""
     methods = pd.Series(list(methods), index=features.index, dtype=object)
     keep = methods.notna().to_numpy()
     features, methods = features[keep], methods[keep]
@@ -570,14 +580,7 @@ def topography(
     out["majority_in_folds"]["how"] = (
         "the training folds' most frequent method, predicted for the held-out models"
     )
-    if failure_rates is not None:
-        rate = pd.DataFrame(
-            {"failure_rate": [float(failure_rates[m]) for m in models]}, index=features.index
-        )
-        _, out["failure_rate_only"] = run(MethodClassifier(features=["failure_rate"]), rate)
-        out["failure_rate_only"]["how"] = "one number per model: its probe failure rate"
-    else:
-        out["failure_rate_only"] = None
+    out |= _nested_comparison(features, y, models, folds, failure_rates, main, n_boot, rs)
     centroids = features.groupby("model")[main].transform("mean")
     _, out["model_centroid"] = run(MethodClassifier(features=main), centroids)
     out["model_centroid"]["how"] = "every failure replaced by its model's mean features"
@@ -621,6 +624,169 @@ def topography(
             continue
         _, res = run(MethodClassifier(features=list(cols)), features)
         out["ablations"][name] = res | {"features": list(cols)}
+    if matched_methods:
+        out["matched"] = [
+            matched_topography(
+                features,
+                y,
+                chosen,
+                seeds=seeds,
+                failure_rates=failure_rates,
+                main=main,
+                n_null=n_null,
+                n_boot=n_boot,
+                random_state=rs,
+            )
+            for chosen in matched_methods
+        ]
+    return out
+
+
+def _nested_comparison(
+    features: pd.DataFrame,
+    y: np.ndarray,
+    models: np.ndarray,
+    folds: np.ndarray,
+    failure_rates: dict[str, float] | None,
+    main: list[str],
+    n_boot: int,
+    random_state: int,
+) -> dict:
+    """Failure rate only, features + failure rate (the same ``MethodClassifier``: its
+    standardisation and regression are fitted on the training folds only, in the same
+    folds), and the gain of the second over the first per held-out model, with a
+    bootstrap interval over held-out models. Without failure rates: all None."""
+    if failure_rates is None:
+        return {
+            "failure_rate_only": None,
+            "features_plus_failure_rate": None,
+            "beyond_failure_rate": None,
+        }
+    with_rate = features.assign(failure_rate=[float(failure_rates[m]) for m in models])
+
+    def run(columns: list[str]) -> dict:
+        predicted = held_out_predictions(
+            MethodClassifier(features=columns), with_rate, y, folds, random_state=random_state
+        )
+        return _held_out_summary(predicted, y, models, n_boot=n_boot, random_state=random_state)
+
+    rate_only = run(["failure_rate"]) | {"how": "one number per model: its probe failure rate"}
+    both = run([*main, "failure_rate"]) | {
+        "how": "the failure's features and its model's probe failure rate, one classifier"
+    }
+    a = both["accuracy"]["per_model"]
+    b = rate_only["accuracy"]["per_model"]
+    gain = np.array([a[m] - b[m] for m in sorted(a)])
+    interval = bootstrap_mean_estimate(
+        gain,
+        np.arange(len(gain)),
+        n_boot=n_boot,
+        random_state=random_state,
+        unit="held-out models",
+    ).to_dict()
+    beyond = {
+        "gain": interval,
+        "models_better": int((gain > 1e-12).sum()),
+        "models_worse": int((gain < -1e-12).sum()),
+        "models_equal": int((np.abs(gain) <= 1e-12).sum()),
+        "verdict": "features add method information beyond the failure rate"
+        if interval["low"] > 0
+        else "features add nothing measurable beyond the failure rate"
+        if interval["high"] >= 0
+        else "features + failure rate do worse than failure rate alone",
+        "how": "per held-out model: accuracy of features + failure rate minus failure rate "
+        "only (same classifier, same folds); mean and bootstrap interval over held-out models",
+    }
+    return {
+        "failure_rate_only": rate_only,
+        "features_plus_failure_rate": both,
+        "beyond_failure_rate": beyond,
+    }
+
+
+def matched_topography(
+    features: pd.DataFrame,
+    methods,
+    matched_methods: Sequence[str],
+    *,
+    seeds=None,
+    failure_rates: dict[str, float] | None = None,
+    main: list[str] | None = None,
+    n_null: int = 20,
+    n_boot: int = 1000,
+    random_state: int = 0,
+) -> dict:
+    """Held-out-model topography restricted to the failures of ``matched_methods`` (a set
+    chosen before the run, e.g. ``zoo.accuracy_matched_methods``): the features, the
+    majority share and the training folds' majority, failure rate only, features + failure
+    rate and its gain, and the methods-permuted null, in folds redrawn on these models
+    only. ``methods`` as in ``topography`` (None: left out); ``main``: the feature columns
+    (default: the three features)."""
+    matched = sorted({str(m) for m in matched_methods})
+    methods = np.asarray(list(methods), dtype=object)
+    keep = np.array([m is not None and str(m) in matched for m in methods])
+    absent = sorted(set(matched) - {str(m) for m in methods[keep]})
+    out: dict = {"methods": matched}
+    if absent or len(matched) < 2:
+        out["skipped"] = (
+            f"the matched methods need failures of at least 2 methods; absent: {absent}"
+            if absent
+            else f"the matched view needs at least 2 methods, got {matched}"
+        )
+        return out
+    sub = features[keep]
+    y = methods[keep].astype(str)
+    models = sub["model"].astype(str).to_numpy()
+    if len(set(models)) < 3:
+        out["skipped"] = (
+            f"held-out-model topography needs at least 3 models, got {sorted(set(models))}"
+        )
+        return out
+    sub_seeds = None if seeds is None else [s for s, k in zip(list(seeds), keep, strict=True) if k]
+    scheme, folds = held_out_folds(models, y, sub_seeds)
+    main = main or [f for f in signature_features() if f in sub]
+    predicted = held_out_predictions(
+        MethodClassifier(features=main), sub, y, folds, random_state=random_state
+    )
+    model_methods = pd.Series(y, index=models).groupby(level=0).first()
+    out |= {
+        "n_failures": int(len(y)),
+        "n_models": int(len(set(models))),
+        "class_counts": {c: int((y == c).sum()) for c in matched},
+        "models_per_class": {c: int((model_methods == c).sum()) for c in matched},
+        "protocol": {"cv": f"{scheme} on the matched methods' models ({len(set(folds))} folds)"},
+        "classifier": _held_out_summary(
+            predicted, y, models, n_boot=n_boot, random_state=random_state
+        ),
+        "confusion": {
+            "labels": matched,
+            "matrix": confusion_matrix(y, predicted, labels=matched).tolist(),
+        },
+    }
+    counts = pd.Series(y).value_counts()
+    out["majority"] = {
+        "accuracy": {"mean": float(counts.iloc[0] / len(y)), "std": 0.0, "n": 1},
+        "interval": rate_estimate(int(counts.iloc[0]), len(y)).to_dict(),
+        "n": int(len(y)),
+        "how": f"share of the most frequent method ({counts.index[0]})",
+    }
+    majority = held_out_predictions(
+        DummyClassifier(strategy="most_frequent"), sub, y, folds, random_state=random_state
+    )
+    out["majority_in_folds"] = _held_out_summary(
+        majority, y, models, n_boot=n_boot, random_state=random_state
+    )
+    out |= _nested_comparison(sub, y, models, folds, failure_rates, main, n_boot, random_state)
+    out["null"] = permutation_null(
+        MethodClassifier(features=main),
+        sub,
+        y,
+        models,
+        folds,
+        n_permutations=n_null,
+        observed=out["classifier"]["accuracy"]["mean"],
+        random_state=random_state,
+    )
     return out
 
 

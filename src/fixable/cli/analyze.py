@@ -88,6 +88,14 @@ STAGES = ("features", "labels", "regimes", "routing", "topography", "transfer")
     help="Also evaluate a k-NN router fitted leave-one-model-out on the other models' "
     "labelling parts: does the signature carry routing information the rule misses?",
 )
+@click.option(
+    "--matched-methods",
+    multiple=True,
+    help="Topography's accuracy-matched view: post-training methods (comma-separated, e.g. "
+    "'distill,rft') chosen beforehand from the models' accuracies (the zoo's rule: "
+    "fixable.organism.zoo.accuracy_matched_methods); topography is rerun on their failures. "
+    "Repeat for more sets.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 def command(
     runs,
@@ -103,6 +111,7 @@ def command(
     calibration,
     n_null,
     learned_router,
+    matched_methods,
     quiet,
 ):
     """Analyse RUN(s): features, labels, regimes, routing, topography, transfer."""
@@ -133,6 +142,7 @@ def command(
         n_null=n_null,
         random_state=seed,
         learned_router=learned_router,
+        matched_methods=tuple(matched_methods),
     )
     table, sources = load_runs(runs, models=models or None)
     if table.num_rows == 0:

@@ -1,8 +1,12 @@
-"""The four post-training methods, each applied to the same base model.
+"""The post-training methods, each applied to the same base model.
 
 * ``sft``: supervised fine-tuning on gold solutions of a *narrow* sub-distribution
-  (``move`` by default). The model forgets skills the base had on the others, which
-  mixing with the base or sampling an earlier checkpoint can give back.
+  (``move`` in the zoo's recipe). The model forgets skills the base had on the others,
+  which mixing with the base or sampling an earlier checkpoint can give back.
+* ``sftb``: the same supervised fine-tuning on *broad* data, gold solutions of every
+  taught sub-distribution: SFT matched in data scope to the sampling methods below (the
+  fair topography zoo, docs/organism.md). Its data order has its own seed stream, so
+  ``sftb`` seed 0 shares no draws with ``sft`` seed 0.
 * ``rl``: policy gradient with a verifiable reward (answer correct = 1) and a
   group-relative baseline as in GRPO: G samples per prompt, advantage = reward minus the
   group mean, divided by the group's std; optional k3-estimated KL penalty to the base.
@@ -46,7 +50,8 @@ from fixable.types import seed_of
 
 log = logging.getLogger(__name__)
 
-METHODS = ("sft", "rl", "distill", "rft")
+METHODS = ("sft", "rl", "distill", "rft", "sftb")
+SFT_METHODS = ("sft", "sftb")  # gold-solution fine-tuning, narrow and broad
 _CHECKER = ChainsTask()
 MAX_NEW_TOKENS = 160  # the longest gold completion (difficulty 5, two distractors) is 131
 
@@ -60,7 +65,7 @@ class PostTrainConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, warmup=20))
     checkpoint_steps: tuple[int, ...] = ()  # intermediate checkpoints to keep
     state_every: int = 50  # how often to write the resume state
-    subdists: tuple[str, ...] = TRAIN_SUBDISTS  # where problems come from (sft: ("move",))
+    subdists: tuple[str, ...] = TRAIN_SUBDISTS  # where problems come from (zoo sft: ("move",))
     difficulty_weights: dict[int, float] = field(
         default_factory=lambda: {1: 0.2, 2: 0.25, 3: 0.25, 4: 0.18, 5: 0.12}
     )
@@ -175,7 +180,7 @@ def posttrain(
         p.requires_grad_(False)
     extra: dict = {}
 
-    if cfg.method == "sft":
+    if cfg.method in SFT_METHODS:
         step_fn = _sft_step(cfg)
     elif cfg.method == "rl":
         step_fn = _rl_step(cfg, base)
@@ -210,7 +215,7 @@ def posttrain(
 
 def _sft_step(cfg: PostTrainConfig):
     def step_fn(model: OrganismLM, step: int):
-        rng = random.Random(f"sft-{cfg.seed}-{step}")
+        rng = random.Random(f"{cfg.method}-{cfg.seed}-{step}")  # sft: as before sftb existed
         return gold_batch_loss(model, rng, cfg.batch_size, cfg.subdists, cfg.difficulty_weights)
 
     return step_fn

@@ -33,12 +33,17 @@ from fixable.organism.model import ModelConfig, OrganismLM, load_checkpoint
 from fixable.organism.planted import DOSES, PlantConfig, plant
 from fixable.organism.posttrain import METHODS, PostTrainConfig, posttrain
 from fixable.organism.train import OptimConfig, PretrainConfig, Progress, pretrain
+from fixable.tasks.chains import TRAIN_SUBDISTS
 
 log = logging.getLogger(__name__)
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
 FAMILIES = ("gpt", "llama")
 SEEDS = (0, 1, 2)  # three per method: held-out-model topography trains on two per fold
+# the methods the seed-chosen studies (demo, quick, full: ``fixable.demo.demo_models``)
+# sample; broad SFT (``sftb``, the fair topography zoo) came later and is named only by
+# studies/topography.toml, so building it changed none of those studies
+DEMO_METHODS = ("sft", "rl", "distill", "rft")
 MICRO = "llama-micro"  # the rebuild-check model: trains in well under a minute
 CARD_PROBLEMS_PER_CELL = 16
 
@@ -85,15 +90,18 @@ RL_DIFFICULTIES = {1: 0.2, 2: 0.4, 3: 0.4}  # where the base's groups have mixed
 
 def posttrain_recipe(method: str, seed: int) -> PostTrainConfig:
     """The shipped recipe of ``method``; ``seed`` changes data order and sampling only."""
-    if method == "sft":
-        # narrow: gold solutions of ``move`` only, long enough and hot enough to forget
-        # the arithmetic the base learned
+    if method in ("sft", "sftb"):
+        # sft, narrow: gold solutions of ``move`` only, long enough and hot enough to
+        # forget the arithmetic the base learned. sftb, broad: the same recipe (steps,
+        # batch, difficulties, rate, checkpoints: the same data budget, 12,800 gold
+        # solutions) on every taught sub-distribution, so SFT is matched in data scope to
+        # the methods that sample the base on all of them
         cfg = PostTrainConfig(
-            "sft",
+            method,
             seed=seed,
             steps=200,
             batch_size=64,
-            subdists=("move",),
+            subdists=("move",) if method == "sft" else TRAIN_SUBDISTS,
             difficulty_weights={1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25},
             optim=OptimConfig(lr=2e-3, warmup=20, min_lr_ratio=0.1),
         )
@@ -140,9 +148,10 @@ def posttrain_recipe(method: str, seed: int) -> PostTrainConfig:
     else:
         raise ConfigError(f"method must be one of {list(METHODS)}, got {method!r}")
     checkpoint_steps = (cfg.steps // 3, 2 * cfg.steps // 3)
-    if method == "sft":
+    if method in ("sft", "sftb"):
         # narrow SFT forgets within its first tens of steps: keep one checkpoint from
-        # before that, the one the ``checkpoint`` intervention can rescue with
+        # before that, the one the ``checkpoint`` intervention can rescue with (broad SFT
+        # keeps the same checkpoints, so the two differ in data scope only)
         checkpoint_steps = (10, *checkpoint_steps)
     return replace(
         cfg,
@@ -303,6 +312,65 @@ def checkpoints(name: str, zoo_dir: Path | None = None) -> dict[str, Path]:
     found = [p for p in (path / "checkpoints").glob("step-*") if (p / "config.json").exists()]
     found.sort(key=lambda p: int(p.name.split("-")[1]))
     return {p.name: p for p in found}
+
+
+ACCURACY_MATCH_POINTS = 0.05  # the accuracy-matched methods' widest spread, per family
+
+
+def taught_accuracy(model_card: dict) -> float:
+    """A card's T=1 accuracy on the taught sub-distributions (the mean of ``arith``,
+    ``move`` and ``cross``: 160 samples each at the shipped card size)."""
+    by_subdist = model_card["t1_by_subdist"]
+    return sum(by_subdist[s] for s in TRAIN_SUBDISTS) / len(TRAIN_SUBDISTS)
+
+
+def accuracy_matched_methods(
+    cards: dict[str, dict] | None = None, points: float = ACCURACY_MATCH_POINTS
+) -> dict:
+    """The accuracy-matched methods of the fair topography zoo, from model cards only.
+
+    The rule (docs/organism.md "The fair topography zoo", written before any topography of
+    the broad-SFT zoo was run): a method's accuracy in a family is the mean over its models
+    of ``taught_accuracy``; the matched methods are the largest set whose accuracies lie
+    within ``points`` of each other (max - min) in **every** family; a tie goes to the
+    set with the smaller widest spread, then to the alphabetically first. Nothing from a
+    study's rollouts enters, so the choice is fixed before any topography is fitted.
+    ``cards``: name → card (default: every post-trained card of the zoo). Returns the
+    methods (empty when no two methods match), the per-family accuracies and spreads."""
+    from itertools import combinations
+
+    if cards is None:
+        cards = {n: card(n) for n in list_models() if _has_card(n, None)}
+    per: dict[str, dict[str, list[float]]] = {}
+    for c in cards.values():
+        if c.get("method") in ("base", "micro", "planted", None):
+            continue
+        per.setdefault(c["family"], {}).setdefault(c["method"], []).append(taught_accuracy(c))
+    accuracy = {
+        f: {m: sum(v) / len(v) for m, v in sorted(ms.items())} for f, ms in sorted(per.items())
+    }
+    shared = sorted(set.intersection(*(set(a) for a in accuracy.values()))) if accuracy else []
+    best: tuple = ()
+    for size in range(len(shared), 1, -1):
+        spreads = []
+        for combo in combinations(shared, size):
+            widest = max(
+                max(accuracy[f][m] for m in combo) - min(accuracy[f][m] for m in combo)
+                for f in accuracy
+            )
+            if widest <= points + 1e-12:
+                spreads.append((widest, combo))
+        if spreads:
+            best = min(spreads)
+            break
+    return {
+        "methods": list(best[1]) if best else [],
+        "widest_spread": best[0] if best else None,
+        "points": points,
+        "accuracy": accuracy,
+        "rule": f"the largest set of methods within {points * 100:g} points of T=1 accuracy "
+        "on the taught sub-distributions (card means over seeds) in every family",
+    }
 
 
 # --- building -------------------------------------------------------------------------

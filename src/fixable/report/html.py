@@ -532,10 +532,54 @@ def topography_table(result: dict) -> str:
         add("training folds' majority", topo["majority_in_folds"])
     if topo.get("failure_rate_only"):
         add("failure rate only (one number per model)", topo["failure_rate_only"])
+
+    def nested(section: dict, prefix: str) -> None:
+        if section.get("features_plus_failure_rate"):
+            add(f"{prefix}features + failure rate (nested)", section["features_plus_failure_rate"])
+        beyond = section.get("beyond_failure_rate")
+        if beyond:
+            gain = beyond["gain"]
+            rows.append(
+                [
+                    esc(
+                        f"{prefix}gain of features + failure rate over failure rate only "
+                        f"(points; {beyond['verdict']})"
+                    ),
+                    fixed(None if gain["value"] is None else gain["value"] * 100, 1),
+                    "",
+                    f"[{fixed(gain['low'] * 100, 1)}, {fixed(gain['high'] * 100, 1)}]",
+                    esc(gain.get("n", "")),
+                ]
+            )
+            classes.append("")
+
+    nested(topo, "")
     if topo.get("model_centroid"):
         add("per-model feature centroid", topo["model_centroid"])
     if topo.get("text_baseline"):
         add("text baseline (TF-IDF over the failed rollouts)", topo["text_baseline"])
+    for matched in topo.get("matched") or ():
+        if matched.get("skipped"):
+            continue
+        prefix = f"accuracy-matched ({', '.join(matched['methods'])}): "
+        add(f"{prefix}features (F1–F3)", matched["classifier"], em=True)
+        add(f"{prefix}majority class (share)", matched["majority"])
+        if matched.get("failure_rate_only"):
+            add(f"{prefix}failure rate only", matched["failure_rate_only"])
+        nested(matched, prefix)
+        mnull = matched.get("null") or {}
+        rows.append(
+            [
+                esc(
+                    f"{prefix}null: methods permuted ({mnull.get('n_permutations')}×; p = {fixed(mnull.get('p_value'), 2)})"
+                ),
+                pct(mnull.get("mean")),
+                pct(mnull.get("std")),
+                f"95th pct {pct(mnull.get('q95'))}",
+                "",
+            ]
+        )
+        classes.append("")
     null = topo.get("null") or {}
     if null:
         rows.append(

@@ -23,6 +23,7 @@ METHOD_COLORS = {
     "rl": "#CC79A7",  # reddish purple
     "distill": "#56B4E9",  # sky blue
     "rft": "#E69F00",  # orange
+    "sftb": "#0072B2",  # blue: SFT on broad data (the fair topography zoo)
     "base": "#333333",
 }
 STRATEGY_COLORS = {
@@ -59,7 +60,7 @@ def feature_name(name: str) -> str:
 
 
 REGIME_ORDER = ("resamplable", "steerable-hard", "steerable-weak", "structural")
-METHOD_ORDER = ("sft", "rl", "distill", "rft")
+METHOD_ORDER = ("sft", "rl", "distill", "rft", "sftb")
 STRATEGY_ORDER = (
     "routed",
     "routed_charged",

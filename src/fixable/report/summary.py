@@ -51,6 +51,32 @@ def _mean(block) -> float | None:
     return ((block or {}).get("accuracy") or {}).get("mean")
 
 
+def _gain(beyond) -> dict | None:
+    """The nested comparison's gain (value, low, high) or None."""
+    if not beyond:
+        return None
+    gain = beyond["gain"]
+    return {k: gain.get(k) for k in ("value", "low", "high")} | {"verdict": beyond.get("verdict")}
+
+
+def _matched_controls(matched) -> dict | None:
+    """The accuracy-matched view's figures (None when absent, its reason when skipped)."""
+    if not matched:
+        return None
+    if matched.get("skipped"):
+        return {"methods": matched.get("methods"), "skipped": matched["skipped"]}
+    return {
+        "methods": matched["methods"],
+        "features": _mean(matched.get("classifier")),
+        "majority_class": _mean(matched.get("majority")),
+        "failure_rate_only": _mean(matched.get("failure_rate_only")),
+        "features_plus_failure_rate": _mean(matched.get("features_plus_failure_rate")),
+        "gain_over_failure_rate_only": _gain(matched.get("beyond_failure_rate")),
+        "null_methods_permuted_mean": (matched.get("null") or {}).get("mean"),
+        "null_p_value": (matched.get("null") or {}).get("p_value"),
+    }
+
+
 def headline(result: dict) -> list[dict]:
     """The headline numbers, each beside its controls and the paper's; absent stages are
     listed with why."""
@@ -89,6 +115,9 @@ def headline(result: dict) -> list[dict]:
                     "null_methods_permuted_mean": null.get("mean"),
                     "null_methods_permuted_q95": null.get("q95"),
                     "null_p_value": null.get("p_value"),
+                    "features_plus_failure_rate": _mean(topo.get("features_plus_failure_rate")),
+                    "gain_over_failure_rate_only": _gain(topo.get("beyond_failure_rate")),
+                    "matched": [_matched_controls(m) for m in topo.get("matched") or ()],
                     "seed_as_label": _mean(topo.get("seed_as_label")),
                     "seed_as_label_chance": (topo.get("seed_as_label") or {}).get("chance"),
                     "seed_as_label_at_chance": (topo.get("seed_as_label") or {}).get("at_chance"),
