@@ -167,32 +167,36 @@ def control_section(result: dict | None, *, source: str | None = None) -> str:
         parts.append(
             f"<p>Routing was not evaluated: {esc(_get(result, 'skipped', 'routing'))}.</p>"
         )
-    headers, rows = routing_rows(result, learned=True)
-    if rows:
-        parts += [
-            "<h3>A learned router against best fixed (leave-one-model-out)</h3>",
-            table(headers, rows, text_columns=(0, 13)),
-            '<p class="legend">'
-            + esc(_get(routing, "learned", "router", default=""))
-            + ": each model's failures are routed by the k nearest failures of the other "
+    for key, title, legend in (
+        (
+            "learned",
+            "A learned router against best fixed (leave-one-model-out)",
+            ": each model's failures are routed by the k nearest failures of the other "
             "models, to the setting best on their labelling parts; the model itself and every "
             "scoring part stay out of the fit. Evaluated as the rule is, routes frozen (the "
             "variance of fitting the router is not in the intervals; analysis.json's "
             "refitted_lift_over_best_fixed gives the pooled interval with the router refitted "
-            "in the bootstrap, which leans low). It asks whether the "
-            "signature carries per-failure routing information, which the rule may not read.</p>",
-        ]
-    headers, rows = routing_rows(result, learned="learned_free")
-    if rows:
-        parts += [
-            "<h3>The free router: the learned router without reference drift</h3>",
-            table(headers, rows, text_columns=(0, 13)),
-            '<p class="legend">'
-            + esc(_get(routing, "learned_free", "router", default=""))
-            + ": the learned router on the two features that come with the probes. It "
+            "in the bootstrap, which leans low). It asks whether the signature carries "
+            "per-failure routing information, which the rule may not read.",
+        ),
+        (
+            "learned_free",
+            "The free router: the learned router without reference drift",
+            ": the learned router on the two features that come with the probes. It "
             "teacher-forces nothing under the reference, so it costs nothing beyond the probes "
-            "and its lift is what a user gets at the same budget.</p>",
-        ]
+            "and its lift is what a user gets at the same budget.",
+        ),
+    ):
+        headers, rows = routing_rows(result, learned=key)
+        if rows:
+            parts += [
+                f"<h3>{title}</h3>",
+                table(headers, rows, text_columns=(0, 13)),
+                '<p class="legend">'
+                + esc(_get(routing, key, "router", default=""))
+                + legend
+                + "</p>",
+            ]
     headers, rows = recovery_rows(recovery)
     parts += [
         "<h3>Recovery of the planted truth</h3>",

@@ -558,6 +558,21 @@ def topography_table(result: dict) -> str:
         add("per-model feature centroid", topo["model_centroid"])
     if topo.get("text_baseline"):
         add("text baseline (TF-IDF over the failed rollouts)", topo["text_baseline"])
+
+    def null_row(label, null):
+        rows.append(
+            [
+                esc(
+                    f"{label} ({null.get('n_permutations')}×; p = {fixed(null.get('p_value'), 2)})"
+                ),
+                pct(null.get("mean")),
+                pct(null.get("std")),
+                f"95th pct {pct(null.get('q95'))}",
+                "",
+            ]
+        )
+        classes.append("")
+
     for matched in topo.get("matched") or ():
         if matched.get("skipped"):
             continue
@@ -567,33 +582,10 @@ def topography_table(result: dict) -> str:
         if matched.get("failure_rate_only"):
             add(f"{prefix}failure rate only", matched["failure_rate_only"])
         nested(matched, prefix)
-        mnull = matched.get("null") or {}
-        rows.append(
-            [
-                esc(
-                    f"{prefix}null: methods permuted ({mnull.get('n_permutations')}×; p = {fixed(mnull.get('p_value'), 2)})"
-                ),
-                pct(mnull.get("mean")),
-                pct(mnull.get("std")),
-                f"95th pct {pct(mnull.get('q95'))}",
-                "",
-            ]
-        )
-        classes.append("")
+        null_row(f"{prefix}null: methods permuted", matched.get("null") or {})
     null = topo.get("null") or {}
     if null:
-        rows.append(
-            [
-                esc(
-                    f"null: methods permuted across models ({null.get('n_permutations')}×; p = {fixed(null.get('p_value'), 2)})"
-                ),
-                pct(null.get("mean")),
-                pct(null.get("std")),
-                f"95th pct {pct(null.get('q95'))}",
-                "",
-            ]
-        )
-        classes.append("")
+        null_row("null: methods permuted across models", null)
     seed = topo.get("seed_as_label")
     if seed:
         add(
