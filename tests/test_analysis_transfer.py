@@ -57,3 +57,19 @@ def test_one_family_says_why_there_is_no_transfer():
     features = failure_features(table).assign(family="gpt", method="rl")
     res = transfer(features)
     assert res["pairs"] == [] and "two model families" in res["note"]
+
+
+def test_a_family_with_one_failure_skips_its_clusters_and_says_why():
+    # seen in the real-study dry run: a tiny model family left one failure; clustering it
+    # must be skipped, not crash the whole analysis
+    table, _ = planted_rollouts(["gpt-rl-s0", "llama-rl-s0"], n_failures=6, seed=3)
+    features = failure_features(table)
+    features["family"] = features["model"].str.split("-").str[0]
+    features["method"] = "rl"
+    one = features[features["family"] == "llama"].index[1:]
+    features = features.drop(index=one)
+    res = transfer(features, n_seeds=1, n_boot=20)
+    pairs = {(p["source"], p["target"]): p for p in res["pairs"]}
+    assert "too few to cluster" in pairs[("llama", "gpt")]["clusters"]["skipped"]
+    assert "too few to cluster" in pairs[("llama", "llama")]["clusters"]["skipped"]
+    assert "n_regimes" in pairs[("gpt", "llama")]["clusters"]

@@ -114,11 +114,18 @@ def transfer(
                 for i, f in enumerate(feature_cols)
             }
 
-            # cluster model
-            fitted = clone(clusterer).fit(tgt if source == target else src)
-            pair["clusters"] = agreement(fitted.predict(tgt), labels.loc[tgt.index]) | {
-                "n_regimes": int(fitted.n_regimes_)
-            }
+            # cluster model (fitted on the source family; in-family: on the target itself)
+            fit_on = tgt if source == target else src
+            if len(fit_on) < 2:
+                pair["clusters"] = {
+                    "skipped": f"{len(fit_on)} failure(s) of family {target if source == target else source}: "
+                    "too few to cluster"
+                }
+            else:
+                fitted = clone(clusterer).fit(fit_on)
+                pair["clusters"] = agreement(fitted.predict(tgt), labels.loc[tgt.index]) | {
+                    "n_regimes": int(fitted.n_regimes_)
+                }
 
             # topography classifier
             pair["classifier"] = _classifier_transfer(
