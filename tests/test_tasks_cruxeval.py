@@ -114,3 +114,15 @@ def test_prompts_and_options(shared_data, sandbox):
         assert p.id.startswith("cruxeval/output/sample_")
     with pytest.raises(ConfigError, match="cruxeval mode"):
         task_for(shared_data, sandbox, mode="both")
+
+
+def test_halves_are_disjoint_and_their_exemplars_stay_inside(shared_data, sandbox):
+    halves = [task_for(shared_data, sandbox, shots=2, half=h).problems() for h in (0, 1)]
+    ids = [{p.id for p in half} for half in halves]
+    assert len(ids[0]) == len(ids[1]) == 400 and not ids[0] & ids[1]
+    # a half-0 prompt shows only half-0 functions as solved examples
+    other = {p.meta["code"] for p in halves[1]}
+    for p in halves[0][:50]:
+        assert not any(code.rstrip() in p.prompt for code in other)
+    with pytest.raises(ConfigError, match="half"):
+        task_for(shared_data, sandbox, half=2)

@@ -43,7 +43,7 @@ from fixable.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 SELECTION_FILE = "selection.json"
-DATA_DIRS = {"gsm8k": "gsm8k", "math500": "math500"}  # task -> directory under the data root
+DATA_DIRS = {"gsm8k": "gsm8k", "math500": "math500", "cruxeval": "cruxeval"}  # task -> directory under the data root
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from fixable.tasks.loading import (
     read_jsonl,
     resolve_file,
     select,
+    take_half,
 )
 from fixable.types import Problem
 
@@ -131,6 +132,9 @@ class CRUXEvalTask(CodeTask):
         template: ``"cot"`` (reason, then the assertion) or ``"direct"`` (the prompt opens
             the assertion and the model completes it).
         shots: solved examples (other functions of the same file) before each problem.
+        half: 0 or 1 keeps the records at even or odd positions of the file, two disjoint
+            halves (``fixable real select`` measures on half 0, a study probes half 1);
+            exemplars then come from the same half. None (default): all of them.
         timeout_s, workers, sandbox: see :class:`~fixable.tasks.humaneval.CodeTask`.
     """
 
@@ -147,8 +151,11 @@ class CRUXEvalTask(CodeTask):
         timeout_s: float = 10.0,
         workers: int | None = None,
         sandbox: Sandbox | None = None,
+        half: int | None = None,
     ):
         check_choice("cruxeval", "mode", mode, ("output", "input"))
+        take_half("cruxeval", [], half)  # validate now
+        self.half = half
         check_choice("cruxeval", "template", template, ("cot", "direct"))
         if not isinstance(shots, int) or not 0 <= shots <= 8:
             raise ConfigError(f"cruxeval shots must be an integer in [0, 8], got {shots!r}")
@@ -192,7 +199,7 @@ class CRUXEvalTask(CodeTask):
         self, n: int | None = None, *, seed: int = 0, split: str = "test"
     ) -> list[Problem]:
         check_choice("cruxeval", "split", split, self.splits)
-        records = self.records()
+        records = take_half("cruxeval", self.records(), self.half)
         out = []
         for record in select(records, n, seed):
             # Exemplars depend on the problem only through "never itself", so prompts are
