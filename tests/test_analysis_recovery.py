@@ -5,6 +5,7 @@ router frozen elsewhere (``frozen_router``)."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -238,14 +239,20 @@ def test_the_report_shows_a_known_truth_analysis_as_its_positive_control(truth_r
     assert f'id="{SECTION_ID}"' in render_page(known.result, [], run_label="known")
 
 
-def test_the_learned_router_is_evaluated_beside_the_rule(truth_run):
-    path, thresholds, truth = truth_run
+@pytest.fixture(scope="module")
+def learned_run(truth_run):
+    """The truth run analysed with the learned (and free) routers, once for the module."""
+    path, thresholds, _ = truth_run
     table, sources = load_runs([path])
     config = AnalysisConfig(
         n_boot=30, stability_boot=2, frozen_router=str(thresholds), learned_router=True
     )
-    analysis = analyze(table, sources=sources, model_info=INFO, config=config)
-    result = analysis.result
+    return analyze(table, sources=sources, model_info=INFO, config=config)
+
+
+def test_the_learned_router_is_evaluated_beside_the_rule(learned_run):
+    analysis = learned_run
+    result = copy.deepcopy(analysis.result)
     routing = result["routing"]
     assert analysis.failures["learned_setting"].notna().sum() == routing["subsets"]["all"]["n"]
     learned = routing["learned"]
@@ -264,16 +271,13 @@ def test_the_learned_router_is_evaluated_beside_the_rule(truth_run):
     assert "A learned router against best fixed" in html and "all models (pooled)" in html
 
 
-def test_the_learned_router_is_printed_with_its_controls(truth_run):
+def test_the_learned_router_is_printed_with_its_controls(truth_run, learned_run):
     from fixable.demo import headline_table
     from fixable.report.summary import headline
 
     path, thresholds, _ = truth_run
     table, sources = load_runs([path])
-    config = AnalysisConfig(
-        n_boot=30, stability_boot=2, frozen_router=str(thresholds), learned_router=True
-    )
-    result = analyze(table, sources=sources, model_info=INFO, config=config).result
+    result = learned_run.result
     rows = {r["id"]: r for r in headline(result)}
     learned = rows["learned_router_lift_steerable_hard_vs_best_fixed"]
     over = result["routing"]["learned"]["subsets"]["steerable-hard"]["lift_over_best_fixed"]
@@ -292,18 +296,13 @@ def test_the_learned_router_is_printed_with_its_controls(truth_run):
     assert not any(r["id"].startswith("free_router") for r in headline(plain))
 
 
-def test_the_free_router_is_evaluated_uncharged_and_printed(truth_run):
+def test_the_free_router_is_evaluated_uncharged_and_printed(learned_run):
     from fixable.demo import headline_table
     from fixable.report.control import control_section
     from fixable.report.summary import headline
 
-    path, thresholds, _ = truth_run
-    table, sources = load_runs([path])
-    config = AnalysisConfig(
-        n_boot=30, stability_boot=2, frozen_router=str(thresholds), learned_router=True
-    )
-    analysis = analyze(table, sources=sources, model_info=INFO, config=config)
-    result = analysis.result
+    analysis = learned_run
+    result = copy.deepcopy(analysis.result)
     free = result["routing"]["learned_free"]
     assert free["features"] == ["answer_dispersion", "trajectory_uncertainty"]
     assert analysis.failures["free_setting"].notna().sum() == free["subsets"]["all"]["n"]

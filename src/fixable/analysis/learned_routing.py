@@ -51,9 +51,7 @@ def leave_one_model_out_routes(
     """(F,) setting labels: each model's failures routed by a k-nearest-neighbour router
     fitted on the other models' features and labelling-part outcomes. ``columns``: the
     indices of ``data.features`` it reads (default: all)."""
-    fit = RefittedKNNRouter(data, budget, k=k, columns=columns)
-    settings = list(data.score.settings)
-    return np.array([settings[i] for i in fit(np.ones((1, len(data.models))))[0]], dtype=object)
+    return RefittedKNNRouter(data, budget, k=k, columns=columns).point_routes()
 
 
 class RefittedKNNRouter:
@@ -95,12 +93,18 @@ class RefittedKNNRouter:
             x = x[:, list(columns)]
         self.x = x
         self.k = k
+        self.settings = list(data.score.settings)
         self.complete = np.isfinite(x).all(axis=1)
         self.success = np.nan_to_num(data.label.success(budget))  # (F, S), labelling part
         self.rng = np.random.default_rng(random_state)
         for model in sorted(set(self.models)):
             if not (self.complete & (self.models != model)).any():
                 raise DataError(f"no other model's failures have features to route {model} by")
+
+    def point_routes(self) -> np.ndarray:
+        """(F,) setting labels of the point fit (every failure counted once)."""
+        indices = self(np.ones((1, len(self.models))))[0]
+        return np.array([self.settings[i] for i in indices], dtype=object)
 
     def training_weights(self, n: int) -> np.ndarray:
         """(n, F) weights of n refits: failures resampled within every model."""

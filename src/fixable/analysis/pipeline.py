@@ -51,7 +51,6 @@ from fixable.analysis.regimes import (
 )
 from fixable.analysis.result import FORMAT, FORMAT_VERSION
 from fixable.analysis.routing import (
-    ROUTER_AXES,
     ROUTER_FEATURES,
     Outcomes,
     SignatureRouter,
@@ -65,6 +64,7 @@ from fixable.features import (
     FAILURE_KEY,
     ablation_features,
     as_table,
+    axis_feature,
     failed_problems,
     failure_features,
     failure_texts,
@@ -794,10 +794,8 @@ def _learned_routing(
         return {"skipped": "a leave-one-model-out router needs at least two models"}
     columns = [ROUTER_FEATURES.index(f) for f in features]
     fit = RefittedKNNRouter(data, budget, k=DEFAULT_K, columns=columns)
-    settings = list(data.score.settings)
-    routes = np.array([settings[i] for i in fit(np.ones((1, len(data.models))))[0]], dtype=object)
-    drift = ROUTER_FEATURES[ROUTER_AXES.index("reference")]
-    charge = data.charge if drift in features else np.zeros_like(data.charge)
+    routes = fit.point_routes()
+    charge = data.charge if axis_feature("reference") in features else np.zeros_like(data.charge)
     learned = replace(data, fixed_routes=routes, charge=charge)
     r = _evaluate_at_budget(learned, budget, toward, config)
     per_failure = r.pop("per_failure")
